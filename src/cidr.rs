@@ -1,0 +1,95 @@
+//! Client-address allow-lists. IPv4 and IPv6 rules are independent: a key whose rules
+//! are all IPv4 admits no IPv6 client, and the other way round.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Parse a Postgres `inet` text (`10.0.0.1` or `10.0.0.1/24`) into its address.
+pub fn parse_client(text: &str) -> Option<IpAddr> {
+    let addr = text.split_once('/').map_or(text, |(a, _)| a);
+    addr.parse::<IpAddr>().ok().map(canonical)
+}
+
+/// An IPv4 client reaching an IPv6 socket appears as `::ffff:a.b.c.d`; it is an IPv4
+/// client and is matched against the IPv4 rules.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+pub fn parse_rules<S: AsRef<str>>(rules: &[S]) -> Option<Vec<IpNet>> {
+    rules.iter().map(|r| r.as_ref().parse().ok()).collect()
+}
+
+/// No rules: everyone. Rules but no client address: nobody.
+pub fn allows(rules: &[IpNet], client: Option<IpAddr>) -> bool {
+    if rules.is_empty() {
+        return true;
+    }
+    match client {
+        None => false,
+        // `contains` is false across families, which gives the independence for free.
+        Some(ip) => rules.iter().any(|net| net.contains(&ip)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn rules(r: &[&str]) -> Vec<IpNet> {
+        parse_rules(r).unwrap()
+    }
+
+    #[test]
+    fn empty_allows_all_even_without_address() {
+        assert!(allows(&[], None));
+        assert!(allows(&[], parse_client("::1")));
+    }
+
+    #[test]
+    fn families_are_independent() {
+        let v4 = rules(&["10.0.0.0/8"]);
+        assert!(allows(&v4, parse_client("10.1.2.3")));
+        assert!(!allows(&v4, parse_client("11.0.0.1")));
+        assert!(!allows(&v4, parse_client("::1")));
+        let v6 = rules(&["2001:db8::/32"]);
+        assert!(allows(&v6, parse_client("2001:db8::5")));
+        assert!(!allows(&v6, parse_client("10.1.2.3")));
+        let all4 = rules(&["0.0.0.0/0"]);
+        assert!(!allows(&all4, parse_client("2001:db8::5")));
+    }
+
+    #[test]
+    fn rules_without_client_deny() {
+        assert!(!allows(&rules(&["0.0.0.0/0"]), None));
+    }
+
+    #[test]
+    fn mapped_v4_is_v4_and_masks_are_ignored() {
+        let v4 = rules(&["192.168.1.0/24"]);
+        assert!(allows(&v4, parse_client("::ffff:192.168.1.7")));
+        assert!(allows(&v4, parse_client("192.168.1.7/24")));
+        assert_eq!(parse_client("junk"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn v4_matches_prefix_arithmetic(a in any::<u32>(), n in any::<u32>(), len in 0u8..=32) {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n & mask)), len).unwrap();
+            let expected = (a & mask) == (n & mask);
+            prop_assert_eq!(allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))), expected);
+        }
+
+        #[test]
+        fn v6_rules_never_admit_v4(a in any::<u32>(), n in any::<u128>(), len in 0u8..=128) {
+            let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(n)), len).unwrap().trunc();
+            prop_assert!(!allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))));
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! `<brand>_<env>_<public id>_<secret><checksum>`: parse, print, checksum, scanner regex.
+//!
+//! The checksum is CRC32 of everything before it, printed as fixed-width base62, so a
+//! mistyped or random string is rejected here, before any table access or hashing.
+
+use std::fmt;
+
+/// Length of the random public id (base62). 62^12 is about 2^71.
+pub const PUBLIC_ID_LEN: usize = 12;
+/// Length of the secret: 43 base62 characters carry 256 bits (62^43 > 2^256).
+pub const SECRET_LEN: usize = 43;
+/// CRC32 needs 6 base62 digits (62^6 > 2^32).
+pub const CHECKSUM_LEN: usize = 6;
+const MAX_BRAND_LEN: usize = 8;
+const MIN_BRAND_LEN: usize = 2;
+/// The longest key this format can produce; anything longer is rejected unread.
+pub const MAX_KEY_LEN: usize =
+    MAX_BRAND_LEN + 1 + 5 + 1 + PUBLIC_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Environment {
+    Production,
+    Staging,
+    Development,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 3] = [Self::Production, Self::Staging, Self::Development];
+
+    /// The tag inside a key.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Production => "live",
+            Self::Staging => "stage",
+            Self::Development => "dev",
+        }
+    }
+
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.tag() == tag)
+    }
+
+    /// The label of the `api_keys.environment` enum.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Staging => "staging",
+            Self::Development => "development",
+        }
+    }
+
+    pub fn from_sql_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.sql_name() == name)
+    }
+}
+
+/// Why a string is not a key. Callers report all of them as `malformed`; the
+/// distinction exists for tests and for the parser's own clarity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    Length,
+    Shape,
+    Checksum,
+}
+
+/// A syntactically valid key with a correct checksum, borrowed from the input.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParsedKey<'a> {
+    /// `<brand>_<env>_<public id>`: the stored, unique, displayable part.
+    pub prefix: &'a str,
+    pub brand: &'a str,
+    pub environment: Environment,
+    pub public_id: &'a str,
+    pub secret: &'a str,
+}
+
+pub fn is_valid_brand(brand: &str) -> bool {
+    (MIN_BRAND_LEN..=MAX_BRAND_LEN).contains(&brand.len())
+        && brand
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn is_base62(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// CRC32 of `body`, as fixed-width base62.
+pub fn checksum(body: &str) -> String {
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{:0>width$}", base62::encode(crc), width = CHECKSUM_LEN)
+}
+
+/// Parse raw bytes (whatever the caller sent) into a key. Never panics.
+pub fn parse(raw: &[u8]) -> Result<ParsedKey<'_>, ParseError> {
+    if raw.len() > MAX_KEY_LEN || raw.len() < MIN_BRAND_LEN + 3 + PUBLIC_ID_LEN + 2 {
+        return Err(ParseError::Length);
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| ParseError::Shape)?;
+    let mut parts = text.split('_');
+    let (Some(brand), Some(tag), Some(public_id), Some(tail), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(ParseError::Shape);
+    };
+    let environment = Environment::from_tag(tag).ok_or(ParseError::Shape)?;
+    if !is_valid_brand(brand)
+        || public_id.len() != PUBLIC_ID_LEN
+        || !is_base62(public_id)
+        || tail.len() != SECRET_LEN + CHECKSUM_LEN
+        || !is_base62(tail)
+    {
+        return Err(ParseError::Shape);
+    }
+    let (secret, check) = tail.split_at(SECRET_LEN);
+    let body = &text[..text.len() - CHECKSUM_LEN];
+    if checksum(body) != check {
+        return Err(ParseError::Checksum);
+    }
+    Ok(ParsedKey {
+        prefix: &text[..brand.len() + tag.len() + public_id.len() + 2],
+        brand,
+        environment,
+        public_id,
+        secret,
+    })
+}
+
+/// The parts of a key about to be issued.
+pub struct NewKey {
+    pub prefix: String,
+    pub full: String,
+}
+
+/// Assemble a key from its parts; the caller supplies validated brand and random parts.
+pub fn compose(brand: &str, environment: Environment, public_id: &str, secret: &str) -> NewKey {
+    let prefix = format!("{brand}_{}_{public_id}", environment.tag());
+    let body = format!("{prefix}_{secret}");
+    let full = format!("{body}{}", checksum(&body));
+    NewKey { prefix, full }
+}
+
+/// A regex matching every key issued under `brand`, portable across RE2, PCRE and
+/// Postgres ARE (no `\b`, which means backspace in Postgres).
+pub fn key_pattern(brand: &str) -> String {
+    format!(
+        "{brand}_(?:live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}_[0-9A-Za-z]{{{}}}",
+        SECRET_LEN + CHECKSUM_LEN
+    )
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Length => "wrong length",
+            Self::Shape => "not of the key shape",
+            Self::Checksum => "checksum mismatch",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ID: &str = "7Qx2aB9kLm0P";
+    const SECRET: &str = "abcdefghijABCDEFGHIJ0123456789abcdefghijXYZ";
+
+    #[test]
+    fn round_trip() {
+        let k = compose("ak", Environment::Production, ID, SECRET);
+        assert!(k.full.starts_with("ak_live_7Qx2aB9kLm0P_"));
+        assert_eq!(k.full.len(), 2 + 6 + 12 + 1 + 43 + 6);
+        let p = parse(k.full.as_bytes()).unwrap();
+        assert_eq!(p.prefix, k.prefix);
+        assert_eq!(p.secret, SECRET);
+        assert_eq!(p.environment, Environment::Production);
+    }
+
+    #[test]
+    fn checksum_is_fixed_width() {
+        for body in ["", "a", "ak_live_x", "zzzzzzzzzzzzzz"] {
+            assert_eq!(checksum(body).len(), CHECKSUM_LEN);
+        }
+    }
+
+    #[test]
+    fn one_changed_character_fails_the_checksum() {
+        let k = compose("ak", Environment::Staging, ID, SECRET).full;
+        let i = k.len() - 10;
+        let mut bytes = k.into_bytes();
+        bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+        assert_eq!(parse(&bytes), Err(ParseError::Checksum));
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let good = compose("ak", Environment::Development, ID, SECRET).full;
+        assert!(parse(good.as_bytes()).is_ok());
+        for bad in [
+            String::new(),
+            "ak".into(),
+            good.replace("_dev_", "_prod_"),
+            good.replacen("ak_", "A_", 1),
+            format!("{good}x"),
+            good[1..].to_string(),
+            good.replacen('_', "-", 1),
+            format!("x_{good}"),
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(parse(&[0xff; 70]), Err(ParseError::Shape));
+        assert_eq!(parse(&vec![b'a'; 1 << 20]), Err(ParseError::Length));
+    }
+
+    #[test]
+    fn brands() {
+        assert!(is_valid_brand("ak"));
+        assert!(is_valid_brand("acme2024"));
+        assert!(!is_valid_brand("a"));
+        assert!(!is_valid_brand("toolongbr"));
+        assert!(!is_valid_brand("Ak"));
+        assert!(!is_valid_brand("a_k"));
+    }
+
+    fn base62(len: usize) -> impl Strategy<Value = String> {
+        proptest::string::string_regex(&format!("[0-9A-Za-z]{{{len}}}")).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn composed_keys_parse_and_match_the_pattern(
+            brand in "[a-z0-9]{2,8}",
+            env in 0usize..3,
+            id in base62(PUBLIC_ID_LEN),
+            secret in base62(SECRET_LEN),
+        ) {
+            let env = Environment::ALL[env];
+            let key = compose(&brand, env, &id, &secret);
+            let parsed = parse(key.full.as_bytes()).unwrap();
+            prop_assert_eq!(parsed.prefix, key.prefix.as_str());
+            prop_assert_eq!(parsed.brand, brand.as_str());
+            prop_assert_eq!(parsed.secret, secret.as_str());
+            prop_assert_eq!(parsed.environment, env);
+            let re = regex::Regex::new(&format!("^{}$", key_pattern(&brand))).unwrap();
+            prop_assert!(re.is_match(&key.full));
+        }
+
+        #[test]
+        fn any_single_substitution_is_rejected(
+            id in base62(PUBLIC_ID_LEN),
+            secret in base62(SECRET_LEN),
+            pos in 0usize..70,
+            byte in any::<u8>(),
+        ) {
+            let key = compose("ak", Environment::Production, &id, &secret).full;
+            let mut bytes = key.clone().into_bytes();
+            let pos = pos % bytes.len();
+            prop_assume!(bytes[pos] != byte);
+            bytes[pos] = byte;
+            // CRC32 detects every single-byte change.
+            prop_assert!(parse(&bytes).is_err());
+        }
+    }
+}

@@ -1,0 +1,3 @@
+pub mod cidr;
+pub mod key;
+pub mod scope;
