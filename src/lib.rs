@@ -1,3 +1,45 @@
+//! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
+//!
+//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`. Postgres-facing rooms:
+//! `gucs`, `errors`, `enum_datum`, `api`. Tables, views, triggers, lifecycle and
+//! grants: `sql/`.
+
+use pgrx::prelude::*;
+
+mod api;
 pub mod cidr;
+mod enum_datum;
+mod errors;
+mod gucs;
 pub mod key;
 pub mod scope;
+pub mod verdict;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/functions.sql",
+    name = "functions",
+    requires = ["schema"]
+);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Used by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'api_keys'"]
+    }
+}

@@ -10,7 +10,7 @@ use std::fmt;
 const MAX_SCOPE_LEN: usize = 200;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
+pub enum Part {
     Any,
     Name(String),
 }
@@ -19,7 +19,10 @@ enum Part {
 pub enum Scope {
     /// `*`: every resource, every action.
     All,
-    Rule { resource: Vec<Part>, action: Part },
+    Rule {
+        resource: Vec<Part>,
+        action: Part,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,8 +95,14 @@ impl Scope {
             (Scope::All, _) => true,
             (Scope::Rule { .. }, Scope::All) => false,
             (
-                Scope::Rule { resource: g, action: ga },
-                Scope::Rule { resource: r, action: ra },
+                Scope::Rule {
+                    resource: g,
+                    action: ga,
+                },
+                Scope::Rule {
+                    resource: r,
+                    action: ra,
+                },
             ) => {
                 let action_ok = *ga == Part::Any || ga == ra;
                 action_ok && resource_covers(g, r)
@@ -107,8 +116,14 @@ impl Scope {
         match (self, other) {
             (Scope::All, _) | (_, Scope::All) => true,
             (
-                Scope::Rule { resource: a, action: aa },
-                Scope::Rule { resource: b, action: ba },
+                Scope::Rule {
+                    resource: a,
+                    action: aa,
+                },
+                Scope::Rule {
+                    resource: b,
+                    action: ba,
+                },
             ) => {
                 let action_ok = *aa == Part::Any || *ba == Part::Any || aa == ba;
                 action_ok && resources_overlap(a, b)
@@ -216,11 +231,31 @@ mod tests {
 
     #[test]
     fn grammar() {
-        for ok in ["*", "runs:read", "test-cases:write", "projects/42/runs:*", "*:read", "a/*/b:x_y"] {
+        for ok in [
+            "*",
+            "runs:read",
+            "test-cases:write",
+            "projects/42/runs:*",
+            "*:read",
+            "a/*/b:x_y",
+        ] {
             assert_eq!(s(ok).to_string(), ok);
         }
-        for bad in ["", "runs", "Runs:read", "runs:Read", "runs:", ":read", "runs:read:x", "a//b:r",
-                    "-a:read", "a b:read", "runs:1read", "**:read", "runs:re*d"] {
+        for bad in [
+            "",
+            "runs",
+            "Runs:read",
+            "runs:Read",
+            "runs:",
+            ":read",
+            "runs:read:x",
+            "a//b:r",
+            "-a:read",
+            "a b:read",
+            "runs:1read",
+            "**:read",
+            "runs:re*d",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
         assert!(Scope::parse(&format!("{}:read", "a".repeat(300))).is_err());
@@ -233,7 +268,10 @@ mod tests {
         assert!(s("projects/42/*:read").grants(&s("projects/42/runs/7:read")));
         assert!(!s("projects/42/*:read").grants(&s("projects/43/runs:read")));
         assert!(s("*").grants(&s("anything/at/all:admin")));
-        assert!(!s("runs:write").grants(&s("runs:read")), "no action implies another");
+        assert!(
+            !s("runs:write").grants(&s("runs:read")),
+            "no action implies another"
+        );
         assert!(!s("runs:admin").grants(&s("runs:read")));
     }
 
@@ -293,7 +331,10 @@ mod tests {
 
     fn pattern() -> impl Strategy<Value = String> {
         let seg = prop_oneof![Just("*".to_string()), "[ab]{1,2}"];
-        (proptest::collection::vec(seg, 1..4), prop_oneof![Just("*".to_string()), "(read|write)"])
+        (
+            proptest::collection::vec(seg, 1..4),
+            prop_oneof![Just("*".to_string()), "(read|write)"],
+        )
             .prop_map(|(segs, a)| format!("{}:{a}", segs.join("/")))
     }
 

@@ -83,16 +83,23 @@ mod tests {
     fn garbage_or_other_algorithms_never_verify() {
         assert!(!verify_secret("x", ""));
         assert!(!verify_secret("x", "not a phc string"));
-        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(64, 1, 1, None).unwrap())
-            .hash_password(b"x", &SaltString::generate(&mut OsRng))
-            .unwrap()
-            .to_string();
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"x", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
         assert!(!verify_secret("x", &argon2i));
     }
 
     #[test]
     fn impossible_parameters_are_errors() {
-        let bad = Argon2Settings { memory_kib: 1, ..CHEAP };
+        let bad = Argon2Settings {
+            memory_kib: 1,
+            ..CHEAP
+        };
         assert!(hash_secret("x", bad).is_err());
     }
 }

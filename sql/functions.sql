@@ -1,0 +1,414 @@
+-- The SQL surface for issuing and managing keys. Every SECURITY DEFINER function pins
+-- search_path; each acts for api_keys._caller(), the role that called it.
+
+-- Field validators shared by issue and update: 22023 naming the field, with a hint.
+CREATE FUNCTION api_keys._check_name(name text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN btrim(name);
+END $$;
+
+CREATE FUNCTION api_keys._check_expiry(expires_at timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF expires_at = 'infinity' THEN
+        RETURN NULL;  -- never
+    ELSIF expires_at <= now() THEN
+        RAISE EXCEPTION 'expires_at must be in the future (got %)', expires_at
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use NULL or ''infinity'' for a key that never expires, or revoke the key to end it now.';
+    END IF;
+    RETURN expires_at;
+END $$;
+
+CREATE FUNCTION api_keys._check_limit(field text, value integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value <= 0 THEN
+        RAISE EXCEPTION '% must be positive (got %)', field, value
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Leave it NULL to use the setting api_keys.default_' || field || '.';
+    END IF;
+    RETURN value;
+END $$;
+
+CREATE FUNCTION api_keys._check_cidrs(allowed_cidrs cidr[]) RETURNS cidr[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c cidr;
+BEGIN
+    IF allowed_cidrs IS NULL THEN
+        RETURN '{}';
+    END IF;
+    FOREACH c IN ARRAY allowed_cidrs LOOP
+        IF c IS NULL THEN
+            RAISE EXCEPTION 'allowed_cidrs must not contain NULL' USING ERRCODE = 'invalid_parameter_value';
+        ELSIF masklen(c) = 0 THEN
+            RAISE WARNING 'allowed_cidrs entry % admits every % client', c,
+                          CASE family(c) WHEN 4 THEN 'IPv4' ELSE 'IPv6' END
+                USING HINT = 'IPv4 and IPv6 rules are matched independently; omit allowed_cidrs to allow all.';
+        END IF;
+    END LOOP;
+    RETURN ARRAY(SELECT DISTINCT x FROM unnest(allowed_cidrs) x ORDER BY x);
+END $$;
+
+CREATE FUNCTION api_keys._check_metadata(metadata jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+        RAISE EXCEPTION 'metadata must be a JSON object (got %)', jsonb_typeof(metadata)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN metadata;
+END $$;
+
+-- The key row for a lifecycle call, locked; P0002 when it does not exist or the caller
+-- may not see it (the two are indistinguishable on purpose).
+CREATE FUNCTION api_keys._key_for_update(key_id uuid) RETURNS api_keys.keys
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k api_keys.keys;
+BEGIN
+    IF key_id IS NULL THEN
+        RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO k FROM api_keys.keys WHERE id = key_id FOR UPDATE;
+    IF NOT FOUND OR (k.owner <> api_keys._caller() AND NOT api_keys._caller_is_admin()) THEN
+        RAISE EXCEPTION 'no API key with id %', key_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'The key does not exist, or it belongs to another owner.';
+    END IF;
+    RETURN k;
+END $$;
+
+CREATE FUNCTION api_keys._listed(key_id uuid) RETURNS api_keys.key_list
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM api_keys.key_list l WHERE l.id = key_id
+$$;
+
+-- Mint, hash and store a key described by template `t`; audit 'issued'.
+CREATE FUNCTION api_keys._create_key(t api_keys.keys)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    minted record;
+BEGIN
+    SELECT * INTO STRICT minted FROM api_keys._mint_key(t.environment::text);
+    t.id := gen_random_uuid();
+    t.prefix := minted.prefix;
+    t.secret_hash := minted.secret_hash;
+    t.status := 'active';
+    t.created_at := now();
+    t.created_by := api_keys._caller();
+    INSERT INTO api_keys.keys SELECT t.*;
+    PERFORM api_keys._audit('issued', t, NULL, 'active', NULL,
+        jsonb_strip_nulls(jsonb_build_object(
+            'name', t.name, 'owner', t.owner, 'key_type', t.key_type,
+            'environment', t.environment, 'scopes', t.scopes, 'expires_at', t.expires_at,
+            'rotated_from', t.rotated_from)));
+    RETURN QUERY SELECT t.id, minted.key, t.prefix, t.expires_at;
+END $$;
+
+-- A validated template for a new key; api_key_issue mints and stores it.
+CREATE FUNCTION api_keys._issue_template(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[],
+    description text,
+    expires_at timestamptz,
+    allowed_cidrs cidr[],
+    owner text,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
+) RETURNS api_keys.keys
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller text := api_keys._caller();
+    t api_keys.keys;
+BEGIN
+    IF key_type IS NULL THEN
+        RAISE EXCEPTION 'key_type must not be NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'One of: service, user.';
+    ELSIF environment IS NULL THEN
+        RAISE EXCEPTION 'environment must not be NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'One of: production, staging, development.';
+    ELSIF owner IS NOT NULL AND btrim(owner) = '' THEN
+        RAISE EXCEPTION 'owner must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Leave it NULL to own the key yourself.';
+    ELSIF owner IS NOT NULL AND owner <> caller AND NOT api_keys._caller_is_admin() THEN
+        RAISE EXCEPTION 'role % may only issue keys it owns itself, not for owner %', caller, owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Leave owner NULL, or ask a member of api_keys_admin.';
+    END IF;
+    t.name := api_keys._check_name(_issue_template.name);
+    t.description := _issue_template.description;
+    t.key_type := _issue_template.key_type;
+    t.environment := _issue_template.environment;
+    t.owner := coalesce(_issue_template.owner, caller);
+    t.scopes := api_keys._check_scopes(_issue_template.scopes, true);
+    t.allowed_cidrs := api_keys._check_cidrs(_issue_template.allowed_cidrs);
+    t.expires_at := api_keys._check_expiry(_issue_template.expires_at);
+    t.rate_limit_per_minute := api_keys._check_limit('rate_limit_per_minute', _issue_template.rate_limit_per_minute);
+    t.rate_limit_per_hour := api_keys._check_limit('rate_limit_per_hour', _issue_template.rate_limit_per_hour);
+    t.metadata := coalesce(api_keys._check_metadata(_issue_template.metadata), '{}');
+    RETURN t;
+END $$;
+
+-- SQL, not PL/pgSQL: the contract gives an input and an output column the same name
+-- (expires_at), which PL/pgSQL cannot compile.
+CREATE FUNCTION api_keys.api_key_issue(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[] DEFAULT ARRAY['*'],
+    description text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    owner text DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT '{}'
+) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM api_keys._create_key(
+        api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11))
+$$;
+
+-- One path for every status change: check, write (the triggers re-check and audit), show.
+CREATE FUNCTION api_keys._change_status(key_id uuid, target api_keys.key_status, reason text)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+BEGIN
+    PERFORM api_keys._check_transition(k, target);
+    UPDATE api_keys.keys SET status = target, status_reason = nullif(btrim(reason), '')
+     WHERE id = k.id;
+    RETURN api_keys._listed(k.id);
+END $$;
+
+CREATE FUNCTION api_keys._require_reason(reason text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'reason is required to revoke a key' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why, e.g. ''leaked in a public repository''. It is kept in the audit log.';
+    END IF;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_suspend(key_id uuid, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT api_keys._change_status(key_id, 'suspended', reason)
+$$;
+
+CREATE FUNCTION api_keys.api_key_reactivate(key_id uuid)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT api_keys._change_status(key_id, 'active', NULL)
+$$;
+
+CREATE FUNCTION api_keys.api_key_revoke(key_id uuid, reason text)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM api_keys._require_reason(reason);
+    RETURN api_keys._change_status(key_id, 'revoked', reason);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF status = 'revoked' THEN
+        PERFORM api_keys._require_reason(reason);
+    END IF;
+    RETURN api_keys._change_status(key_id, status, reason);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_delete(key_id uuid)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+    shown api_keys.key_list := api_keys._listed(k.id);
+BEGIN
+    DELETE FROM api_keys.keys WHERE id = k.id;  -- audited by the trigger
+    RETURN shown;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+    effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
+    t api_keys.keys;
+    fresh record;
+BEGIN
+    IF grace IS NULL OR grace < '0'::interval THEN
+        RAISE EXCEPTION 'grace must be zero or a positive interval (got %)', grace
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'With grace 0 the old key is revoked at once.';
+    ELSIF effective IN ('revoked', 'expired') THEN
+        RAISE EXCEPTION 'key % is %; it cannot be rotated', k.prefix, effective
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Issue a new key instead.';
+    ELSIF effective = 'suspended' THEN
+        RAISE EXCEPTION 'key % is suspended; reactivate it before rotating', k.prefix
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    t := k;
+    t.rotated_from := k.id;
+    t.status_reason := NULL;
+    t.status_changed_at := NULL;
+    t.last_used_at := NULL;
+    t.last_used_ip := NULL;
+    SELECT * INTO STRICT fresh FROM api_keys._create_key(t);
+    PERFORM api_keys._audit('rotated', k, k.status, k.status, NULL,
+        jsonb_build_object('new_key_id', fresh.id, 'new_prefix', fresh.prefix, 'grace', grace::text));
+    IF grace = '0'::interval THEN
+        UPDATE api_keys.keys SET status = 'revoked', status_reason = 'rotated to ' || fresh.prefix
+         WHERE keys.id = k.id;
+    ELSE
+        UPDATE api_keys.keys SET expires_at = least(k.expires_at, now() + grace)
+         WHERE keys.id = k.id;
+    END IF;
+    RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_update(
+    key_id uuid,
+    name text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes text[] DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+    effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
+    new_scopes text[];
+    new_cidrs cidr[];
+BEGIN
+    IF effective IN ('revoked', 'expired') THEN
+        RAISE EXCEPTION 'key % is %; it can no longer be changed', k.prefix, effective
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Issue a new key instead.';
+    END IF;
+    IF scopes IS NOT NULL THEN
+        new_scopes := api_keys._check_scopes(scopes, true);
+    END IF;
+    IF allowed_cidrs IS NOT NULL THEN
+        new_cidrs := api_keys._check_cidrs(allowed_cidrs);
+    END IF;
+    IF (new_scopes IS DISTINCT FROM k.scopes AND new_scopes IS NOT NULL
+        OR new_cidrs IS DISTINCT FROM k.allowed_cidrs AND new_cidrs IS NOT NULL)
+       AND k.last_used_at > now() - interval '24 hours' THEN
+        RAISE WARNING 'key % was used in the last 24 hours; callers relying on its old scopes or networks may break', k.prefix
+            USING HINT = 'Check recent callers, or rotate with a grace period instead.';
+    END IF;
+    UPDATE api_keys.keys SET
+        name = CASE WHEN api_key_update.name IS NULL THEN keys.name
+                    ELSE api_keys._check_name(api_key_update.name) END,
+        -- '' clears the description
+        description = CASE WHEN api_key_update.description IS NULL THEN keys.description
+                           ELSE nullif(api_key_update.description, '') END,
+        scopes = coalesce(new_scopes, keys.scopes),
+        allowed_cidrs = coalesce(new_cidrs, keys.allowed_cidrs),
+        expires_at = CASE WHEN api_key_update.expires_at IS NULL THEN keys.expires_at
+                          ELSE api_keys._check_expiry(api_key_update.expires_at) END,
+        rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
+        rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
+        metadata = coalesce(api_keys._check_metadata(api_key_update.metadata), keys.metadata)
+     WHERE keys.id = k.id;
+    RETURN api_keys._listed(k.id);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_list(
+    status api_keys.key_status DEFAULT NULL,
+    environment api_keys.environment DEFAULT NULL,
+    search text DEFAULT NULL,
+    owner text DEFAULT NULL,
+    order_by text DEFAULT 'created_at desc',
+    page_size integer DEFAULT 50,
+    page integer DEFAULT 1
+) RETURNS SETOF api_keys.key_list
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sortable CONSTANT text[] := ARRAY[
+        'id', 'prefix', 'name', 'description', 'key_type', 'environment', 'owner', 'status',
+        'status_reason', 'expires_at', 'created_at', 'created_by', 'last_used_at',
+        'last_used_ip', 'rotated_from', 'rate_limit_per_minute', 'rate_limit_per_hour'];
+    words text[] := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
+    pattern text;
+BEGIN
+    IF array_length(words, 1) NOT BETWEEN 1 AND 2 OR NOT (words[1] = ANY (sortable))
+       OR coalesce(words[2], 'asc') NOT IN ('asc', 'desc') THEN
+        RAISE EXCEPTION 'order_by "%" is not a column of api_keys.key_list with optional asc or desc', order_by
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Sortable columns: ' || array_to_string(sortable, ', ') || '.';
+    ELSIF page_size IS NULL OR page_size NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'page_size must be between 1 and 1000 (got %)', page_size
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF page IS NULL OR page < 1 THEN
+        RAISE EXCEPTION 'page must be 1 or more (got %)', page
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- search is literal text: escape LIKE's wildcards.
+    pattern := '%' || replace(replace(replace(search, '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    RETURN QUERY EXECUTE format(
+        'SELECT * FROM api_keys.key_list l
+          WHERE ($1 IS NULL OR l.status = $1)
+            AND ($2 IS NULL OR l.environment = $2)
+            AND ($3 IS NULL OR l.name ILIKE $3 OR l.prefix ILIKE $3)
+            AND ($4 IS NULL OR l.owner = $4)
+          ORDER BY l.%I %s NULLS LAST, l.id
+          LIMIT $5 OFFSET $6',
+        words[1], coalesce(words[2], 'asc'))
+    USING status, environment, pattern, owner, page_size, (page::bigint - 1) * page_size;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_register_scope(resource text, action text, description text DEFAULT NULL)
+RETURNS api_keys.scope_catalog
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entry api_keys.scope_catalog;
+BEGIN
+    IF resource IS NULL OR action IS NULL THEN
+        RAISE EXCEPTION 'resource and action must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM api_keys._check_scopes(ARRAY[resource || ':' || action], false);
+    INSERT INTO api_keys.scope_catalog AS c (resource, action, description)
+    VALUES (api_key_register_scope.resource, api_key_register_scope.action, api_key_register_scope.description)
+    ON CONFLICT ON CONSTRAINT scope_catalog_pkey DO UPDATE SET description = EXCLUDED.description
+    RETURNING c.* INTO entry;
+    RETURN entry;
+END $$;
+
+CREATE FUNCTION api_keys.audit_prune(older_than interval) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- Ordinary triggers do not fire under replica: the append-only trigger lets this through.
+SET session_replication_role = replica
+AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    IF older_than IS NULL OR older_than <= '0'::interval THEN
+        RAISE EXCEPTION 'older_than must be a positive interval (got %)', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM api_keys.audit_log WHERE at < now() - older_than;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END $$;

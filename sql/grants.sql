@@ -1,0 +1,52 @@
+-- Privileges. Functions default to EXECUTE for PUBLIC: take that away, then grant back
+-- exactly what each audience needs, and say why.
+REVOKE ALL ON ALL TABLES IN SCHEMA api_keys FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA api_keys FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA api_keys FROM PUBLIC;
+
+-- Everyone may name the schema's types and call what is granted below.
+GRANT USAGE ON SCHEMA api_keys TO PUBLIC;
+
+-- The views filter rows by _caller(); their callers need these two.
+GRANT EXECUTE ON FUNCTION api_keys._caller(), api_keys._caller_is_admin(),
+                          api_keys._effective_status(api_keys.key_status, timestamptz) TO PUBLIC;
+
+-- Self-service: any role issues, lists and manages keys it owns (the functions check
+-- ownership; admins see all). Reading the views shows only the caller's own keys.
+GRANT EXECUTE ON FUNCTION
+    api_keys.api_key_issue(text, api_keys.key_type, api_keys.environment, text[], text, timestamptz, cidr[], text, integer, integer, jsonb),
+    api_keys.api_key_suspend(uuid, text),
+    api_keys.api_key_reactivate(uuid),
+    api_keys.api_key_revoke(uuid, text),
+    api_keys.api_key_set_status(uuid, api_keys.key_status, text),
+    api_keys.api_key_delete(uuid),
+    api_keys.api_key_rotate(uuid, interval),
+    api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+    api_keys.api_key_list(api_keys.key_status, api_keys.environment, text, text, text, integer, integer)
+TO PUBLIC;
+GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon TO PUBLIC;
+
+-- The scanner regex reveals nothing but the brand.
+GRANT EXECUTE ON FUNCTION api_keys.key_pattern() TO PUBLIC;
+
+-- Verifiers check keys presented to them; they cannot list or change any.
+GRANT EXECUTE ON FUNCTION api_keys.api_key_verify(text, inet, text) TO api_keys_verifier;
+
+-- Admins: the scope catalog, the audit log, pruning, and direct edits of keys (guarded
+-- by the keys_guard trigger and audited). Never the hash: column grants leave it out.
+GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
+                          api_keys.audit_prune(interval) TO api_keys_admin;
+GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog TO api_keys_admin;
+GRANT SELECT (id, prefix, name, description, key_type, environment, owner, status,
+              status_reason, status_changed_at, scopes, allowed_cidrs, expires_at,
+              created_at, created_by, last_used_at, last_used_ip, rotated_from,
+              rate_limit_per_minute, rate_limit_per_hour, metadata),
+      UPDATE (name, description, owner, status, status_reason, scopes, allowed_cidrs,
+              expires_at, rate_limit_per_minute, rate_limit_per_hour, metadata)
+   ON api_keys.keys TO api_keys_admin;
+
+-- pg_dump keeps the data of these tables (and the audit id sequence).
+SELECT pg_catalog.pg_extension_config_dump('api_keys.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('api_keys.scope_catalog', '');
+SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log_id_seq', '');

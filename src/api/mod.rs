@@ -1,0 +1,6 @@
+//! The SQL surface written in Rust. Thin: parse arguments, call the pure rooms, answer.
+//! Lifecycle, listing and audit are set-based table work and live in sql/.
+
+mod issue;
+mod pattern;
+mod verify;

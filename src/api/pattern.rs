@@ -1,0 +1,19 @@
+use pgrx::prelude::*;
+
+use crate::{errors, gucs, key::format};
+
+/// A regex that matches every key this installation issues, for secret scanners.
+#[pg_extern(stable, parallel_safe, requires = ["schema"])]
+fn key_pattern() -> String {
+    format::key_pattern(&configured_brand())
+}
+
+/// The brand from `api_keys.brand`, or 22023 when the setting holds an invalid brand.
+pub(super) fn configured_brand() -> String {
+    gucs::brand().unwrap_or_else(|| {
+        errors::invalid_parameter(
+            "api_keys.brand must be 2 to 8 lowercase letters or digits",
+            Some("ALTER SYSTEM SET api_keys.brand = 'ak'; SELECT pg_reload_conf();".into()),
+        )
+    })
+}

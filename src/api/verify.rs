@@ -1,0 +1,129 @@
+//! `api_key_verify`: one row for any input, never an error for bad input.
+
+use pgrx::datum::{Inet, TimestampWithTimeZone, Uuid};
+use pgrx::prelude::*;
+
+use crate::cidr;
+use crate::enum_datum::{EnvironmentDatum, KeyTypeDatum};
+use crate::key::{format, hash};
+use crate::verdict::{self, KeyState, Reason};
+
+type VerifyRow = (
+    bool,
+    String,
+    Option<Uuid>,
+    Option<String>,
+    Option<KeyTypeDatum>,
+    Option<EnvironmentDatum>,
+    Option<Vec<String>>,
+    Option<TimestampWithTimeZone>,
+);
+
+fn rejected(reason: Reason) -> VerifyRow {
+    (
+        false,
+        reason.as_str().to_owned(),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+}
+
+const FETCH_BY_PREFIX: &str = "\
+    SELECT id, secret_hash, owner, key_type, environment, status::text, \
+           coalesce(expires_at <= now(), false), scopes, allowed_cidrs::text[], expires_at \
+      FROM api_keys.keys WHERE prefix OPERATOR(pg_catalog.=) $1";
+
+/// `key` arrives as the raw bytes of its text datum (see the CREATE FUNCTION below), so
+/// bytes that are not UTF-8 (possible in a SQL_ASCII database) are `malformed`, not an
+/// error. Likewise `required_scope`.
+#[pg_extern(
+    requires = ["schema"],
+    sql = r#"
+CREATE FUNCTION api_keys.api_key_verify(
+    key text,
+    client_ip inet DEFAULT NULL,
+    required_scope text DEFAULT NULL
+) RETURNS TABLE (
+    valid boolean, reason text, key_id uuid, owner text,
+    key_type api_keys.key_type, environment api_keys.environment,
+    scopes text[], expires_at timestamptz
+)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#
+)]
+fn api_key_verify(
+    key: Option<&[u8]>,
+    client_ip: Option<Inet>,
+    required_scope: Option<&[u8]>,
+) -> TableIterator<
+    'static,
+    (
+        name!(valid, bool),
+        name!(reason, String),
+        name!(key_id, Option<Uuid>),
+        name!(owner, Option<String>),
+        name!(key_type, Option<KeyTypeDatum>),
+        name!(environment, Option<EnvironmentDatum>),
+        name!(scopes, Option<Vec<String>>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    TableIterator::once(verify(
+        key.unwrap_or_default(),
+        client_ip.as_deref(),
+        required_scope,
+    ))
+}
+
+fn verify(key: &[u8], client_ip: Option<&str>, required_scope: Option<&[u8]>) -> VerifyRow {
+    // Cheap rejection first: no table, no hash.
+    let Ok(parsed) = format::parse(key) else {
+        return rejected(Reason::Malformed);
+    };
+    Spi::connect(|client| {
+        let rows = client
+            .select(FETCH_BY_PREFIX, Some(1), &[parsed.prefix.into()])
+            .expect("key lookup");
+        if rows.is_empty() {
+            return rejected(Reason::NotFound);
+        }
+        let row = rows.first();
+        let secret_hash: String = row.get(2).ok().flatten().unwrap_or_default();
+        if !hash::verify_secret(parsed.secret, &secret_hash) {
+            return rejected(Reason::InvalidSecret);
+        }
+        let status: String = row.get(6).ok().flatten().unwrap_or_default();
+        let past_expiry: bool = row.get(7).ok().flatten().unwrap_or(false);
+        let scopes: Vec<String> = row.get(8).ok().flatten().unwrap_or_default();
+        let cidr_text: Vec<String> = row.get(9).ok().flatten().unwrap_or_default();
+        let rules = cidr::parse_rules(&cidr_text);
+        let state = KeyState {
+            status: &status,
+            past_expiry,
+            cidrs: rules.as_deref(),
+            scopes: &scopes,
+        };
+        let client = client_ip.and_then(cidr::parse_client);
+        let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
+        let reason = verdict::judge(&state, client, required);
+        if reason != Reason::Ok {
+            return rejected(reason);
+        }
+        (
+            true,
+            reason.as_str().to_owned(),
+            row.get(1).ok().flatten(),
+            row.get(3).ok().flatten(),
+            row.get(4).ok().flatten(),
+            row.get(5).ok().flatten(),
+            Some(scopes),
+            row.get(10).ok().flatten(),
+        )
+    })
+}

@@ -1,0 +1,92 @@
+//! Every setting of the extension: name, default, bounds, who may change it.
+//! Settings that weaken security are superuser-only (`PGC_SUSET`).
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+use crate::key::format::is_valid_brand;
+use crate::key::hash::Argon2Settings;
+
+pub static BRAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"ak"));
+pub static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
+pub static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"api_keys.brand",
+        c"Brand at the start of every issued key (2-8 lowercase letters or digits).",
+        c"Changing it affects new keys and api_keys.key_pattern(); existing keys keep verifying.",
+        &BRAND,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.argon2_memory_kib",
+        c"argon2id memory cost in KiB for newly hashed secrets (OWASP: 19456).",
+        c"Existing hashes keep the parameters they were made with.",
+        &ARGON2_MEMORY_KIB,
+        64,
+        4 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.argon2_iterations",
+        c"argon2id time cost (passes) for newly hashed secrets (OWASP: 2).",
+        c"",
+        &ARGON2_ITERATIONS,
+        1,
+        64,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.argon2_parallelism",
+        c"argon2id lanes for newly hashed secrets (OWASP: 1).",
+        c"",
+        &ARGON2_PARALLELISM,
+        1,
+        16,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.expiry_warning",
+        c"How far ahead api_keys.expiring_soon looks.",
+        c"",
+        &EXPIRY_WARNING_S,
+        60,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"api_keys.actor",
+        c"Application-level actor recorded in the audit log beside current_user.",
+        c"Set it per transaction, e.g. SET LOCAL api_keys.actor = 'jane@example.com'.",
+        &ACTOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// The configured brand, or None when it is not a valid brand.
+pub fn brand() -> Option<String> {
+    let brand = BRAND
+        .get()
+        .and_then(|b| b.into_string().ok())
+        .unwrap_or_else(|| "ak".into());
+    is_valid_brand(&brand).then_some(brand)
+}
+
+pub fn argon2_settings() -> Argon2Settings {
+    // Bounds above keep these positive.
+    Argon2Settings {
+        memory_kib: ARGON2_MEMORY_KIB.get() as u32,
+        iterations: ARGON2_ITERATIONS.get() as u32,
+        parallelism: ARGON2_PARALLELISM.get() as u32,
+    }
+}

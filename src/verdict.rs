@@ -1,0 +1,152 @@
+//! The checks that follow a correct secret, as a pure function over the key row.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+use crate::{cidr, scope};
+
+/// Every `reason` that `api_key_verify` can return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Ok,
+    Malformed,
+    NotFound,
+    InvalidSecret,
+    Suspended,
+    Revoked,
+    Expired,
+    IpNotAllowed,
+    InsufficientScope,
+    RateLimited,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Malformed => "malformed",
+            Self::NotFound => "not_found",
+            Self::InvalidSecret => "invalid_secret",
+            Self::Suspended => "suspended",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::IpNotAllowed => "ip_not_allowed",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// What verification needs from a key row whose secret has matched.
+pub struct KeyState<'a, S: AsRef<str>> {
+    pub status: &'a str,
+    /// `expires_at <= now()`: expired at once, whether or not a sweep has run.
+    pub past_expiry: bool,
+    /// None when a stored rule does not parse: fail closed.
+    pub cidrs: Option<&'a [IpNet]>,
+    pub scopes: &'a [S],
+}
+
+/// Status first (revoked outranks expired outranks suspended), then network, then scope.
+pub fn judge<S: AsRef<str>>(
+    key: &KeyState<'_, S>,
+    client: Option<IpAddr>,
+    required_scope: Option<&str>,
+) -> Reason {
+    match key.status {
+        "revoked" => return Reason::Revoked,
+        "expired" => return Reason::Expired,
+        _ if key.past_expiry => return Reason::Expired,
+        "suspended" => return Reason::Suspended,
+        "active" => {}
+        _ => return Reason::Revoked,
+    }
+    match key.cidrs {
+        Some(rules) if cidr::allows(rules, client) => {}
+        _ => return Reason::IpNotAllowed,
+    }
+    match required_scope {
+        Some(required) if !scope::any_grants(key.scopes, required) => Reason::InsufficientScope,
+        _ => Reason::Ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state<'a>(
+        status: &'a str,
+        past: bool,
+        cidrs: &'a [IpNet],
+        scopes: &'a [&'a str],
+    ) -> KeyState<'a, &'a str> {
+        KeyState {
+            status,
+            past_expiry: past,
+            cidrs: Some(cidrs),
+            scopes,
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        let all = ["*"];
+        assert_eq!(
+            judge(&state("active", false, &[], &all), None, None),
+            Reason::Ok
+        );
+        assert_eq!(
+            judge(&state("revoked", true, &[], &all), None, None),
+            Reason::Revoked
+        );
+        assert_eq!(
+            judge(&state("suspended", true, &[], &all), None, None),
+            Reason::Expired
+        );
+        assert_eq!(
+            judge(&state("suspended", false, &[], &all), None, None),
+            Reason::Suspended
+        );
+        assert_eq!(
+            judge(&state("active", true, &[], &all), None, None),
+            Reason::Expired
+        );
+        assert_eq!(
+            judge(&state("expired", false, &[], &all), None, None),
+            Reason::Expired
+        );
+    }
+
+    #[test]
+    fn network_then_scope() {
+        let rules = cidr::parse_rules(&["10.0.0.0/8"]).unwrap();
+        let scopes = ["runs:read"];
+        let s = state("active", false, &rules, &scopes);
+        assert_eq!(judge(&s, None, None), Reason::IpNotAllowed);
+        let inside = cidr::parse_client("10.0.0.1");
+        assert_eq!(
+            judge(&s, inside, Some("runs:write")),
+            Reason::InsufficientScope
+        );
+        assert_eq!(judge(&s, inside, Some("runs:read")), Reason::Ok);
+        assert_eq!(
+            judge(&s, inside, Some("garbage")),
+            Reason::InsufficientScope
+        );
+    }
+
+    #[test]
+    fn unparseable_rules_fail_closed() {
+        let s: KeyState<'_, &str> = KeyState {
+            status: "active",
+            past_expiry: false,
+            cidrs: None,
+            scopes: &[],
+        };
+        assert_eq!(
+            judge(&s, cidr::parse_client("10.0.0.1"), None),
+            Reason::IpNotAllowed
+        );
+    }
+}
