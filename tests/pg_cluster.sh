@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start or stop a throwaway cluster for tests: owned by postgres (initdb refuses root),
+# reachable on a unix socket in its own directory only, with the library preloaded.
+#   tests/pg_cluster.sh start DIR PORT [extra postgresql.conf lines...]
+#   tests/pg_cluster.sh stop DIR
+set -euo pipefail
+PG_BIN=${PG_BIN:-$(pg_config --bindir)}
+as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
+
+case "$1" in
+start)
+    dir=$2 port=$3
+    shift 3
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null
+    {
+        echo "shared_preload_libraries = 'api_keys'"
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$dir'"
+        echo "port = $port"
+        echo "fsync = off"
+        for line in "$@"; do echo "$line"; done
+    } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+stop)
+    dir=$2
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: $0 start DIR PORT [conf lines] | stop DIR" >&2
+    exit 2
+    ;;
+esac
