@@ -57,6 +57,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#
 )]
+#[allow(clippy::type_complexity)] // name!() cannot go through a type alias
 fn api_key_verify(
     key: Option<&[u8]>,
     client_ip: Option<Inet>,

@@ -1,0 +1,72 @@
+# Two commands matter: `make run` (install what is missing, build, start a local
+# cluster, walk through the API) and `make test` (every test tier).
+SHELL := /bin/bash
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PG_BIN := $(dir $(PG_CONFIG))
+PGRX_VERSION := 0.18.1
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo
+RUN_DIR ?= /tmp/api_keys_run
+RUN_PORT ?= 5433
+PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
+PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
+
+.PHONY: run test deps install lint regress pgrx-test stop psql clean
+
+## make run: everything from a fresh machine to a guided tour on a local cluster.
+run: deps install
+	@if [ ! -d $(RUN_DIR)/data ]; then \
+	    echo "==> creating a cluster in $(RUN_DIR) (port $(RUN_PORT))"; \
+	    PG_BIN=$(PG_BIN) tests/pg_cluster.sh start $(RUN_DIR) $(RUN_PORT) "listen_addresses = '127.0.0.1'"; \
+	else \
+	    echo "==> restarting the cluster in $(RUN_DIR) to load the new library"; \
+	    sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -l $(RUN_DIR)/server.log -w restart >/dev/null; \
+	fi
+	@$(PSQL_RUN) -q -c "CREATE EXTENSION IF NOT EXISTS api_keys" -c "ALTER EXTENSION api_keys UPDATE"
+	@$(PSQL_RUN) -f examples/tour.sql
+	@echo
+	@echo "Connect:  psql -h $(RUN_DIR) -p $(RUN_PORT) -U postgres    (or -h 127.0.0.1)"
+	@echo "Stop:     make stop"
+
+## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.
+test: deps lint install regress pgrx-test
+	@echo "make test: all tiers passed"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "==> apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if [ "$$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $(PGRX_VERSION)" ]; then \
+	    echo "==> cargo install cargo-pgrx $(PGRX_VERSION) (about 10 minutes, once)"; \
+	    cargo install cargo-pgrx --version $(PGRX_VERSION) --locked; \
+	fi
+	@if ! grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
+	    cargo pgrx init --pg15 $(PG_CONFIG); \
+	fi
+
+install:
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+regress:
+	PATH=$(PG_BIN):$$PATH tests/run_pg_regress.sh
+
+# Pure #[test]s and proptests, #[pg_test]s in a pgrx-managed cluster, and the
+# integration tests in tests/*.rs that start their own clusters.
+pgrx-test:
+	rm -rf $(PGRX_TEST_DATA)
+	cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)
+
+stop:
+	-sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -m fast -w stop
+
+psql:
+	$(PSQL_RUN)
+
+clean: stop
+	rm -rf $(RUN_DIR) $(PGRX_TEST_DATA)
+	cargo clean

@@ -1,0 +1,296 @@
+//! Harness for the integration tests: a throwaway PostgreSQL 15 cluster with
+//! `api_keys` preloaded, reachable only on a unix socket in its own temp directory.
+//!
+//! Starting and stopping goes through `tests/pg_cluster.sh`, which runs initdb/pg_ctl
+//! as the `postgres` OS user when the tests run as root (initdb refuses root).
+//! The extension must already be installed into the system PostgreSQL.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use postgres::{Client, NoTls};
+
+/// The database every cluster creates, with `CREATE EXTENSION api_keys` already run.
+pub const DB: &str = "api_keys_test";
+
+pub fn pg_bin() -> PathBuf {
+    PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+}
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_cluster.sh")
+}
+
+/// A port nobody is listening on right now (the server only uses it to name its socket,
+/// but a distinct port per cluster keeps socket and shared-memory names apart).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("could not find a free port")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub struct Cluster {
+    /// Temp dir: socket, data directory (`data/`), `server.log`.
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Start a fresh preloaded cluster and create the extension in database [`DB`].
+    /// Panics (with the server log) when the cluster does not come up.
+    pub fn start(name: &str) -> Cluster {
+        Self::start_with(name, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `postgresql.conf` lines.
+    pub fn start_with(name: &str, conf: &[&str]) -> Cluster {
+        let port = free_port();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        // Short: unix socket paths are limited to ~107 bytes.
+        let dir = std::env::temp_dir().join(format!(
+            "ak_{}_{}_{:x}",
+            name,
+            std::process::id(),
+            nanos
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .arg("start")
+            .arg(&dir)
+            .arg(port.to_string())
+            .args(conf)
+            .output()
+            .expect("could not run tests/pg_cluster.sh");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            stop_dir(&dir);
+            panic!(
+                "cluster {name} did not start on port {port}\n{}\nserver.log:\n{log}",
+                describe(&out)
+            );
+        }
+        let cluster = Cluster { dir, port };
+        // From here on Drop cleans up, even if setup below panics.
+        let setup = (|| -> Result<(), postgres::Error> {
+            let mut c = cluster.try_connect("postgres")?;
+            c.batch_execute(&format!("CREATE DATABASE {DB}"))?;
+            let mut c = cluster.try_connect(DB)?;
+            c.batch_execute("CREATE EXTENSION api_keys")?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            panic!(
+                "cluster {name}: creating the extension failed: {e:?}\nserver.log:\n{}",
+                cluster.server_log()
+            );
+        }
+        cluster
+    }
+
+    pub fn socket_dir(&self) -> &str {
+        self.dir.to_str().expect("temp dir is not UTF-8")
+    }
+
+    pub fn conn_string(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db} application_name=api_keys_it",
+            self.socket_dir(),
+            self.port
+        )
+    }
+
+    pub fn try_connect(&self, db: &str) -> Result<Client, postgres::Error> {
+        Client::connect(&self.conn_string(db), NoTls)
+    }
+
+    /// A plain new session as superuser `postgres` (nothing set).
+    pub fn connect(&self, db: &str) -> Client {
+        self.try_connect(db).unwrap_or_else(|e| {
+            panic!(
+                "connect to {db} failed: {e:?}\nserver.log:\n{}",
+                self.server_log()
+            )
+        })
+    }
+
+    /// A new session with cheap argon2 parameters (fast issuing) and UTC timestamps.
+    pub fn connect_fast(&self, db: &str) -> Client {
+        let mut c = self.connect(db);
+        cheap_hashing(&mut c);
+        c
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Run a PostgreSQL client program (pg_dump, pg_restore, psql...) against this
+    /// cluster's socket as user postgres. Panics with its output when it fails.
+    pub fn run_tool(&self, tool: &str, args: &[&str]) -> Output {
+        let out = Command::new(pg_bin().join(tool))
+            .arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-U")
+            .arg("postgres")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("could not run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed\n{}\nserver.log:\n{}",
+            describe(&out),
+            self.server_log()
+        );
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        stop_dir(&self.dir);
+    }
+}
+
+fn stop_dir(dir: &Path) {
+    let _ = Command::new("bash")
+        .arg(cluster_script())
+        .arg("stop")
+        .arg(dir)
+        .output();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Cheap argon2 for this session (the settings are superuser-only) and UTC timestamps,
+/// so that timestamps printed as text compare equal across sessions and databases.
+pub fn cheap_hashing(c: &mut Client) {
+    c.batch_execute(
+        "SET api_keys.argon2_memory_kib = 64; SET api_keys.argon2_iterations = 1; \
+         SET TimeZone = 'UTC'; SET search_path = api_keys, public",
+    )
+    .expect("session settings");
+}
+
+/// What `api_key_verify` answered, with every column as comparable text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub valid: bool,
+    pub reason: String,
+    pub key_id: Option<String>,
+    pub owner: Option<String>,
+    pub key_type: Option<String>,
+    pub environment: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<String>,
+}
+
+pub const VERIFY_SQL: &str = "\
+    SELECT valid, reason, key_id::text, owner, key_type::text, environment::text, scopes, \
+           expires_at::text \
+      FROM api_keys.api_key_verify($1::text, $2::text::inet, $3::text)";
+
+pub fn try_verify(
+    c: &mut impl postgres::GenericClient,
+    key: &str,
+    ip: Option<&str>,
+    scope: Option<&str>,
+) -> Result<Verdict, postgres::Error> {
+    let rows = c.query(VERIFY_SQL, &[&key, &ip, &scope])?;
+    assert_eq!(rows.len(), 1, "api_key_verify must return exactly one row");
+    let r = &rows[0];
+    Ok(Verdict {
+        valid: r.get(0),
+        reason: r.get(1),
+        key_id: r.get(2),
+        owner: r.get(3),
+        key_type: r.get(4),
+        environment: r.get(5),
+        scopes: r.get(6),
+        expires_at: r.get(7),
+    })
+}
+
+pub fn verify(
+    c: &mut impl postgres::GenericClient,
+    key: &str,
+    ip: Option<&str>,
+    scope: Option<&str>,
+) -> Verdict {
+    try_verify(c, key, ip, scope).unwrap_or_else(|e| panic!("api_key_verify raised: {e:?}"))
+}
+
+/// An issued key: (id, full key, prefix).
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub id: String,
+    pub key: String,
+    pub prefix: String,
+}
+
+/// `api_key_issue` with the given argument list (SQL text after `name`), e.g.
+/// `issue(c, "'svc', 'service', 'production', ARRAY['runs:read']")`.
+pub fn issue(c: &mut impl postgres::GenericClient, args_sql: &str) -> Issued {
+    let row = c
+        .query_one(
+            &format!("SELECT id::text, key, prefix FROM api_keys.api_key_issue({args_sql})"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("api_key_issue({args_sql}) failed: {e:?}"));
+    Issued {
+        id: row.get(0),
+        key: row.get(1),
+        prefix: row.get(2),
+    }
+}
+
+/// A key with the same prefix as `key` and a different secret, with a correct checksum
+/// (CRC32 of the body, fixed-width base62): it reaches the hash check and must fail it.
+pub fn forge_secret(key: &str) -> String {
+    const CHECKSUM_LEN: usize = 6;
+    let body = &key[..key.len() - CHECKSUM_LEN];
+    let (prefix, secret) = body.rsplit_once('_').expect("key has no secret part");
+    let forged: String = secret
+        .chars()
+        .map(|ch| match ch {
+            'a' => 'b',
+            'b' => 'a',
+            'A' => 'B',
+            'B' => 'A',
+            '0' => '1',
+            '1' => '0',
+            other => other,
+        })
+        .collect();
+    let mut forged = forged;
+    if forged == secret {
+        // No a/b/0/1 at all (unlikely): change the first character.
+        let first = if secret.starts_with('z') { "y" } else { "z" };
+        forged = format!("{first}{}", &secret[1..]);
+    }
+    let new_body = format!("{prefix}_{forged}");
+    let crc = crc32fast::hash(new_body.as_bytes());
+    format!(
+        "{new_body}{:0>width$}",
+        base62::encode(crc),
+        width = CHECKSUM_LEN
+    )
+}
