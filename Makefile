@@ -13,18 +13,24 @@ PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 .PHONY: run test deps install lint regress pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
-run: deps install
+# The cluster is stopped while the library is replaced: installing copies over the
+# shared object in place, which a running server that has it mapped would not survive.
+run: deps
+	@if [ -f $(RUN_DIR)/data/postmaster.pid ]; then \
+	    sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -m fast -w stop >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory install
 	@if [ ! -d $(RUN_DIR)/data ]; then \
 	    echo "==> creating a cluster in $(RUN_DIR) (port $(RUN_PORT))"; \
-	    PG_BIN=$(PG_BIN) tests/pg_cluster.sh start $(RUN_DIR) $(RUN_PORT) "listen_addresses = '127.0.0.1'"; \
+	    PG_BIN=$(PG_BIN) tests/pg_cluster.sh start $(RUN_DIR) $(RUN_PORT) "listen_addresses = '127.0.0.1'" "fsync = on"; \
 	else \
-	    echo "==> restarting the cluster in $(RUN_DIR) to load the new library"; \
-	    sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -l $(RUN_DIR)/server.log -w restart >/dev/null; \
+	    echo "==> starting the cluster in $(RUN_DIR) (port $(RUN_PORT))"; \
+	    sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -l $(RUN_DIR)/server.log -w start >/dev/null; \
 	fi
 	@$(PSQL_RUN) -q -c "CREATE EXTENSION IF NOT EXISTS api_keys" -c "ALTER EXTENSION api_keys UPDATE"
 	@$(PSQL_RUN) -f examples/tour.sql
 	@echo
-	@echo "Connect:  psql -h $(RUN_DIR) -p $(RUN_PORT) -U postgres    (or -h 127.0.0.1)"
+	@echo "Connect:  psql -h $(RUN_DIR) -p $(RUN_PORT) -U postgres    (or: make psql)"
 	@echo "Stop:     make stop"
 
 ## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.

@@ -94,7 +94,8 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         &mut c,
         "'suspended-key', 'user', 'staging', ARRAY['reports:read'], owner => 'alice'",
     );
-    c.batch_execute("SET api_keys.actor = 'jane@example.com'").unwrap();
+    c.batch_execute("SET api_keys.actor = 'jane@example.com'")
+        .unwrap();
     uuid_param(
         &mut c,
         "SELECT api_key_suspend($1::text::uuid, 'under investigation')",
@@ -102,7 +103,10 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
     );
     c.batch_execute("RESET api_keys.actor").unwrap();
     // Revoked.
-    let revoked = issue(&mut c, "'revoked-key', 'service', 'development', ARRAY['runs:read']");
+    let revoked = issue(
+        &mut c,
+        "'revoked-key', 'service', 'development', ARRAY['runs:read']",
+    );
     uuid_param(
         &mut c,
         "SELECT api_key_revoke($1::text::uuid, 'leaked in a public repository')",
@@ -126,7 +130,10 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         prefix: row.get(2),
     };
     // Updated (an 'updated' audit row) and deleted (a 'deleted' row, key gone).
-    let updated = issue(&mut c, "'to-update', 'user', 'development', ARRAY['runs:read']");
+    let updated = issue(
+        &mut c,
+        "'to-update', 'user', 'development', ARRAY['runs:read']",
+    );
     uuid_param(
         &mut c,
         "SELECT api_key_update($1::text::uuid, description => 'edited', scopes => ARRAY['reports:read'])",
@@ -147,37 +154,152 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
             &[&rotating.id, &rotated.id],
         )
         .unwrap();
-    assert_eq!(r.get::<_, Option<String>>(0).as_deref(), Some(rotating.id.as_str()));
-    assert_eq!(r.get::<_, Option<bool>>(1), Some(true), "grace expiry of the old key");
+    assert_eq!(
+        r.get::<_, Option<String>>(0).as_deref(),
+        Some(rotating.id.as_str())
+    );
+    assert_eq!(
+        r.get::<_, Option<bool>>(1),
+        Some(true),
+        "grace expiry of the old key"
+    );
     assert_eq!(r.get::<_, Option<String>>(2).as_deref(), Some("active"));
 
     let cases = vec![
-        Case { label: "active, allowed v4, granted scope", key: active.key.clone(), ip: Some("10.1.2.3"), scope: Some("runs:read"), expect_reason: "ok" },
-        Case { label: "active, allowed v6, granted scope", key: active.key.clone(), ip: Some("2001:db8::1"), scope: Some("runs:write"), expect_reason: "ok" },
-        Case { label: "active, other /24", key: active.key.clone(), ip: Some("192.168.1.77"), scope: None, expect_reason: "ok" },
-        Case { label: "active, outside CIDRs", key: active.key.clone(), ip: Some("172.16.0.1"), scope: None, expect_reason: "ip_not_allowed" },
-        Case { label: "active, no client ip", key: active.key.clone(), ip: None, scope: None, expect_reason: "ip_not_allowed" },
-        Case { label: "active, missing scope", key: active.key.clone(), ip: Some("10.1.2.3"), scope: Some("reports:read"), expect_reason: "insufficient_scope" },
-        Case { label: "active, forged secret", key: forge_secret(&active.key), ip: Some("10.1.2.3"), scope: None, expect_reason: "invalid_secret" },
-        Case { label: "suspended", key: suspended.key.clone(), ip: None, scope: Some("reports:read"), expect_reason: "suspended" },
-        Case { label: "revoked", key: revoked.key.clone(), ip: None, scope: None, expect_reason: "revoked" },
-        Case { label: "rotated-from, in grace", key: rotating.key.clone(), ip: None, scope: Some("reports:read"), expect_reason: "ok" },
-        Case { label: "rotated-to", key: rotated.key.clone(), ip: None, scope: Some("runs:read"), expect_reason: "ok" },
-        Case { label: "updated, new scope", key: updated.key.clone(), ip: None, scope: Some("reports:read"), expect_reason: "ok" },
-        Case { label: "updated, old scope", key: updated.key.clone(), ip: None, scope: Some("runs:read"), expect_reason: "insufficient_scope" },
-        Case { label: "deleted", key: deleted.key.clone(), ip: None, scope: None, expect_reason: "not_found" },
-        Case { label: "garbage", key: "ak_live_nope".into(), ip: None, scope: None, expect_reason: "malformed" },
+        Case {
+            label: "active, allowed v4, granted scope",
+            key: active.key.clone(),
+            ip: Some("10.1.2.3"),
+            scope: Some("runs:read"),
+            expect_reason: "ok",
+        },
+        Case {
+            label: "active, allowed v6, granted scope",
+            key: active.key.clone(),
+            ip: Some("2001:db8::1"),
+            scope: Some("runs:write"),
+            expect_reason: "ok",
+        },
+        Case {
+            label: "active, other /24",
+            key: active.key.clone(),
+            ip: Some("192.168.1.77"),
+            scope: None,
+            expect_reason: "ok",
+        },
+        Case {
+            label: "active, outside CIDRs",
+            key: active.key.clone(),
+            ip: Some("172.16.0.1"),
+            scope: None,
+            expect_reason: "ip_not_allowed",
+        },
+        Case {
+            label: "active, no client ip",
+            key: active.key.clone(),
+            ip: None,
+            scope: None,
+            expect_reason: "ip_not_allowed",
+        },
+        Case {
+            label: "active, missing scope",
+            key: active.key.clone(),
+            ip: Some("10.1.2.3"),
+            scope: Some("reports:read"),
+            expect_reason: "insufficient_scope",
+        },
+        Case {
+            label: "active, forged secret",
+            key: forge_secret(&active.key),
+            ip: Some("10.1.2.3"),
+            scope: None,
+            expect_reason: "invalid_secret",
+        },
+        Case {
+            label: "suspended",
+            key: suspended.key.clone(),
+            ip: None,
+            scope: Some("reports:read"),
+            expect_reason: "suspended",
+        },
+        Case {
+            label: "revoked",
+            key: revoked.key.clone(),
+            ip: None,
+            scope: None,
+            expect_reason: "revoked",
+        },
+        Case {
+            label: "rotated-from, in grace",
+            key: rotating.key.clone(),
+            ip: None,
+            scope: Some("reports:read"),
+            expect_reason: "ok",
+        },
+        Case {
+            label: "rotated-to",
+            key: rotated.key.clone(),
+            ip: None,
+            scope: Some("runs:read"),
+            expect_reason: "ok",
+        },
+        Case {
+            label: "updated, new scope",
+            key: updated.key.clone(),
+            ip: None,
+            scope: Some("reports:read"),
+            expect_reason: "ok",
+        },
+        Case {
+            label: "updated, old scope",
+            key: updated.key.clone(),
+            ip: None,
+            scope: Some("runs:read"),
+            expect_reason: "insufficient_scope",
+        },
+        Case {
+            label: "deleted",
+            key: deleted.key.clone(),
+            ip: None,
+            scope: None,
+            expect_reason: "not_found",
+        },
+        Case {
+            label: "garbage",
+            key: "ak_live_nope".into(),
+            ip: None,
+            scope: None,
+            expect_reason: "malformed",
+        },
     ];
 
     let mut before: Vec<Verdict> = Vec::new();
     for case in &cases {
         let v = verify(&mut c, &case.key, case.ip, case.scope);
-        assert_eq!(v.reason, case.expect_reason, "before dump: {}: {v:?}", case.label);
-        assert_eq!(v.valid, case.expect_reason == "ok", "before dump: {}", case.label);
+        assert_eq!(
+            v.reason, case.expect_reason,
+            "before dump: {}: {v:?}",
+            case.label
+        );
+        assert_eq!(
+            v.valid,
+            case.expect_reason == "ok",
+            "before dump: {}",
+            case.label
+        );
         if v.valid {
-            assert!(v.key_id.is_some() && v.owner.is_some() && v.scopes.is_some(), "{}: {v:?}", case.label);
+            assert!(
+                v.key_id.is_some() && v.owner.is_some() && v.scopes.is_some(),
+                "{}: {v:?}",
+                case.label
+            );
         } else {
-            assert_eq!((&v.key_id, &v.owner, &v.scopes), (&None, &None, &None), "{}: {v:?}", case.label);
+            assert_eq!(
+                (&v.key_id, &v.owner, &v.scopes),
+                (&None, &None, &None),
+                "{}: {v:?}",
+                case.label
+            );
         }
         before.push(v);
     }
@@ -185,7 +307,10 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
     assert_eq!(before[0].owner.as_deref(), Some("team-ci"));
     assert_eq!(before[0].key_type.as_deref(), Some("service"));
     assert_eq!(before[0].environment.as_deref(), Some("production"));
-    assert_eq!(before[0].scopes, Some(vec!["runs:read".to_string(), "runs:write".to_string()]));
+    assert_eq!(
+        before[0].scopes,
+        Some(vec!["runs:read".to_string(), "runs:write".to_string()])
+    );
     assert!(before[0].expires_at.is_some());
     assert_eq!(before[10].key_id.as_deref(), Some(rotated.id.as_str()));
 
@@ -200,7 +325,10 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
             .read_only(true)
             .start()
             .unwrap();
-        let snapshot: String = snap.query_one("SELECT pg_export_snapshot()", &[]).unwrap().get(0);
+        let snapshot: String = snap
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .unwrap()
+            .get(0);
         let old = state(&mut snap);
         cluster.run_tool(
             "pg_dump",
@@ -215,14 +343,23 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         .unwrap()
         .get(0);
     let issued_before: i64 = c
-        .query_one("SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'", &[])
+        .query_one(
+            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(issued_before, issued_count, "one 'issued' row per key issued");
+    assert_eq!(
+        issued_before, issued_count,
+        "one 'issued' row per key issued"
+    );
 
     // Restore into a brand-new database of the same cluster.
     c.batch_execute("CREATE DATABASE restored").unwrap();
-    let out = cluster.run_tool("pg_restore", &["--exit-on-error", "-d", "restored", &dump_path]);
+    let out = cluster.run_tool(
+        "pg_restore",
+        &["--exit-on-error", "-d", "restored", &dump_path],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.trim().is_empty(), "pg_restore complained:\n{stderr}");
 
@@ -236,12 +373,21 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
     assert_eq!(new.api_key_list, old.api_key_list, "api_key_list()");
     assert_eq!(new.audit_log, old.audit_log, "audit_log rows");
     assert_eq!(new.audit_seq, old.audit_seq, "audit id sequence position");
-    assert_eq!(new.extconfig, old.extconfig, "extension config tables (pg_extension_config_dump)");
+    assert_eq!(
+        new.extconfig, old.extconfig,
+        "extension config tables (pg_extension_config_dump)"
+    );
     let issued_after: i64 = r
-        .query_one("SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'", &[])
+        .query_one(
+            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(issued_after, issued_count, "restore must not invent 'issued' rows");
+    assert_eq!(
+        issued_after, issued_count,
+        "restore must not invent 'issued' rows"
+    );
 
     // Every key verifies exactly as before.
     for (case, was) in cases.iter().zip(&before) {
@@ -249,10 +395,17 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         assert_eq!(&now, was, "after restore: {}", case.label);
     }
     // Still nothing invented (verification writes no audit rows).
-    assert_eq!(state(&mut r).audit_log, old.audit_log, "audit_log after verifying");
+    assert_eq!(
+        state(&mut r).audit_log,
+        old.audit_log,
+        "audit_log after verifying"
+    );
 
     // New audit ids continue after the restored ones.
-    let extra = issue(&mut r, "'after-restore', 'service', 'production', ARRAY['runs:read']");
+    let extra = issue(
+        &mut r,
+        "'after-restore', 'service', 'production', ARRAY['runs:read']",
+    );
     let extra_audit: i64 = r
         .query_one(
             "SELECT id FROM api_keys.audit_log WHERE key_id = $1::text::uuid AND action = 'issued'",
@@ -264,17 +417,33 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         extra_audit > old_max_audit,
         "new audit id {extra_audit} must be above the restored maximum {old_max_audit}"
     );
-    assert_eq!(verify(&mut r, &extra.key, None, Some("runs:read")).reason, "ok");
+    assert_eq!(
+        verify(&mut r, &extra.key, None, Some("runs:read")).reason,
+        "ok"
+    );
     // The restored catalog is enforced.
     let err = r
-        .query("SELECT * FROM api_key_issue('bad', 'service', 'production', ARRAY['billing:read'])", &[])
+        .query(
+            "SELECT * FROM api_key_issue('bad', 'service', 'production', ARRAY['billing:read'])",
+            &[],
+        )
         .expect_err("scope outside the restored catalog must be rejected");
     assert_eq!(err.code().map(|s| s.code()), Some("22023"), "{err:?}");
 
     // The restored lifecycle is live and the two databases are independent.
-    uuid_param(&mut r, "SELECT api_key_revoke($1::text::uuid, 'revoked in the copy')", &active.id);
-    assert_eq!(verify(&mut r, &active.key, Some("10.1.2.3"), None).reason, "revoked");
-    assert_eq!(verify(&mut c, &active.key, Some("10.1.2.3"), None).reason, "ok");
+    uuid_param(
+        &mut r,
+        "SELECT api_key_revoke($1::text::uuid, 'revoked in the copy')",
+        &active.id,
+    );
+    assert_eq!(
+        verify(&mut r, &active.key, Some("10.1.2.3"), None).reason,
+        "revoked"
+    );
+    assert_eq!(
+        verify(&mut c, &active.key, Some("10.1.2.3"), None).reason,
+        "ok"
+    );
     let last: String = r
         .query_one(
             "SELECT action || ' ' || old_status || '->' || new_status FROM api_keys.audit_log ORDER BY id DESC LIMIT 1",
@@ -284,5 +453,9 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         .get(0);
     assert_eq!(last, "revoked active->revoked");
 
-    eprintln!("dump_restore: {} cases replayed in {:?}", cases.len(), started.elapsed());
+    eprintln!(
+        "dump_restore: {} cases replayed in {:?}",
+        cases.len(),
+        started.elapsed()
+    );
 }

@@ -22,7 +22,8 @@ fn shared() -> Arc<Cluster> {
 }
 
 fn admin_call(c: &mut Client, sql: &str, id: &str) {
-    c.query(sql, &[&id]).unwrap_or_else(|e| panic!("{sql} ({id}): {e:?}"));
+    c.query(sql, &[&id])
+        .unwrap_or_else(|e| panic!("{sql} ({id}): {e:?}"));
 }
 
 fn assert_ok(c: &mut impl postgres::GenericClient, k: &Issued, what: &str) {
@@ -35,7 +36,11 @@ fn assert_rejected(c: &mut impl postgres::GenericClient, k: &Issued, reason: &st
     let v = verify(c, &k.key, None, None);
     assert_eq!(v.reason, reason, "{what}: {v:?}");
     assert!(!v.valid, "{what}: {v:?}");
-    assert_eq!((v.key_id, v.owner, v.scopes), (None, None, None), "{what}: identity must be empty");
+    assert_eq!(
+        (v.key_id, v.owner, v.scopes),
+        (None, None, None),
+        "{what}: identity must be empty"
+    );
 }
 
 /// (a) A warm session sees every committed status change on its very next call.
@@ -53,24 +58,46 @@ fn warm_session_sees_committed_changes_at_once() {
 
     let mut a = cluster.connect_fast(DB);
     // Warm up: each key verified (repeatedly, so any per-session or shared cache holds it).
-    for k in [&revoke, &suspend, &delete, &expire, &direct, &rotate, &in_tx] {
+    for k in [
+        &revoke, &suspend, &delete, &expire, &direct, &rotate, &in_tx,
+    ] {
         for _ in 0..3 {
             assert_ok(&mut a, k, "warm-up");
         }
     }
 
-    admin_call(&mut admin, "SELECT api_key_revoke($1::text::uuid, 'compromised')", &revoke.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_revoke($1::text::uuid, 'compromised')",
+        &revoke.id,
+    );
     assert_rejected(&mut a, &revoke, "revoked", "after revoke");
 
-    admin_call(&mut admin, "SELECT api_key_suspend($1::text::uuid, 'paused')", &suspend.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_suspend($1::text::uuid, 'paused')",
+        &suspend.id,
+    );
     assert_rejected(&mut a, &suspend, "suspended", "after suspend");
-    admin_call(&mut admin, "SELECT api_key_reactivate($1::text::uuid)", &suspend.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_reactivate($1::text::uuid)",
+        &suspend.id,
+    );
     assert_ok(&mut a, &suspend, "after reactivate");
 
-    admin_call(&mut admin, "SELECT api_key_delete($1::text::uuid)", &delete.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_delete($1::text::uuid)",
+        &delete.id,
+    );
     assert_rejected(&mut a, &delete, "not_found", "after delete");
 
-    admin_call(&mut admin, "SELECT api_key_set_status($1::text::uuid, 'expired')", &expire.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_set_status($1::text::uuid, 'expired')",
+        &expire.id,
+    );
     assert_rejected(&mut a, &expire, "expired", "after set_status expired");
 
     // An admin's direct UPDATE of the table counts too.
@@ -83,17 +110,33 @@ fn warm_session_sees_committed_changes_at_once() {
 
     // Rotation without grace revokes the old key at once; the new one works.
     let row = admin
-        .query_one("SELECT id::text, key, prefix FROM api_key_rotate($1::text::uuid)", &[&rotate.id])
+        .query_one(
+            "SELECT id::text, key, prefix FROM api_key_rotate($1::text::uuid)",
+            &[&rotate.id],
+        )
         .unwrap();
-    let fresh = Issued { id: row.get(0), key: row.get(1), prefix: row.get(2) };
+    let fresh = Issued {
+        id: row.get(0),
+        key: row.get(1),
+        prefix: row.get(2),
+    };
     assert_rejected(&mut a, &rotate, "revoked", "old key after rotate (grace 0)");
     assert_ok(&mut a, &fresh, "new key after rotate");
 
     // Inside an open READ COMMITTED transaction of the warm session, too.
     let mut tx = a.transaction().unwrap();
     assert_ok(&mut tx, &in_tx, "in transaction, before");
-    admin_call(&mut admin, "SELECT api_key_revoke($1::text::uuid, 'mid-transaction')", &in_tx.id);
-    assert_rejected(&mut tx, &in_tx, "revoked", "in transaction, after a commit elsewhere");
+    admin_call(
+        &mut admin,
+        "SELECT api_key_revoke($1::text::uuid, 'mid-transaction')",
+        &in_tx.id,
+    );
+    assert_rejected(
+        &mut tx,
+        &in_tx,
+        "revoked",
+        "in transaction, after a commit elsewhere",
+    );
     tx.commit().unwrap();
 }
 
@@ -115,7 +158,11 @@ fn uncommitted_change_is_invisible_until_commit() {
     // Revoke: invisible while open, visible after COMMIT.
     assert_ok(&mut a, &k_revoke, "before");
     let mut tx = b.transaction().unwrap();
-    tx.query("SELECT api_key_revoke($1::text::uuid, 'pending')", &[&k_revoke.id]).unwrap();
+    tx.query(
+        "SELECT api_key_revoke($1::text::uuid, 'pending')",
+        &[&k_revoke.id],
+    )
+    .unwrap();
     // B itself sees its own change.
     assert_rejected(&mut tx, &k_revoke, "revoked", "B inside its transaction");
     assert_ok(&mut a, &k_revoke, "A while B's revoke is uncommitted");
@@ -125,14 +172,19 @@ fn uncommitted_change_is_invisible_until_commit() {
 
     // Suspend, rolled back: never visible.
     let mut tx = b.transaction().unwrap();
-    tx.query("SELECT api_key_suspend($1::text::uuid, 'maybe')", &[&k_suspend.id]).unwrap();
+    tx.query(
+        "SELECT api_key_suspend($1::text::uuid, 'maybe')",
+        &[&k_suspend.id],
+    )
+    .unwrap();
     assert_ok(&mut a, &k_suspend, "A while B's suspend is uncommitted");
     tx.rollback().unwrap();
     assert_ok(&mut a, &k_suspend, "A after B rolls back");
 
     // Delete: invisible while open, not_found after COMMIT.
     let mut tx = b.transaction().unwrap();
-    tx.query("SELECT api_key_delete($1::text::uuid)", &[&k_delete.id]).unwrap();
+    tx.query("SELECT api_key_delete($1::text::uuid)", &[&k_delete.id])
+        .unwrap();
     assert_ok(&mut a, &k_delete, "A while B's delete is uncommitted");
     tx.commit().unwrap();
     assert_rejected(&mut a, &k_delete, "not_found", "A after B's delete commits");
@@ -149,11 +201,18 @@ fn verify_works_in_read_only_transactions() {
          allowed_cidrs => ARRAY['10.0.0.0/8']::cidr[], expires_at => now() + interval '1 day'",
     );
     let bad = issue(&mut admin, "'read-only-revoked', 'service', 'production'");
-    admin_call(&mut admin, "SELECT api_key_revoke($1::text::uuid, 'gone')", &bad.id);
+    admin_call(
+        &mut admin,
+        "SELECT api_key_revoke($1::text::uuid, 'gone')",
+        &bad.id,
+    );
 
     let mut a = cluster.connect_fast(DB);
     let mut tx = a.build_transaction().read_only(true).start().unwrap();
-    let ro: String = tx.query_one("SHOW transaction_read_only", &[]).unwrap().get(0);
+    let ro: String = tx
+        .query_one("SHOW transaction_read_only", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(ro, "on");
     for i in 0..3 {
         let v = verify(&mut tx, &good.key, Some("10.9.8.7"), Some("runs:read"));
@@ -162,14 +221,25 @@ fn verify_works_in_read_only_transactions() {
     }
     let checks = [
         (good.key.clone(), Some("11.0.0.1"), None, "ip_not_allowed"),
-        (good.key.clone(), Some("10.0.0.1"), Some("runs:write"), "insufficient_scope"),
-        (forge_secret(&good.key), Some("10.0.0.1"), None, "invalid_secret"),
+        (
+            good.key.clone(),
+            Some("10.0.0.1"),
+            Some("runs:write"),
+            "insufficient_scope",
+        ),
+        (
+            forge_secret(&good.key),
+            Some("10.0.0.1"),
+            None,
+            "invalid_secret",
+        ),
         (bad.key.clone(), None, None, "revoked"),
         ("not a key".to_string(), None, None, "malformed"),
     ];
     for (key, ip, scope, reason) in &checks {
-        let v = try_verify(&mut tx, key, *ip, *scope)
-            .unwrap_or_else(|e| panic!("verify raised in a read-only transaction ({reason}): {e:?}"));
+        let v = try_verify(&mut tx, key, *ip, *scope).unwrap_or_else(|e| {
+            panic!("verify raised in a read-only transaction ({reason}): {e:?}")
+        });
         assert_eq!(&v.reason, reason, "{v:?}");
     }
     // The transaction is still healthy and commits.
@@ -177,7 +247,8 @@ fn verify_works_in_read_only_transactions() {
 
     // A session whose every transaction is read-only, autocommit statements.
     let mut s = cluster.connect_fast(DB);
-    s.batch_execute("SET default_transaction_read_only = on").unwrap();
+    s.batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
     let v = verify(&mut s, &good.key, Some("10.0.0.1"), Some("runs:read"));
     assert!(v.valid, "{v:?}");
     // ... and a REPEATABLE READ, READ ONLY one.
@@ -218,7 +289,10 @@ fn preloaded_settings_exist_in_fresh_sessions() {
         assert_eq!(row.get::<_, String>(2), "integer");
         assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("64"));
         assert_eq!(row.get::<_, String>(4), "superuser");
-        let preload: String = fresh.query_one("SHOW shared_preload_libraries", &[]).unwrap().get(0);
+        let preload: String = fresh
+            .query_one("SHOW shared_preload_libraries", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(preload, "api_keys");
         // Out-of-range values are refused by the typed setting.
         let err = fresh
@@ -235,10 +309,15 @@ fn preloaded_settings_exist_in_fresh_sessions() {
         .query_one("SHOW api_keys.argon2_memory_kib", &[])
         .expect_err("without preload the setting must be unknown in a fresh session");
     assert_eq!(err.code().map(|c| c.code()), Some("42704"), "{err:?}");
-    fresh.query_one("SELECT api_keys.key_pattern()", &[]).unwrap();
+    fresh
+        .query_one("SELECT api_keys.key_pattern()", &[])
+        .unwrap();
     let shown: String = fresh
         .query_one("SHOW api_keys.argon2_memory_kib", &[])
         .unwrap()
         .get(0);
-    assert_eq!(shown, "19MB", "known once a function has loaded the library");
+    assert_eq!(
+        shown, "19MB",
+        "known once a function has loaded the library"
+    );
 }

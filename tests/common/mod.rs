@@ -63,12 +63,8 @@ impl Cluster {
             .unwrap()
             .subsec_nanos();
         // Short: unix socket paths are limited to ~107 bytes.
-        let dir = std::env::temp_dir().join(format!(
-            "ak_{}_{}_{:x}",
-            name,
-            std::process::id(),
-            nanos
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ak_{}_{}_{:x}", name, std::process::id(), nanos));
         let _ = std::fs::remove_dir_all(&dir);
 
         let out = Command::new("bash")
