@@ -12,9 +12,26 @@ pub static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
 pub static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
+pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-pub fn init() {
+/// `preloading`: loaded by shared_preload_libraries. Settings that size shared memory
+/// exist only then (Postgres refuses postmaster-level settings defined later).
+pub fn init(preloading: bool) {
+    if preloading {
+        GucRegistry::define_int_guc(
+            c"api_keys.memo_entries",
+            c"Slots of the shared verification memo (about 34 bytes each); 0 disables it.",
+            c"Each slot remembers that one presented key does or does not match one stored hash, so argon2 runs once per key rather than once per call. Needs shared_preload_libraries; set at server start.",
+            &MEMO_ENTRIES,
+            0,
+            16 * 1024 * 1024,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_string_guc(
         c"api_keys.brand",
         c"Brand at the start of every issued key (2-8 lowercase letters or digits).",
@@ -62,6 +79,26 @@ pub fn init() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.argon2_budget_per_minute",
+        c"argon2 computations per key prefix per minute for presentations not in the memo; 0 = unlimited.",
+        c"Past it, unknown presentations for that prefix are invalid_secret without hashing, while keys already in the memo keep working.",
+        &ARGON2_BUDGET_PER_MINUTE,
+        0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.max_concurrent_argon2",
+        c"argon2 computations allowed to run at once in the whole server; others wait.",
+        c"Bounds CPU and memory (argon2_memory_kib each) under a flood. Needs shared_preload_libraries.",
+        &MAX_CONCURRENT_ARGON2,
+        1,
+        1024,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"api_keys.actor",

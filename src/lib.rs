@@ -7,12 +7,15 @@
 use pgrx::prelude::*;
 
 mod api;
+pub mod budget;
 pub mod cidr;
 mod enum_datum;
 mod errors;
 mod gucs;
 pub mod key;
+pub mod memo;
 pub mod scope;
+mod shmem;
 pub mod verdict;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -27,7 +30,11 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
+        shmem::install_hooks();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -21,6 +21,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// In declaration order, so `reason as usize` indexes it.
+    pub const ALL: [Reason; 10] = [
+        Self::Ok,
+        Self::Malformed,
+        Self::NotFound,
+        Self::InvalidSecret,
+        Self::Suspended,
+        Self::Revoked,
+        Self::Expired,
+        Self::IpNotAllowed,
+        Self::InsufficientScope,
+        Self::RateLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -74,6 +88,13 @@ pub fn judge<S: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
 
     fn state<'a>(
         status: &'a str,

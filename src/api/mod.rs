@@ -3,4 +3,5 @@
 
 mod issue;
 mod pattern;
+mod stats;
 mod verify;

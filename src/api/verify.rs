@@ -6,6 +6,8 @@ use pgrx::prelude::*;
 use crate::cidr;
 use crate::enum_datum::{EnvironmentDatum, KeyTypeDatum};
 use crate::key::{format, hash};
+use crate::memo::{self, Fact};
+use crate::shmem;
 use crate::verdict::{self, KeyState, Reason};
 
 type VerifyRow = (
@@ -83,21 +85,50 @@ fn api_key_verify(
 }
 
 fn verify(key: &[u8], client_ip: Option<&str>, required_scope: Option<&[u8]>) -> VerifyRow {
+    let outcome = check(key, client_ip, required_scope);
+    shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
+    outcome.unwrap_or_else(rejected)
+}
+
+/// Does `key` match the stored hash? The memo answers for presentations seen before;
+/// otherwise argon2 decides, within the prefix's budget, and the memo remembers.
+fn secret_matches(key: &[u8], prefix: &str, secret: &str, secret_hash: &str) -> bool {
+    let fact = memo::fact_id(secret_hash, key);
+    match shmem::memo_lookup(&fact) {
+        Some(known) => known == Fact::Matches,
+        None if !shmem::spend_budget(prefix) => false,
+        None => {
+            let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
+            let known = if matches {
+                Fact::Matches
+            } else {
+                Fact::DoesNotMatch
+            };
+            shmem::memo_remember(&fact, known);
+            matches
+        }
+    }
+}
+
+/// The identity row of a valid key, or why it is not valid.
+fn check(
+    key: &[u8],
+    client_ip: Option<&str>,
+    required_scope: Option<&[u8]>,
+) -> Result<VerifyRow, Reason> {
     // Cheap rejection first: no table, no hash.
-    let Ok(parsed) = format::parse(key) else {
-        return rejected(Reason::Malformed);
-    };
+    let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
     Spi::connect(|client| {
         let rows = client
             .select(FETCH_BY_PREFIX, Some(1), &[parsed.prefix.into()])
             .expect("key lookup");
         if rows.is_empty() {
-            return rejected(Reason::NotFound);
+            return Err(Reason::NotFound);
         }
         let row = rows.first();
         let secret_hash: String = row.get(2).ok().flatten().unwrap_or_default();
-        if !hash::verify_secret(parsed.secret, &secret_hash) {
-            return rejected(Reason::InvalidSecret);
+        if !secret_matches(key, parsed.prefix, parsed.secret, &secret_hash) {
+            return Err(Reason::InvalidSecret);
         }
         let status: String = row.get(6).ok().flatten().unwrap_or_default();
         let past_expiry: bool = row.get(7).ok().flatten().unwrap_or(false);
@@ -111,20 +142,20 @@ fn verify(key: &[u8], client_ip: Option<&str>, required_scope: Option<&[u8]>) ->
             scopes: &scopes,
         };
         let client = client_ip.and_then(cidr::parse_client);
+        // Not UTF-8: a scope nobody holds.
         let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
-        let reason = verdict::judge(&state, client, required);
-        if reason != Reason::Ok {
-            return rejected(reason);
+        match verdict::judge(&state, client, required) {
+            Reason::Ok => Ok((
+                true,
+                Reason::Ok.as_str().to_owned(),
+                row.get(1).ok().flatten(),
+                row.get(3).ok().flatten(),
+                row.get(4).ok().flatten(),
+                row.get(5).ok().flatten(),
+                Some(scopes),
+                row.get(10).ok().flatten(),
+            )),
+            reason => Err(reason),
         }
-        (
-            true,
-            reason.as_str().to_owned(),
-            row.get(1).ok().flatten(),
-            row.get(3).ok().flatten(),
-            row.get(4).ok().flatten(),
-            row.get(5).ok().flatten(),
-            Some(scopes),
-            row.get(10).ok().flatten(),
-        )
     })
 }

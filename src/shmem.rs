@@ -1,0 +1,276 @@
+//! Shared state of verification: the memo, the per-prefix argon2 budget, the counters
+//! of `api_keys.stats()` and the cap on concurrent argon2 computations.
+//!
+//! With `shared_preload_libraries = 'api_keys'` it lives in shared memory (sized by
+//! `api_keys.memo_entries` at server start), so every session, new ones included,
+//! shares one warm memo. Without preloading each backend keeps its own small copy:
+//! verification stays correct, only colder.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::mem::{align_of, size_of};
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use pgrx::pg_sys;
+
+use crate::budget::{self, BudgetSlot};
+use crate::gucs;
+use crate::memo::{self, Fact, Slot};
+use crate::verdict::Reason;
+
+const NAME: &CStr = c"api_keys";
+/// LWLocks: the memo is striped over all but the last; the last guards the budget.
+const LOCKS: usize = 16;
+const BUDGET_SLOTS: usize = 4096;
+const LOCAL_MEMO_SLOTS: usize = 1024;
+
+#[repr(C)]
+#[derive(Default)]
+struct Counters {
+    by_reason: [AtomicU64; Reason::ALL.len()],
+    memo_hits: AtomicU64,
+    memo_misses: AtomicU64,
+    argon2_runs: AtomicU64,
+    throttled: AtomicU64,
+}
+
+#[repr(C)]
+struct Header {
+    counters: Counters,
+    argon2_running: AtomicU32,
+    memo_slots: usize,
+}
+
+// Set once in the postmaster's shmem_startup hook; forked backends inherit them.
+static mut SHARED: *mut Header = ptr::null_mut();
+static mut LWLOCKS: *mut pg_sys::LWLockPadded = ptr::null_mut();
+static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+struct Local {
+    counters: Counters,
+    memo: Vec<Slot>,
+    budget: Vec<BudgetSlot>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local {
+        counters: Counters::default(),
+        memo: vec![Slot::default(); LOCAL_MEMO_SLOTS],
+        budget: vec![BudgetSlot::default(); BUDGET_SLOTS / 16],
+    });
+}
+
+fn budget_offset(memo_slots: usize) -> usize {
+    let end = size_of::<Header>() + memo_slots * size_of::<Slot>();
+    end.next_multiple_of(align_of::<BudgetSlot>())
+}
+
+fn shared_size(memo_slots: usize) -> usize {
+    budget_offset(memo_slots) + BUDGET_SLOTS * size_of::<BudgetSlot>()
+}
+
+fn memo_slots_setting() -> usize {
+    gucs::MEMO_ENTRIES.get().max(0) as usize
+}
+
+/// Called from _PG_init while shared_preload_libraries is being processed.
+pub fn install_hooks() {
+    unsafe {
+        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request_shmem);
+        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup_shmem);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request_shmem() {
+    unsafe {
+        if let Some(prev) = PREV_REQUEST_HOOK {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting()));
+        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), LOCKS as i32);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup_shmem() {
+    unsafe {
+        if let Some(prev) = PREV_STARTUP_HOOK {
+            prev();
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let slots = memo_slots_setting();
+        let mut found = false;
+        let header =
+            pg_sys::ShmemInitStruct(NAME.as_ptr(), shared_size(slots), &mut found).cast::<Header>();
+        if !found {
+            // All-zero is a valid empty state for every part (empty slots, zero counters).
+            ptr::write_bytes(header.cast::<u8>(), 0, shared_size(slots));
+            (*header).memo_slots = slots;
+        }
+        SHARED = header;
+        LWLOCKS = pg_sys::GetNamedLWLockTranche(NAME.as_ptr());
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+fn shared() -> Option<&'static Header> {
+    unsafe { SHARED.as_ref() }
+}
+
+pub fn is_shared() -> bool {
+    shared().is_some()
+}
+
+/// Exclusive hold of one of our LWLocks, released on drop (also on unwinding).
+struct Held(*mut pg_sys::LWLock);
+
+impl Held {
+    fn take(index: usize) -> Held {
+        unsafe {
+            let lock = &raw mut (*LWLOCKS.add(index)).lock;
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            Held(lock)
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        unsafe { pg_sys::LWLockRelease(self.0) }
+    }
+}
+
+fn with_memo<R>(id: &[u8; 32], f: impl FnOnce(&mut [Slot]) -> R) -> R {
+    match shared() {
+        Some(header) => {
+            let n = header.memo_slots;
+            let _held = Held::take(memo::bucket_index(n, id) % (LOCKS - 1));
+            // Safety: the slots follow the header; the stripe lock serialises access
+            // to this bucket, the only part `f` touches.
+            let slots = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (SHARED as *mut u8).add(size_of::<Header>()).cast::<Slot>(),
+                    n,
+                )
+            };
+            f(slots)
+        }
+        None => LOCAL.with_borrow_mut(|l| f(&mut l.memo)),
+    }
+}
+
+pub fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
+    let found = with_memo(id, |slots| memo::lookup(slots, id));
+    bump(|c| {
+        if found.is_some() {
+            &c.memo_hits
+        } else {
+            &c.memo_misses
+        }
+    });
+    found
+}
+
+pub fn memo_remember(id: &[u8; 32], fact: Fact) {
+    with_memo(id, |slots| memo::remember(slots, id, fact));
+}
+
+/// Spend one argon2 computation of `prefix`'s budget for this minute.
+pub fn spend_budget(prefix: &str) -> bool {
+    let budget = gucs::ARGON2_BUDGET_PER_MINUTE.get().max(0) as u32;
+    let minute = (unsafe { pg_sys::GetCurrentTimestamp() } / 60_000_000) as u32;
+    let id = budget::prefix_id(prefix);
+    let ok = match shared() {
+        Some(header) => {
+            let _held = Held::take(LOCKS - 1);
+            let slots = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (SHARED as *mut u8)
+                        .add(budget_offset(header.memo_slots))
+                        .cast::<BudgetSlot>(),
+                    BUDGET_SLOTS,
+                )
+            };
+            budget::try_spend(slots, id, minute, budget)
+        }
+        None => LOCAL.with_borrow_mut(|l| budget::try_spend(&mut l.budget, id, minute, budget)),
+    };
+    if !ok {
+        bump(|c| &c.throttled);
+    }
+    ok
+}
+
+/// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others
+/// run server-wide. The wait answers cancel requests; the computation itself calls no
+/// Postgres function, so the slot is always given back.
+pub fn argon2<R>(compute: impl FnOnce() -> R) -> R {
+    bump(|c| &c.argon2_runs);
+    let Some(header) = shared() else {
+        return compute();
+    };
+    let cap = gucs::MAX_CONCURRENT_ARGON2.get().max(1) as u32;
+    let running = &header.argon2_running;
+    while running
+        .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+        .is_err()
+    {
+        unsafe { pg_sys::pg_usleep(1000) };
+        pgrx::check_for_interrupts!();
+    }
+    struct Release<'a>(&'a AtomicU32);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
+    }
+    let _release = Release(running);
+    compute()
+}
+
+pub fn count(reason: Reason) {
+    bump(|c| &c.by_reason[reason as usize]);
+}
+
+fn bump(which: impl Fn(&Counters) -> &AtomicU64) {
+    match shared() {
+        Some(header) => which(&header.counters).fetch_add(1, Relaxed),
+        None => LOCAL.with_borrow(|l| which(&l.counters).fetch_add(1, Relaxed)),
+    };
+}
+
+/// Every counter as (name, value), for api_keys.stats().
+pub fn snapshot() -> Vec<(String, i64)> {
+    let read = |c: &Counters| {
+        let mut rows: Vec<(String, i64)> = Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("verify_{}", r.as_str()),
+                    c.by_reason[*r as usize].load(Relaxed) as i64,
+                )
+            })
+            .collect();
+        rows.push(("memo_hits".into(), c.memo_hits.load(Relaxed) as i64));
+        rows.push(("memo_misses".into(), c.memo_misses.load(Relaxed) as i64));
+        rows.push(("argon2_runs".into(), c.argon2_runs.load(Relaxed) as i64));
+        rows.push(("argon2_throttled".into(), c.throttled.load(Relaxed) as i64));
+        rows
+    };
+    let mut rows = match shared() {
+        Some(header) => read(&header.counters),
+        None => LOCAL.with_borrow(|l| read(&l.counters)),
+    };
+    rows.push(("shared_memory".into(), is_shared() as i64));
+    rows.push((
+        "memo_capacity".into(),
+        shared().map_or(LOCAL_MEMO_SLOTS, |h| h.memo_slots) as i64,
+    ));
+    rows
+}
