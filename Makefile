@@ -10,7 +10,7 @@ RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
 PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 
-.PHONY: run test deps install lint regress pgrx-test stop psql clean
+.PHONY: run test bench deps install lint regress pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -36,6 +36,12 @@ run: deps
 ## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.
 test: deps lint install regress pgrx-test
 	@echo "make test: all tiers passed"
+
+## make bench: pgbench against a preloaded cluster with a release build; writes
+## tests/bench/REPORT.md (see README, Performance).
+bench: deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	PATH=$(PG_BIN):$$PATH tests/bench/run.sh
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

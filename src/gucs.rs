@@ -13,7 +13,7 @@ pub static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
-pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
