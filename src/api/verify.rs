@@ -2,6 +2,8 @@
 
 use pgrx::datum::{Inet, TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::OnceCell;
 
 use crate::cidr;
 use crate::enum_datum::{EnvironmentDatum, KeyTypeDatum};
@@ -38,6 +40,11 @@ const FETCH_BY_PREFIX: &str = "\
     SELECT id, secret_hash, owner, key_type, environment, status::text, \
            coalesce(expires_at <= now(), false), scopes, allowed_cidrs::text[], expires_at \
       FROM api_keys.keys WHERE prefix OPERATOR(pg_catalog.=) $1";
+
+thread_local! {
+    /// Planned once per backend; Postgres replans it by itself if the table changes.
+    static FETCH_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
 
 /// `key` arrives as the raw bytes of its text datum (see the CREATE FUNCTION below), so
 /// bytes that are not UTF-8 (possible in a SQL_ASCII database) are `malformed`, not an
@@ -119,9 +126,17 @@ fn check(
     // Cheap rejection first: no table, no hash.
     let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
     Spi::connect(|client| {
-        let rows = client
-            .select(FETCH_BY_PREFIX, Some(1), &[parsed.prefix.into()])
-            .expect("key lookup");
+        let rows = FETCH_PLAN.with(|plan| {
+            let plan = plan.get_or_init(|| {
+                client
+                    .prepare(FETCH_BY_PREFIX, &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)])
+                    .expect("prepare key lookup")
+                    .keep()
+            });
+            client
+                .select(plan, Some(1), &[parsed.prefix.into()])
+                .expect("key lookup")
+        });
         if rows.is_empty() {
             return Err(Reason::NotFound);
         }
