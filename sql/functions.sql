@@ -16,7 +16,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF expires_at = 'infinity' THEN
         RETURN NULL;  -- never
-    ELSIF expires_at <= now() THEN
+    ELSIF expires_at <= statement_timestamp() THEN
         RAISE EXCEPTION 'expires_at must be in the future (got %)', expires_at
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use NULL or ''infinity'' for a key that never expires, or revoke the key to end it now.';
@@ -30,7 +30,7 @@ BEGIN
     IF value <= 0 THEN
         RAISE EXCEPTION '% must be positive (got %)', field, value
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Leave it NULL to use the setting api_keys.default_' || field || '.';
+                  HINT = 'Leave it NULL for the server default.';
     END IF;
     RETURN value;
 END $$;
@@ -347,8 +347,9 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     sortable CONSTANT text[] := ARRAY[
         'id', 'prefix', 'name', 'description', 'key_type', 'environment', 'owner', 'status',
-        'status_reason', 'expires_at', 'created_at', 'created_by', 'last_used_at',
-        'last_used_ip', 'rotated_from', 'rate_limit_per_minute', 'rate_limit_per_hour'];
+        'status_reason', 'scopes', 'allowed_cidrs', 'expires_at', 'created_at', 'created_by',
+        'last_used_at', 'last_used_ip', 'rotated_from', 'rate_limit_per_minute',
+        'rate_limit_per_hour', 'metadata'];
     words text[] := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
     pattern text;
 BEGIN

@@ -99,13 +99,14 @@ AS $$
 $$;
 
 -- Status as users see it: past expires_at, an active or suspended key is expired.
+-- Statement time, not transaction time: a long transaction sees expiry as it happens.
 CREATE FUNCTION api_keys._effective_status(status api_keys.key_status, expires_at timestamptz)
 RETURNS api_keys.key_status
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE
                WHEN status OPERATOR(pg_catalog.=) ANY (ARRAY['active', 'suspended']::api_keys.key_status[])
-                    AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                    AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.statement_timestamp()
                THEN 'expired'::api_keys.key_status
                ELSE status
            END
@@ -127,7 +128,7 @@ CREATE VIEW api_keys.expiring_soon WITH (security_barrier) AS
 SELECT l.*
   FROM api_keys.key_list l
  WHERE l.status OPERATOR(pg_catalog.=) 'active'::api_keys.key_status
-   AND l.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.+)
+   AND l.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.statement_timestamp() OPERATOR(pg_catalog.+)
        pg_catalog.make_interval(secs => coalesce(
            (SELECT s.setting::double precision FROM pg_catalog.pg_settings s
              WHERE s.name OPERATOR(pg_catalog.=) 'api_keys.expiry_warning'),
@@ -199,6 +200,11 @@ BEGIN
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM api_keys._check_transition(OLD, NEW.status);
+        IF NEW.status = 'revoked' AND coalesce(btrim(NEW.status_reason), '') = '' THEN
+            RAISE EXCEPTION 'status_reason is required to revoke key %', OLD.prefix
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'UPDATE api_keys.keys SET status = ''revoked'', status_reason = ''why'' ...';
+        END IF;
         NEW.status_changed_at := now();
         IF NEW.status = 'expired' AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
             NEW.expires_at := now();

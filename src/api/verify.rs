@@ -38,7 +38,7 @@ fn rejected(reason: Reason) -> VerifyRow {
 
 const FETCH_BY_PREFIX: &str = "\
     SELECT id, secret_hash, owner, key_type, environment, status::text, \
-           coalesce(expires_at <= now(), false), scopes, allowed_cidrs::text[], expires_at \
+           coalesce(expires_at <= statement_timestamp(), false), scopes, allowed_cidrs::text[], expires_at \
       FROM api_keys.keys WHERE prefix OPERATOR(pg_catalog.=) $1";
 
 thread_local! {

@@ -11,7 +11,10 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT regexp_replace(regexp_replace(regexp_replace(t,
         '[a-z0-9]{2,8}_(live|stage|dev)_[0-9A-Za-z]{12}', '<prefix>', 'g'),
         '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'),
-        '\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}(:\d{2})?)?', '<timestamp>', 'g')
+        -- ISO (2026-01-31 12:00:00.123+00) and Postgres (Sat Jan 31 12:00:00.123 2026 PST)
+        '(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}(:\d{2})?)?'
+        '|[A-Z][a-z]{2} [A-Z][a-z]{2} \d{1,2} \d{2}:\d{2}:\d{2}(\.\d+)? \d{4}( [A-Z]{2,5}|[+-]\d{2}(:\d{2})?)?)',
+        '<timestamp>', 'g')
 $$;
 
 -- Run one statement; return 'sqlstate: message [hint]' of the error it raises (random
@@ -88,7 +91,6 @@ BEGIN
     SET LOCAL session_replication_role = origin;
 END
 $$;
-REVOKE ALL ON FUNCTION regress.pin_prefix(uuid, text) FROM PUBLIC;
 
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA regress TO PUBLIC;
 REVOKE ALL ON FUNCTION regress.pin_prefix(uuid, text) FROM PUBLIC;
