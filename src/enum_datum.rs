@@ -12,6 +12,14 @@ macro_rules! enum_datum {
         #[derive(Clone, Copy, Debug)]
         pub struct $name(pg_sys::Datum);
 
+        impl $name {
+            /// Wrap a datum read from a column of this type, skipping pgrx's type check
+            /// (which parses the type name on every call).
+            pub fn from_column(datum: pg_sys::Datum) -> Self {
+                $name(datum)
+            }
+        }
+
         impl FromDatum for $name {
             unsafe fn from_polymorphic_datum(
                 datum: pg_sys::Datum,

@@ -342,13 +342,7 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         .query_one("SELECT max(id) FROM api_keys.audit_log", &[])
         .unwrap()
         .get(0);
-    let issued_before: i64 = c
-        .query_one(
-            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let issued_before = issued_rows(&mut c);
     assert_eq!(
         issued_before, issued_count,
         "one 'issued' row per key issued"
@@ -377,13 +371,7 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         new.extconfig, old.extconfig,
         "extension config tables (pg_extension_config_dump)"
     );
-    let issued_after: i64 = r
-        .query_one(
-            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let issued_after = issued_rows(&mut r);
     assert_eq!(
         issued_after, issued_count,
         "restore must not invent 'issued' rows"
@@ -458,4 +446,13 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         cases.len(),
         started.elapsed()
     );
+}
+
+fn issued_rows(c: &mut postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
 }

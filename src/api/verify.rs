@@ -2,7 +2,7 @@
 
 use pgrx::datum::{Inet, TimestampWithTimeZone, Uuid};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
+use pgrx::spi::{OwnedPreparedStatement, SpiTupleTable};
 use std::cell::OnceCell;
 
 use crate::cidr;
@@ -97,6 +97,11 @@ fn verify(key: &[u8], client_ip: Option<&str>, required_scope: Option<&[u8]>) ->
     outcome.unwrap_or_else(rejected)
 }
 
+/// An enum column's raw datum (the row's types are fixed by the query).
+fn enum_column(row: &SpiTupleTable, ordinal: usize) -> Option<pg_sys::Datum> {
+    row.get_datum_by_ordinal(ordinal).ok().flatten()
+}
+
 /// Does `key` match the stored hash? The memo answers for presentations seen before;
 /// otherwise argon2 decides, within the prefix's budget, and the memo remembers.
 fn secret_matches(key: &[u8], prefix: &str, secret: &str, secret_hash: &str) -> bool {
@@ -165,8 +170,8 @@ fn check(
                 Reason::Ok.as_str().to_owned(),
                 row.get(1).ok().flatten(),
                 row.get(3).ok().flatten(),
-                row.get(4).ok().flatten(),
-                row.get(5).ok().flatten(),
+                enum_column(&row, 4).map(KeyTypeDatum::from_column),
+                enum_column(&row, 5).map(EnvironmentDatum::from_column),
                 Some(scopes),
                 row.get(10).ok().flatten(),
             )),

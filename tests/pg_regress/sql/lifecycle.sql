@@ -266,6 +266,9 @@ UPDATE api_keys.keys SET name = 'renamed by hand', scopes = '{runs:write,runs:wr
 SELECT name, scopes, status FROM api_keys.key_list WHERE id = :'a_id';
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET scopes = %L WHERE id = %L', '{Bad}', :'a_id'));
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = NULL WHERE id = %L', :'a_id'));
+-- a direct revoke needs a reason too (22023), like api_key_revoke
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, status_reason = NULL WHERE id = %L', 'revoked', :'a_id'));
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, status_reason = %L WHERE id = %L', 'revoked', '  ', :'a_id'));
 UPDATE api_keys.keys SET status = 'revoked', status_reason = 'by hand' WHERE id = :'a_id';
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L WHERE id = %L', 'active', :'a_id'));
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L WHERE id = %L', 'expired', :'a_id'));

@@ -78,6 +78,9 @@ SELECT name FROM api_key_list(owner => 'regress_alice', order_by => 'environment
 -- NULLs sort last in either direction
 SELECT name FROM api_key_list(owner => 'regress_bob', order_by => 'expires_at');
 SELECT name FROM api_key_list(owner => 'regress_bob', order_by => 'expires_at desc');
+-- the array and jsonb columns sort too
+SELECT name, scopes FROM api_key_list(owner => 'regress_alice', order_by => 'scopes desc');
+SELECT count(*) AS rows_by_metadata FROM api_key_list(owner => 'regress_alice', order_by => 'metadata');
 -- the default order is created_at desc
 SELECT array_agg(id) = (SELECT array_agg(id ORDER BY created_at DESC, id) FROM key_list) AS default_is_created_at_desc
   FROM api_key_list(page_size => 1000);
