@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# The benchmark behind `make bench` (a benchmark, not a test: it never fails on a
+# missed target, it reports it). Needs the extension installed (`make bench` installs
+# a release build first) and the PostgreSQL 15 binaries on PATH.
+#
+# A throwaway preloaded cluster gets 200 keys issued with the default argon2 settings;
+# pgbench then runs, 2 clients, prepared statements, alternating rounds of a plain
+# lookup of the key row by prefix and one verification scenario:
+#   warm          valid keys already in the shared memo          (warm.sql)
+#   garbage       key-shaped strings with a wrong checksum         (garbage.sql)
+#   wrong_secret  real prefixes, wrong secrets, valid checksums    (wrong_secret.sql)
+#   new_sessions  warm.sql with pgbench -C, against lookup.sql -C
+# plus the latency of the first verification of freshly issued keys. Writes
+# tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10), BENCH_ROUNDS (3),
+# BENCH_KEYS (200), BENCH_WRONG_PER_KEY (1000), BENCH_COLD_KEYS (10), BENCH_PORT (55499).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+SECS=${BENCH_SECS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+NKEYS=${BENCH_KEYS:-200}
+WRONG_PER_KEY=${BENCH_WRONG_PER_KEY:-1000}
+NWRONG=$((NKEYS * WRONG_PER_KEY))
+COLD_KEYS=${BENCH_COLD_KEYS:-10}
+PORT=${BENCH_PORT:-55499}
+CLIENTS=2
+REPORT=$here/REPORT.md
+
+for tool in pgbench psql python3; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found on PATH" >&2; exit 1; }
+done
+
+dir=$(mktemp -d /tmp/api_keys_bench.XXXXXX)   # the cluster (owned by postgres)
+work=$(mktemp -d /tmp/api_keys_bench_work.XXXXXX) # our scratch files
+cleanup() {
+    "$root/tests/pg_cluster.sh" stop "$dir" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+t_start=$(date +%s)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# What was just built and installed (taken now: others may edit the tree during the run).
+commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git -C "$root" diff --quiet HEAD -- src sql 2>/dev/null || commit+=" + uncommitted changes in src/ or sql/"
+
+echo "==> starting a preloaded cluster in $dir (port $PORT)"
+"$root/tests/pg_cluster.sh" start "$dir" "$PORT"
+
+q() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$PORT" -U postgres -d postgres "$@"; }
+stats() { q -F $'\t' -c "SELECT counter, value FROM api_keys.stats()" >"$1"; }
+
+q -c "CREATE EXTENSION api_keys"
+[ "$(q -c "SELECT value FROM api_keys.stats() WHERE counter = 'shared_memory'")" = 1 ] ||
+    { echo "bench: shared memory is not active (library not preloaded?)" >&2; exit 1; }
+
+echo "==> issuing $NKEYS keys with the default argon2 settings"
+# Rate limits far above what the benchmark can reach, so every warm call is `ok`.
+q <<SQL
+CREATE SCHEMA bench;
+CREATE TABLE bench.keys (
+    n int PRIMARY KEY,
+    key text NOT NULL,
+    prefix text NOT NULL,
+    wrong text,    -- real prefix, random wrong secret, valid checksum
+    garbage text   -- the real key with its last checksum character changed
+);
+INSERT INTO bench.keys (n, key, prefix)
+SELECT g, i.key, i.prefix
+  FROM generate_series(1, $NKEYS) g,
+       LATERAL api_keys.api_key_issue('bench ' || g, 'service', 'production',
+                                      rate_limit_per_minute => 1000000000,
+                                      rate_limit_per_hour => 1000000000) i;
+CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL);
+CREATE TABLE bench.cold (n int PRIMARY KEY, key text NOT NULL);
+-- Server-side time of one verification (ms), for the cold-latency measurement.
+CREATE FUNCTION bench.timed_verify(k text, OUT ms float8, OUT reason text)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    SELECT v.reason INTO reason FROM api_keys.api_key_verify(k) v;
+    ms := 1000 * extract(epoch FROM clock_timestamp() - t0);
+END
+\$\$;
+SQL
+
+echo "==> computing $NWRONG wrong-secret keys and $NKEYS garbage keys"
+# CRC32 (zlib) of everything before the checksum, base62 (0-9A-Za-z), width 6.
+q -F $'\t' -c "SELECT n, key, prefix FROM bench.keys ORDER BY n" >"$work/keys.tsv"
+python3 - "$work" "$WRONG_PER_KEY" <<'PY'
+import os, random, sys, zlib
+work, per_key = sys.argv[1], int(sys.argv[2])
+A = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+def b62(n):
+    s = ""
+    while n:
+        n, r = divmod(n, 62)
+        s = A[r] + s
+    return s.rjust(6, "0")
+def checksum(body):
+    return b62(zlib.crc32(body.encode()))
+rng = random.Random(os.urandom(16))
+def wrong_key(prefix):
+    body = prefix + "_" + "".join(rng.choices(A, k=43))
+    return body + checksum(body)
+rows = [line.rstrip("\n").split("\t") for line in open(f"{work}/keys.tsv")]
+for n, key, prefix in rows:
+    if checksum(key[:-6]) != key[-6:]:
+        sys.exit(f"bench: checksum of issued key {prefix}... does not match zlib.crc32/base62")
+with open(f"{work}/extra.tsv", "w") as extra:
+    for n, key, prefix in rows:
+        last = "1" if key[-1] == "0" else "0"
+        extra.write(f"{n}\t{wrong_key(prefix)}\t{key[:-1] + last}\n")
+with open(f"{work}/wrong.tsv", "w") as wrong:
+    i = 0
+    for _ in range(per_key):          # interleaved, so every prefix is equally likely
+        for n, key, prefix in rows:
+            i += 1
+            wrong.write(f"{i}\t{wrong_key(prefix)}\n")
+PY
+q -c "CREATE TEMP TABLE extra (n int, wrong text, garbage text)" \
+  -c "COPY extra FROM STDIN" \
+  -c "UPDATE bench.keys k SET wrong = e.wrong, garbage = e.garbage FROM extra e WHERE k.n = e.n" \
+  <"$work/extra.tsv"
+q -c "COPY bench.wrong FROM STDIN" <"$work/wrong.tsv"
+q -c "VACUUM ANALYZE bench.keys" -c "VACUUM ANALYZE bench.wrong" -c "VACUUM ANALYZE api_keys.keys"
+
+echo "==> warming the memo (one argon2 per key)"
+stats "$work/warmup_a.tsv"
+q -F $'\t' -c "SELECT v.reason, count(*) FROM bench.keys k, LATERAL api_keys.api_key_verify(k.key) v GROUP BY 1" >"$work/warmup.tsv"
+[ "$(cat "$work/warmup.tsv")" = "ok	$NKEYS" ] ||
+    { echo "bench: warming did not verify every key:" >&2; cat "$work/warmup.tsv" >&2; exit 1; }
+stats "$work/warmup_b.tsv"
+
+echo "==> cold single-key latency ($COLD_KEYS freshly issued keys, one new session each)"
+q -c "INSERT INTO bench.cold SELECT g, i.key FROM generate_series(1, 2 * $COLD_KEYS) g,
+        LATERAL api_keys.api_key_issue('cold ' || g, 'service', 'production') i"
+stats "$work/cold_a.tsv"
+: >"$work/cold.tsv"
+for i in $(seq 1 "$COLD_KEYS"); do
+    # First call in a new session on a never-verified key, then the same key again.
+    q -F $'\t' -c "SELECT ms, reason FROM bench.timed_verify((SELECT key FROM bench.cold WHERE n = $i))" \
+               -c "SELECT ms, reason FROM bench.timed_verify((SELECT key FROM bench.cold WHERE n = $i))" |
+        paste - - >>"$work/cold.tsv"
+done
+stats "$work/cold_b.tsv"
+# The other half: never-verified keys, one after another in a single session that has
+# already run argon2 once (a pooled connection meeting a new key).
+q -F $'\t' -c "SELECT t.ms, t.reason FROM bench.cold c, LATERAL bench.timed_verify(c.key) t
+                WHERE c.n > $COLD_KEYS ORDER BY c.n" >"$work/pooled.tsv"
+
+pgb=(pgbench -h "$dir" -p "$PORT" -U postgres -n -M prepared -c "$CLIENTS" -j "$CLIENTS"
+     -T "$SECS" -D "nkeys=$NKEYS" -D "nwrong=$NWRONG")
+: >"$work/rounds.tsv"
+# round LABEL N SCRIPT [pgbench flags]: one pgbench run; tps and transactions into
+# rounds.tsv, api_keys.stats() before and after into stats_LABEL_N_{a,b}.tsv.
+round() {
+    local label=$1 n=$2 script=$3 out tps txns
+    shift 3
+    stats "$work/stats_${label}_${n}_a.tsv"
+    if ! out=$("${pgb[@]}" "$@" -f "$here/$script" postgres 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
+    stats "$work/stats_${label}_${n}_b.tsv"
+    tps=$(awk '/^tps = / { print $3; exit }' <<<"$out")
+    txns=$(awk -F': ' '/^number of transactions actually processed/ { print $2; exit }' <<<"$out")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$n" "$tps" "$txns" "$(date +%H:%M:%S)" >>"$work/rounds.tsv"
+    printf '    %-22s round %s: %10.1f tps  (%s transactions)\n' "$label" "$n" "$tps" "$txns"
+}
+
+# Each scenario: lookup, scenario, lookup, scenario, ... so both see the same machine.
+scenarios=(warm:warm.sql: garbage:garbage.sql: wrong_secret:wrong_secret.sql: new_sessions:warm.sql:-C)
+for s in "${scenarios[@]}"; do
+    IFS=: read -r label script flag <<<"$s"
+    echo "==> $label: $ROUNDS x (lookup${flag:+ $flag}, $label), ${SECS}s each"
+    for n in $(seq 1 "$ROUNDS"); do
+        round "lookup_for_$label" "$n" lookup.sql ${flag:+"$flag"}
+        round "$label" "$n" "$script" ${flag:+"$flag"}
+    done
+done
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date +%s) - t_start))
+
+setting() { q -c "SELECT current_setting('$1')"; }
+export BENCH_STARTED="$started" BENCH_ELAPSED="$elapsed" BENCH_LOAD_BEFORE="$load_before" \
+    BENCH_LOAD_AFTER="$load_after" BENCH_SECS="$SECS" BENCH_ROUNDS="$ROUNDS" BENCH_KEYS="$NKEYS" \
+    BENCH_NWRONG="$NWRONG" BENCH_WRONG_PER_KEY="$WRONG_PER_KEY" BENCH_COLD_KEYS="$COLD_KEYS" \
+    BENCH_CLIENTS="$CLIENTS" \
+    BENCH_PG_VERSION="$(q -c 'SHOW server_version')" \
+    BENCH_NPROC="$(nproc)" \
+    BENCH_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+    BENCH_MEM="$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
+    BENCH_COMMIT="$commit" \
+    BENCH_SETTINGS="$(for g in api_keys.argon2_memory_kib api_keys.argon2_iterations api_keys.argon2_parallelism \
+        api_keys.argon2_budget_per_minute api_keys.max_concurrent_argon2 api_keys.memo_entries \
+        shared_buffers fsync; do printf '%s = %s; ' "$g" "$(setting "$g")"; done)"
+
+python3 - "$work" "$REPORT" <<'PY'
+import os, statistics, sys
+work, report = sys.argv[1], sys.argv[2]
+E = os.environ
+
+def load_stats(path):
+    return {c: int(v) for c, v in (l.rstrip("\n").split("\t") for l in open(path) if l.strip())}
+
+def delta(a, b):
+    a, b = load_stats(a), load_stats(b)
+    return {k: b[k] - a.get(k, 0) for k in b}
+
+rounds = {}
+for line in open(f"{work}/rounds.tsv"):
+    label, n, tps, txns, at = line.rstrip("\n").split("\t")
+    rounds.setdefault(label, []).append((int(n), float(tps), int(txns), at))
+
+def med(label):
+    return statistics.median(t for _, t, _, _ in rounds[label])
+
+def sdelta(label):
+    total = {}
+    for n, *_ in rounds[label]:
+        for k, v in delta(f"{work}/stats_{label}_{n}_a.tsv", f"{work}/stats_{label}_{n}_b.tsv").items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+rows = [
+    ("warm valid keys (memo hit)", "warm", "lookup", 0.8),
+    ("garbage (checksum fails)", "garbage", "lookup", 1.0),
+    ("wrong secrets, real prefixes (flood)", "wrong_secret", "lookup", 0.5),
+    ("new sessions (`pgbench -C`, warm.sql, shared memo)", "new_sessions", "lookup `-C`", None),
+]
+out = []
+w = out.append
+w("# api_keys benchmark report\n")
+w("Written by `tests/bench/run.sh`; reproduce with:\n")
+w("```sh\nmake bench\n```\n")
+w(f"- Date: {E['BENCH_STARTED']} (run took {E['BENCH_ELAPSED']} s)")
+w(f"- Machine: {E['BENCH_NPROC']} CPUs (`nproc`), {E['BENCH_CPU']}, {E['BENCH_MEM']} RAM; "
+  f"load average before {E['BENCH_LOAD_BEFORE']}, after {E['BENCH_LOAD_AFTER']}")
+w(f"- PostgreSQL {E['BENCH_PG_VERSION']}; api_keys release build (`cargo pgrx install --release`), "
+  f"commit {E['BENCH_COMMIT']}")
+w("- Cluster: throwaway, `tests/pg_cluster.sh` (`shared_preload_libraries = 'api_keys'`, "
+  "unix socket, `fsync = off`), otherwise default settings:")
+w(f"  `{E['BENCH_SETTINGS'].strip().rstrip(';')}`")
+w(f"- Data: {E['BENCH_KEYS']} keys issued with the default argon2 settings "
+  "(realistic hashes), memo warmed by one verification each; rate limits set far above "
+  "what the benchmark reaches.")
+w(f"- Load: `pgbench -M prepared -c {E['BENCH_CLIENTS']} -j {E['BENCH_CLIENTS']} "
+  f"-T {E['BENCH_SECS']} -n`, key chosen by `\\set n random(1, {E['BENCH_KEYS']})` and a "
+  "primary-key subselect (the same in every script, baseline included). For each scenario "
+  f"{E['BENCH_ROUNDS']} rounds of the baseline alternate with {E['BENCH_ROUNDS']} rounds of "
+  "the scenario; the table gives medians, and the ratio is scenario median / baseline "
+  "median of the same alternation.")
+w("- Baseline `lookup.sql`: `SELECT id, status, scopes FROM api_keys.keys WHERE prefix = …` "
+  "as a superuser. New sessions compare `warm.sql` and `lookup.sql`, both with `-C` "
+  "(a new connection per transaction).")
+w(f"- Wrong secrets: a pool of {int(E['BENCH_NWRONG']):,} precomputed keys "
+  f"({E['BENCH_WRONG_PER_KEY']} per prefix: real prefix, random 43-character secret, valid "
+  "checksum), drawn at random each call; not fresh per call (PostgreSQL 15 has no CRC32 in "
+  "SQL). A repeat behaves like a fresh key unless argon2 already ran for it (then it is a "
+  "memo hit); throttled presentations are not remembered.")
+w(f"- Garbage: each real key with its last checksum character changed.\n")
+
+w("## Results\n")
+w("| scenario | tps (median) | lookup tps (same run) | ratio | target | met? |")
+w("|---|---:|---:|---:|---:|:---:|")
+for name, label, base_name, target in rows:
+    s, b = med(label), med("lookup_for_" + label)
+    r = s / b
+    tgt = f"≥ {target:.1f}×" if target else "—"
+    met = ("yes" if r >= target else "**no**") if target else "—"
+    w(f"| {name} | {s:,.0f} | {b:,.0f} ({base_name}) | {r:.2f}× | {tgt} | {met} |")
+flood = rounds["wrong_secret"]
+flood_mean = sum(t for _, _, t, _ in flood) / (len(flood) * float(E["BENCH_SECS"]))
+runs = [delta(f"{work}/stats_wrong_secret_{n}_a.tsv", f"{work}/stats_wrong_secret_{n}_b.tsv")["argon2_runs"]
+        for n, *_ in flood]
+w("")
+w(f"Flood: argon2 runs per round {', '.join(f'{r:,}' for r in runs)}; time-weighted over all "
+  f"flood rounds (transactions / seconds) {flood_mean:,.0f} tps, "
+  f"{flood_mean / med('lookup_for_wrong_secret'):.2f}× the lookup. Whether the median meets the "
+  "target depends on how many rounds catch a fresh budget minute (see Flood below).\n")
+
+cold = [l.rstrip("\n").split("\t") for l in open(f"{work}/cold.tsv") if l.strip()]
+first = [float(c[0]) for c in cold]
+second = [float(c[2]) for c in cold]
+reasons = sorted({c[1] for c in cold} | {c[3] for c in cold})
+cd = delta(f"{work}/cold_a.tsv", f"{work}/cold_b.tsv")
+pooled = [float(l.split("\t")[0]) for l in open(f"{work}/pooled.tsv") if l.strip()][1:]
+pooled_reasons = sorted({l.rstrip("\n").split("\t")[1] for l in open(f"{work}/pooled.tsv") if l.strip()})
+w(f"**Cold single-key latency** (first verification of a freshly issued key, in a new "
+  f"session; server-side `clock_timestamp()` around the call; {len(first)} keys): "
+  f"median **{statistics.median(first):.1f} ms**, max **{max(first):.1f} ms** "
+  f"(min {min(first):.1f} ms). The same key again in the same session: median "
+  f"{statistics.median(second):.3f} ms. Reasons: {', '.join(reasons)}; argon2 runs "
+  f"{cd['argon2_runs']}, memo hits {cd['memo_hits']}.\n")
+w(f"First verification of a never-verified key in a session that has already hashed once "
+  f"(a pooled connection; {len(pooled)} keys): median **{statistics.median(pooled):.1f} ms**, "
+  f"max {max(pooled):.1f} ms ({', '.join(pooled_reasons)}); the cold latency adds what a "
+  "new backend pays on its first verification and first argon2.\n")
+
+w("## Flood (wrong secrets) — `api_keys.stats()` deltas\n")
+w("| round | ended | tps | transactions | argon2_runs | argon2_throttled | memo_hits | memo_misses | invalid_secret | other reasons |")
+w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+for n, tps, txns, at in rounds["wrong_secret"]:
+    d = delta(f"{work}/stats_wrong_secret_{n}_a.tsv", f"{work}/stats_wrong_secret_{n}_b.tsv")
+    other = ", ".join(f"{k[7:]} {v}" for k, v in sorted(d.items())
+                      if k.startswith("verify_") and k != "verify_invalid_secret" and v) or "none"
+    w(f"| {n} | {at} | {tps:,.0f} | {txns:,} | {d['argon2_runs']:,} | {d['argon2_throttled']:,} | "
+      f"{d['memo_hits']:,} | {d['memo_misses']:,} | {d['verify_invalid_secret']:,} | {other} |")
+w("")
+settings = dict(kv.split(" = ", 1) for kv in E["BENCH_SETTINGS"].strip().rstrip(";").split("; "))
+budget = int(settings["api_keys.argon2_budget_per_minute"])
+per_minute = int(E["BENCH_KEYS"]) * budget
+text = (f"The budget is per prefix per clock minute: {E['BENCH_KEYS']} prefixes × {budget} = "
+        f"{per_minute:,} argon2 computations a minute for a flood that covers every prefix, "
+        "spent as soon as each new minute starts; later in the minute the same flood is "
+        "throttled without hashing. So a short round is either mostly hashing or not at all, "
+        "depending on where the clock minute falls.")
+worst = max(range(len(flood)), key=lambda i: runs[i])
+if runs[worst]:
+    n, tps, txns, _ = flood[worst]
+    text += (f" Round {n}: {runs[worst]:,} computations, {txns:,} answers in "
+             f"{E['BENCH_SECS']} s ({tps:,.0f} tps).")
+    calm = [t for i, (_, t, _, _) in enumerate(flood) if runs[i] == 0]
+    if calm:
+        text += f" Rounds without hashing: {max(calm):,.0f} tps."
+w(text + "\n")
+
+w("## Every round\n")
+w("| scenario | round | ended | tps | transactions |")
+w("|---|---:|---|---:|---:|")
+for label in rounds:
+    for n, tps, txns, at in rounds[label]:
+        w(f"| {label} | {n} | {at} | {tps:,.1f} | {txns:,} |")
+w("")
+
+w("## Sanity: verification reasons per scenario (all rounds)\n")
+w("| scenario | transactions | reasons (stats deltas) | argon2_runs | memo_hits |")
+w("|---|---:|---|---:|---:|")
+for _, label, _, _ in rows:
+    d = sdelta(label)
+    txns = sum(t for _, _, t, _ in rounds[label])
+    rs = ", ".join(f"{k[7:]} {v:,}" for k, v in sorted(d.items()) if k.startswith("verify_") and v)
+    w(f"| {label} | {txns:,} | {rs} | {d['argon2_runs']:,} | {d['memo_hits']:,} |")
+w("")
+open(report, "w").write("\n".join(out))
+print("\n".join(out))
+PY
+echo "==> wrote $REPORT"
