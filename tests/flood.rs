@@ -68,11 +68,20 @@ fn garbage_costs_no_hash_and_wrong_secrets_are_remembered() {
     cheap_hashing(&mut c);
     let k = issue(&mut c, "'fails', 'service', 'production'");
     let d = delta(&mut c, |c| {
-        for input in ["", "garbage", &k.key[..k.key.len() - 1], &format!("{}x", k.key)] {
+        for input in [
+            "",
+            "garbage",
+            &k.key[..k.key.len() - 1],
+            &format!("{}x", k.key),
+        ] {
             assert_eq!(verify(c, input, None, None).reason, "malformed");
         }
     });
-    assert_eq!(d["argon2_runs"] + d["memo_misses"] + d["memo_hits"], 0, "{d:?}");
+    assert_eq!(
+        d["argon2_runs"] + d["memo_misses"] + d["memo_hits"],
+        0,
+        "{d:?}"
+    );
     assert_eq!(d["verify_malformed"], 4);
 
     let wrong = wrong_key(&k.prefix, 1);
@@ -81,7 +90,10 @@ fn garbage_costs_no_hash_and_wrong_secrets_are_remembered() {
             assert_eq!(verify(c, &wrong, None, None).reason, "invalid_secret");
         }
     });
-    assert_eq!(d["argon2_runs"], 1, "one hash per distinct presentation: {d:?}");
+    assert_eq!(
+        d["argon2_runs"], 1,
+        "one hash per distinct presentation: {d:?}"
+    );
     assert_eq!(d["verify_invalid_secret"], 4);
 }
 
@@ -90,7 +102,8 @@ fn a_flood_on_one_prefix_is_throttled_while_the_real_key_keeps_working() {
     let cluster = Cluster::start("budget");
     let mut c = cluster.connect("api_keys_test");
     cheap_hashing(&mut c);
-    c.batch_execute("SET api_keys.argon2_budget_per_minute = 3").unwrap();
+    c.batch_execute("SET api_keys.argon2_budget_per_minute = 3")
+        .unwrap();
     let target = issue(&mut c, "'target', 'service', 'production'");
     let bystander = issue(&mut c, "'bystander', 'service', 'production'");
     assert_eq!(verify(&mut c, &target.key, None, None).reason, "ok");
