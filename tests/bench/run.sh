@@ -299,8 +299,8 @@ w(f"**Cold single-key latency** (first verification of a freshly issued key, in 
   f"{cd['argon2_runs']}, memo hits {cd['memo_hits']}.\n")
 w(f"First verification of a never-verified key in a session that has already hashed once "
   f"(a pooled connection; {len(pooled)} keys): median **{statistics.median(pooled):.1f} ms**, "
-  f"max {max(pooled):.1f} ms ({', '.join(pooled_reasons)}); the cold latency adds what a "
-  "new backend pays on its first verification and first argon2.\n")
+  f"max {max(pooled):.1f} ms ({', '.join(pooled_reasons)}): mostly argon2 itself; the cold "
+  "latency also includes a new backend's first verification and first argon2.\n")
 
 w("## Flood (wrong secrets) — `api_keys.stats()` deltas\n")
 w("| round | ended | tps | transactions | argon2_runs | argon2_throttled | memo_hits | memo_misses | invalid_secret | other reasons |")
