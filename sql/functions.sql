@@ -308,9 +308,8 @@ BEGIN
     IF scopes IS NOT NULL THEN
         new_scopes := api_keys._check_scopes(scopes, true);
     END IF;
-    IF allowed_cidrs IS NOT NULL THEN
-        new_cidrs := api_keys._check_cidrs(allowed_cidrs);
-    END IF;
+    -- The keys_guard trigger validates, normalises and warns about CIDRs on every write.
+    new_cidrs := allowed_cidrs;
     IF (new_scopes IS DISTINCT FROM k.scopes AND new_scopes IS NOT NULL
         OR new_cidrs IS DISTINCT FROM k.allowed_cidrs AND new_cidrs IS NOT NULL)
        AND k.last_used_at > now() - interval '24 hours' THEN

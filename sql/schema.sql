@@ -30,8 +30,10 @@ CREATE TABLE api_keys.keys (
     status                api_keys.key_status NOT NULL DEFAULT 'active',
     status_reason         text,
     status_changed_at     timestamptz,
-    scopes                text[] NOT NULL DEFAULT ARRAY['*'],
-    allowed_cidrs         cidr[] NOT NULL DEFAULT '{}',
+    scopes                text[] NOT NULL DEFAULT ARRAY['*']
+                          CHECK (pg_catalog.array_position(scopes, NULL) IS NULL),
+    allowed_cidrs         cidr[] NOT NULL DEFAULT '{}'
+                          CHECK (pg_catalog.array_position(allowed_cidrs, NULL) IS NULL),
     expires_at            timestamptz,
     created_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by            text NOT NULL,
@@ -83,19 +85,23 @@ CREATE INDEX audit_log_at_idx ON api_keys.audit_log (at);
 -- current_user it is not replaced by the owner inside SECURITY DEFINER functions, so
 -- it names who called them. PostgREST switches roles with SET ROLE, so this is the
 -- request's role there too.
+-- Both pin search_path: the views call them with the caller's search_path in force, and
+-- a caller could otherwise shadow a type or operator they use (pg_temp comes first for
+-- types unless placed last).
 CREATE FUNCTION api_keys._caller() RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE pg_catalog.current_setting('role')
-               WHEN 'none' THEN SESSION_USER::text
-               ELSE pg_catalog.current_setting('role')
+    SELECT CASE WHEN current_setting('role') = 'none' THEN SESSION_USER::text
+                ELSE current_setting('role')
            END
 $$;
 
 CREATE FUNCTION api_keys._caller_is_admin() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.pg_has_role(api_keys._caller()::name, 'api_keys_admin', 'MEMBER')
+    SELECT pg_has_role(api_keys._caller()::name, 'api_keys_admin', 'MEMBER')
 $$;
 
 -- Status as users see it: past expires_at, an active or suspended key is expired.
@@ -129,10 +135,10 @@ SELECT l.*
   FROM api_keys.key_list l
  WHERE l.status OPERATOR(pg_catalog.=) 'active'::api_keys.key_status
    AND l.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.statement_timestamp() OPERATOR(pg_catalog.+)
-       pg_catalog.make_interval(secs => coalesce(
-           (SELECT s.setting::double precision FROM pg_catalog.pg_settings s
-             WHERE s.name OPERATOR(pg_catalog.=) 'api_keys.expiry_warning'),
-           604800)));
+       -- current_setting, not pg_settings: it also sees a value SET before the library
+       -- was loaded in this session.
+       coalesce(NULLIF(pg_catalog.current_setting('api_keys.expiry_warning', true), '')::pg_catalog.interval,
+                '7 days'::pg_catalog.interval));
 COMMENT ON VIEW api_keys.expiring_soon IS
     'Active keys expiring within setting api_keys.expiry_warning (default 7 days).';
 
@@ -198,6 +204,21 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Rotate the key (api_key_rotate) for a new secret, or issue a new key.';
     END IF;
+    -- Terminal keys: nothing but a revocation (of an expired key) may change, and that
+    -- only in status and status_reason.
+    IF api_keys._effective_status(OLD.status, OLD.expires_at) IN ('revoked', 'expired')
+       AND ((NEW.name, NEW.description, NEW.owner, NEW.scopes, NEW.allowed_cidrs,
+             NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata)
+            IS DISTINCT FROM
+            (OLD.name, OLD.description, OLD.owner, OLD.scopes, OLD.allowed_cidrs,
+             OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata)
+            OR (NEW.status IS NOT DISTINCT FROM OLD.status
+                AND NEW.status_reason IS DISTINCT FROM OLD.status_reason)) THEN
+        RAISE EXCEPTION 'key % is %; it can no longer be changed', OLD.prefix,
+                        api_keys._effective_status(OLD.status, OLD.expires_at)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Issue a new key instead.';
+    END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM api_keys._check_transition(OLD, NEW.status);
         IF NEW.status = 'revoked' AND coalesce(btrim(NEW.status_reason), '') = '' THEN
@@ -209,18 +230,12 @@ BEGIN
         IF NEW.status = 'expired' AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
             NEW.expires_at := now();
         END IF;
-    ELSIF api_keys._effective_status(OLD.status, OLD.expires_at) IN ('revoked', 'expired')
-          AND (NEW.name, NEW.description, NEW.owner, NEW.status_reason, NEW.scopes,
-               NEW.allowed_cidrs, NEW.expires_at, NEW.rate_limit_per_minute,
-               NEW.rate_limit_per_hour, NEW.metadata)
-              IS DISTINCT FROM
-              (OLD.name, OLD.description, OLD.owner, OLD.status_reason, OLD.scopes,
-               OLD.allowed_cidrs, OLD.expires_at, OLD.rate_limit_per_minute,
-               OLD.rate_limit_per_hour, OLD.metadata) THEN
-        RAISE EXCEPTION 'key % is %; it can no longer be changed', OLD.prefix,
-                        api_keys._effective_status(OLD.status, OLD.expires_at)
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Issue a new key instead.';
+    ELSIF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+        -- Ending a key goes through its status (and is audited as such), not a past date.
+        NEW.expires_at := api_keys._check_expiry(NEW.expires_at);
+    END IF;
+    IF NEW.allowed_cidrs IS DISTINCT FROM OLD.allowed_cidrs THEN
+        NEW.allowed_cidrs := api_keys._check_cidrs(NEW.allowed_cidrs);
     END IF;
     IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
         NEW.scopes := api_keys._check_scopes(NEW.scopes, true);
@@ -240,7 +255,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     -- Usage bookkeeping and status columns are not edits; the hash is never logged.
-    quiet CONSTANT text[] := ARRAY['status', 'status_reason', 'status_changed_at',
+    quiet CONSTANT text[] := ARRAY['status', 'status_changed_at',
                                    'last_used_at', 'last_used_ip', 'secret_hash'];
     changes jsonb;
 BEGIN
@@ -255,6 +270,8 @@ BEGIN
       JOIN jsonb_each(to_jsonb(OLD) - quiet) o USING (key)
      WHERE n.value IS DISTINCT FROM o.value;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
+        -- The reason of a status change has its own column.
+        changes := nullif(changes - 'status_reason', '{}'::jsonb);
         PERFORM api_keys._audit(
             CASE NEW.status WHEN 'active' THEN 'reactivated' ELSE NEW.status::text END,
             NEW, OLD.status, NEW.status, NEW.status_reason, changes);

@@ -2,10 +2,11 @@ use pgrx::prelude::*;
 
 use crate::{errors, gucs, key::format};
 
-/// A regex that matches every key this installation issues, for secret scanners.
-#[pg_extern(stable, parallel_safe, requires = ["schema"])]
+/// A regex that matches every key this installation issues, under any brand, for
+/// secret scanners.
+#[pg_extern(immutable, parallel_safe, requires = ["schema"])]
 fn key_pattern() -> String {
-    format::key_pattern(&configured_brand())
+    format::key_pattern()
 }
 
 /// The brand from `api_keys.brand`, or 22023 when the setting holds an invalid brand.

@@ -152,9 +152,24 @@ fn check(
         }
         let status: String = row.get(6).ok().flatten().unwrap_or_default();
         let past_expiry: bool = row.get(7).ok().flatten().unwrap_or(false);
-        let scopes: Vec<String> = row.get(8).ok().flatten().unwrap_or_default();
-        let cidr_text: Vec<String> = row.get(9).ok().flatten().unwrap_or_default();
-        let rules = cidr::parse_rules(&cidr_text);
+        // Arrays are read with room for NULL elements (a table constraint forbids them,
+        // but verify must not raise): a NULL scope grants nothing, a NULL rule fails closed.
+        let scopes: Vec<String> = row
+            .get::<Vec<Option<String>>>(8)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect();
+        let cidr_text: Option<Vec<String>> = row
+            .get::<Vec<Option<String>>>(9)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let rules = cidr_text.and_then(|c| cidr::parse_rules(&c));
         let state = KeyState {
             status: &status,
             past_expiry,

@@ -144,11 +144,12 @@ pub fn compose(brand: &str, environment: Environment, public_id: &str, secret: &
     NewKey { prefix, full }
 }
 
-/// A regex matching every key issued under `brand`, portable across RE2, PCRE and
-/// Postgres ARE (no `\b`, which means backspace in Postgres).
-pub fn key_pattern(brand: &str) -> String {
+/// A regex matching every key of this format, whatever its brand (keys issued under an
+/// earlier `api_keys.brand` keep verifying, so scanners must keep finding them).
+/// Portable across RE2, PCRE and Postgres ARE (no `\b`, a backspace in Postgres).
+pub fn key_pattern() -> String {
     format!(
-        "{brand}_(?:live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}_[0-9A-Za-z]{{{}}}",
+        "[a-z0-9]{{{MIN_BRAND_LEN},{MAX_BRAND_LEN}}}_(?:live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}_[0-9A-Za-z]{{{}}}",
         SECRET_LEN + CHECKSUM_LEN
     )
 }
@@ -252,7 +253,7 @@ mod tests {
             prop_assert_eq!(parsed.brand, brand.as_str());
             prop_assert_eq!(parsed.secret, secret.as_str());
             prop_assert_eq!(parsed.environment, env);
-            let re = regex::Regex::new(&format!("^{}$", key_pattern(&brand))).unwrap();
+            let re = regex::Regex::new(&format!("^{}$", key_pattern())).unwrap();
             prop_assert!(re.is_match(&key.full));
         }
 

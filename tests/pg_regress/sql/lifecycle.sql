@@ -22,10 +22,10 @@ BEGIN
     WHEN 'revoked' THEN PERFORM api_keys.api_key_revoke(k, 'matrix');
     WHEN 'expired' THEN PERFORM api_keys.api_key_set_status(k, 'expired');
     WHEN 'active, past expiry' THEN
-        UPDATE api_keys.keys SET expires_at = now() - interval '1 minute' WHERE id = k;
+        PERFORM regress.backdate(k, interval '1 minute');
     WHEN 'suspended, past expiry' THEN
         PERFORM api_keys.api_key_suspend(k);
-        UPDATE api_keys.keys SET expires_at = now() - interval '1 minute' WHERE id = k;
+        PERFORM regress.backdate(k, interval '1 minute');
     END CASE;
     RETURN k;
 END $$;
@@ -175,7 +175,7 @@ SELECT rotated_from = :'g_id' AS rotated_from_old, status, expires_at FROM key_l
 SELECT valid, reason FROM api_key_verify(:'g');
 SELECT valid, reason FROM api_key_verify(:'g2');
 -- once the grace period is over, the old key is expired; the new one still works
-UPDATE keys SET expires_at = now() - interval '1 second' WHERE id = :'g_id';
+SELECT regress.backdate(:'g_id', interval '1 second');
 SELECT reason FROM api_key_verify(:'g');
 SELECT reason FROM api_key_verify(:'g2');
 -- a grace longer than the remaining life keeps the earlier expiry: least(expires_at, now() + grace)
@@ -266,6 +266,9 @@ UPDATE api_keys.keys SET name = 'renamed by hand', scopes = '{runs:write,runs:wr
 SELECT name, scopes, status FROM api_keys.key_list WHERE id = :'a_id';
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET scopes = %L WHERE id = %L', '{Bad}', :'a_id'));
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = NULL WHERE id = %L', :'a_id'));
+-- a direct UPDATE cannot end a key by dating it in the past (22023), nor hold a NULL CIDR
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET expires_at = now() - interval %L WHERE id = %L', '1 day', :'a_id'));
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET allowed_cidrs = %L WHERE id = %L', '{10.0.0.0/8,NULL}', :'a_id'));
 -- a direct revoke needs a reason too (22023), like api_key_revoke
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, status_reason = NULL WHERE id = %L', 'revoked', :'a_id'));
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, status_reason = %L WHERE id = %L', 'revoked', '  ', :'a_id'));

@@ -79,7 +79,8 @@ SELECT name FROM api_key_list(owner => 'regress_alice', order_by => 'environment
 SELECT name FROM api_key_list(owner => 'regress_bob', order_by => 'expires_at');
 SELECT name FROM api_key_list(owner => 'regress_bob', order_by => 'expires_at desc');
 -- the array and jsonb columns sort too
-SELECT name, scopes FROM api_key_list(owner => 'regress_alice', order_by => 'scopes desc');
+SELECT array_agg(l.scopes ORDER BY o) = (SELECT array_agg(k.scopes ORDER BY k.scopes DESC) FROM key_list k WHERE k.owner = 'regress_alice') AS sorted_by_scopes
+  FROM api_key_list(owner => 'regress_alice', order_by => 'scopes desc') WITH ORDINALITY AS l(id, prefix, name, description, key_type, environment, owner, status, status_reason, scopes, allowed_cidrs, expires_at, created_at, created_by, last_used_at, last_used_ip, rotated_from, rate_limit_per_minute, rate_limit_per_hour, metadata, o);
 SELECT count(*) AS rows_by_metadata FROM api_key_list(owner => 'regress_alice', order_by => 'metadata');
 -- the default order is created_at desc
 SELECT array_agg(id) = (SELECT array_agg(id ORDER BY created_at DESC, id) FROM key_list) AS default_is_created_at_desc
@@ -122,12 +123,12 @@ SELECT count(*) AS past_the_end FROM api_key_list(owner => 'regress_dave', page_
 SELECT count(*) AS far_past_the_end FROM api_key_list(owner => 'regress_dave', page_size => 1000, page => 2147483647);
 
 -- effective status: 'expired' as soon as expires_at has passed, before any sweep
-UPDATE keys SET expires_at = now() - interval '1 second' WHERE id = :'beta_id';
+SELECT regress.backdate(:'beta_id', interval '1 second');
 SELECT l.status AS listed, k.status AS stored FROM key_list l JOIN keys k USING (id) WHERE id = :'beta_id';
 SELECT name FROM api_key_list(status => 'expired', order_by => 'name');
 SELECT count(*) AS beta_active FROM api_key_list(status => 'active', search => 'beta');
 -- a suspended key past its expiry is expired too; a revoked one stays revoked
-UPDATE keys SET expires_at = now() - interval '1 second' WHERE id = :'gamma_id';
+SELECT regress.backdate(:'gamma_id', interval '1 second');
 SELECT name, status FROM key_list WHERE id IN (:'gamma_id', :'delta_id') ORDER BY name;
 
 -- expiring_soon: active keys expiring within api_keys.expiry_warning (default 7 days)

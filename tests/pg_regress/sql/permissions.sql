@@ -79,6 +79,15 @@ SELECT name, owner FROM api_keys.key_list ORDER BY name;
 SELECT name, owner FROM api_keys.api_key_list();
 SELECT count(*) AS bob_visible FROM api_keys.key_list WHERE id = :'b_id';
 SELECT count(*) AS bob_via_owner_filter FROM api_keys.api_key_list(owner => 'regress_bob');
+-- ... and cannot widen the view's row filter by shadowing a type its helpers use with
+-- one of its own in pg_temp (which comes first for types): the helpers pin search_path
+CREATE TYPE pg_temp.name AS ENUM ('x');
+CREATE FUNCTION pg_temp.to_fake(text) RETURNS pg_temp.name LANGUAGE sql AS $$SELECT 'x'::pg_temp.name$$;
+CREATE CAST (text AS pg_temp.name) WITH FUNCTION pg_temp.to_fake(text);
+CREATE FUNCTION pg_temp.to_name(pg_temp.name) RETURNS pg_catalog.name LANGUAGE sql AS $$SELECT 'postgres'::pg_catalog.name$$;
+CREATE CAST (pg_temp.name AS pg_catalog.name) WITH FUNCTION pg_temp.to_name(pg_temp.name) AS IMPLICIT;
+SELECT count(*) AS bob_visible_after_shadowing FROM api_keys.key_list WHERE id = :'b_id';
+SELECT api_keys._caller_is_admin() AS alice_is_admin;
 -- ... cannot issue for another owner (42501), not even for an admin
 SELECT regress.expect_error($$SELECT * FROM api_keys.api_key_issue('x', 'user', 'production', owner => 'regress_bob')$$);
 SELECT regress.expect_error($$SELECT * FROM api_keys.api_key_issue('x', 'user', 'production', owner => 'regress_admin')$$);

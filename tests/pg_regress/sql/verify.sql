@@ -81,7 +81,7 @@ SELECT status FROM api_key_reactivate(:'k_id');
 SELECT id AS e_id, key AS e FROM api_key_issue('expiring', 'service', 'production',
                                                expires_at => now() + interval '1 hour') \gset
 SELECT valid, reason FROM api_key_verify(:'e');
-UPDATE keys SET expires_at = now() - interval '1 second' WHERE id = :'e_id';
+SELECT regress.backdate(:'e_id', interval '1 second');
 SELECT k.status AS stored_status, v.valid, v.reason, v.key_id, v.expires_at
   FROM keys k, api_key_verify(:'e') v WHERE k.id = :'e_id';
 -- once past expires_at the key is terminal: not even a superuser moves expires_at back
@@ -90,7 +90,7 @@ SELECT reason FROM api_key_verify(:'e');
 -- exactly at expires_at it is expired too
 SELECT id AS e4_id, key AS e4 FROM api_key_issue('expiring now', 'service', 'production',
                                                  expires_at => now() + interval '1 hour') \gset
-UPDATE keys SET expires_at = now() WHERE id = :'e4_id';
+SELECT regress.backdate(:'e4_id', interval '0');
 SELECT valid, reason FROM api_key_verify(:'e4');
 
 -- expired through set_status
@@ -117,7 +117,7 @@ SELECT id AS p_id, key AS p FROM api_key_issue('precedence', 'service', 'product
 SELECT reason FROM api_key_verify(:'p', '192.0.2.1', 'runs:write');
 SELECT status FROM api_key_suspend(:'p_id');
 SELECT reason FROM api_key_verify(:'p', '192.0.2.1', 'runs:write');
-UPDATE keys SET expires_at = now() - interval '1 minute' WHERE id = :'p_id';
+SELECT regress.backdate(:'p_id', interval '1 minute');
 SELECT reason FROM api_key_verify(:'p', '192.0.2.1', 'runs:write');
 SELECT status FROM api_key_revoke(:'p_id', 'done');
 SELECT reason FROM api_key_verify(:'p', '192.0.2.1', 'runs:write');
