@@ -297,14 +297,11 @@ CREATE FUNCTION api_keys.api_key_update(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
-    effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
     new_scopes text[];
     new_cidrs cidr[];
 BEGIN
-    IF effective IN ('revoked', 'expired') THEN
-        RAISE EXCEPTION 'key % is %; it can no longer be changed', k.prefix, effective
-            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Issue a new key instead.';
-    END IF;
+    -- Before any validation or warning; the guard trigger checks the same on the write.
+    PERFORM api_keys._check_editable(k);
     IF scopes IS NOT NULL THEN
         new_scopes := api_keys._check_scopes(scopes, true);
     END IF;

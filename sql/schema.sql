@@ -175,6 +175,22 @@ BEGIN
 END
 $$;
 
+-- Revoked and expired keys are frozen: one message for the functions and the guard.
+CREATE FUNCTION api_keys._check_editable(k api_keys.keys) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
+BEGIN
+    IF effective IN ('revoked', 'expired') THEN
+        RAISE EXCEPTION 'key % is %; it can no longer be changed', k.prefix, effective
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Issue a new key instead.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION api_keys._audit(
     action text, k api_keys.keys, old_status api_keys.key_status,
     new_status api_keys.key_status, reason text, details jsonb
@@ -206,18 +222,14 @@ BEGIN
     END IF;
     -- Terminal keys: nothing but a revocation (of an expired key) may change, and that
     -- only in status and status_reason.
-    IF api_keys._effective_status(OLD.status, OLD.expires_at) IN ('revoked', 'expired')
-       AND ((NEW.name, NEW.description, NEW.owner, NEW.scopes, NEW.allowed_cidrs,
-             NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata)
-            IS DISTINCT FROM
-            (OLD.name, OLD.description, OLD.owner, OLD.scopes, OLD.allowed_cidrs,
-             OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata)
-            OR (NEW.status IS NOT DISTINCT FROM OLD.status
-                AND NEW.status_reason IS DISTINCT FROM OLD.status_reason)) THEN
-        RAISE EXCEPTION 'key % is %; it can no longer be changed', OLD.prefix,
-                        api_keys._effective_status(OLD.status, OLD.expires_at)
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Issue a new key instead.';
+    IF (NEW.name, NEW.description, NEW.owner, NEW.scopes, NEW.allowed_cidrs,
+        NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata)
+       IS DISTINCT FROM
+       (OLD.name, OLD.description, OLD.owner, OLD.scopes, OLD.allowed_cidrs,
+        OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata)
+       OR (NEW.status IS NOT DISTINCT FROM OLD.status
+           AND NEW.status_reason IS DISTINCT FROM OLD.status_reason) THEN
+        PERFORM api_keys._check_editable(OLD);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM api_keys._check_transition(OLD, NEW.status);
