@@ -19,6 +19,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address of an `inet` value given as its parts (family, address bytes).
+pub fn client(v6: bool, addr: &[u8]) -> Option<IpAddr> {
+    let ip = if v6 {
+        IpAddr::from(<[u8; 16]>::try_from(addr).ok()?)
+    } else {
+        IpAddr::from(<[u8; 4]>::try_from(addr).ok()?)
+    };
+    Some(canonical(ip))
+}
+
+/// A stored `cidr` rule given as its parts (family, prefix length, address bytes).
+pub fn rule(v6: bool, bits: u8, addr: &[u8]) -> Option<IpNet> {
+    let ip = if v6 {
+        IpAddr::from(<[u8; 16]>::try_from(addr).ok()?)
+    } else {
+        IpAddr::from(<[u8; 4]>::try_from(addr).ok()?)
+    };
+    IpNet::new(ip, bits).ok()
+}
+
 pub fn parse_rules<S: AsRef<str>>(rules: &[S]) -> Option<Vec<IpNet>> {
     rules.iter().map(|r| r.as_ref().parse().ok()).collect()
 }
@@ -43,6 +63,21 @@ mod tests {
 
     fn rules(r: &[&str]) -> Vec<IpNet> {
         parse_rules(r).unwrap()
+    }
+
+    #[test]
+    fn parts_agree_with_text() {
+        assert_eq!(client(false, &[10, 1, 2, 3]), parse_client("10.1.2.3"));
+        let mapped = "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(client(true, &mapped), parse_client("10.1.2.3"));
+        assert_eq!(client(false, &[1, 2, 3]), None);
+        assert_eq!(
+            rule(false, 8, &[10, 0, 0, 0]),
+            Some(rules(&["10.0.0.0/8"])[0])
+        );
+        let v6 = "2001:db8::".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(rule(true, 32, &v6), Some(rules(&["2001:db8::/32"])[0]));
+        assert_eq!(rule(false, 33, &[10, 0, 0, 0]), None);
     }
 
     #[test]

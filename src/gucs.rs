@@ -14,6 +14,7 @@ pub static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
 pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static ARGON2_AFTER_FAILURE_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -85,6 +86,16 @@ pub fn init(preloading: bool) {
         c"argon2 computations per key prefix per minute for presentations not in the memo; 0 = unlimited.",
         c"Past it, unknown presentations for that prefix are invalid_secret without hashing, while keys already in the memo keep working.",
         &ARGON2_BUDGET_PER_MINUTE,
+        0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.argon2_after_failure_per_second",
+        c"Server-wide argon2 computations per second for prefixes that saw a wrong secret in the last 10 minutes; 0 = unlimited.",
+        c"Bounds a flood spread over many real prefixes. Prefixes without recent failures (keys verified for the first time) are not held back by it.",
+        &ARGON2_AFTER_FAILURE_PER_SECOND,
         0,
         1_000_000,
         GucContext::Suset,

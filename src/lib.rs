@@ -1,21 +1,22 @@
 //! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
 //!
-//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`. Postgres-facing rooms:
-//! `gucs`, `errors`, `enum_datum`, `api`. Tables, views, triggers, lifecycle and
-//! grants: `sql/`.
+//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`.
+//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`, `api`.
+//! Tables, views, triggers, lifecycle and grants: `sql/`.
 
 use pgrx::prelude::*;
 
 mod api;
 pub mod budget;
 pub mod cidr;
-mod enum_datum;
 mod errors;
 mod gucs;
 pub mod key;
+mod key_row;
 pub mod memo;
 pub mod scope;
 mod shmem;
+mod varlena;
 pub mod verdict;
 
 ::pgrx::pg_module_magic!(name, version);

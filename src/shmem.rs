@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::mem::{align_of, size_of};
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use pgrx::pg_sys;
 
@@ -39,6 +39,8 @@ struct Counters {
 struct Header {
     counters: Counters,
     argon2_running: AtomicU32,
+    /// The server-wide allowance of `budget` (GCRA state); guarded by the budget lock.
+    after_failure_tat: AtomicI64,
     memo_slots: usize,
 }
 
@@ -52,6 +54,7 @@ struct Local {
     counters: Counters,
     memo: Vec<Slot>,
     budget: Vec<BudgetSlot>,
+    after_failure_tat: i64,
 }
 
 thread_local! {
@@ -59,6 +62,7 @@ thread_local! {
         counters: Counters::default(),
         memo: vec![Slot::default(); LOCAL_MEMO_SLOTS],
         budget: vec![BudgetSlot::default(); BUDGET_SLOTS / 16],
+        after_failure_tat: 0,
     });
 }
 
@@ -181,14 +185,12 @@ pub fn memo_remember(id: &[u8; 32], fact: Fact) {
     with_memo(id, |slots| memo::remember(slots, id, fact));
 }
 
-/// Spend one argon2 computation of `prefix`'s budget for this minute.
-pub fn spend_budget(prefix: &str) -> bool {
-    let budget = gucs::ARGON2_BUDGET_PER_MINUTE.get().max(0) as u32;
-    let minute = (unsafe { pg_sys::GetCurrentTimestamp() } / 60_000_000) as u32;
-    let id = budget::prefix_id(prefix);
-    let ok = match shared() {
+/// Run `f` over the argon2 budget: its slots and the server-wide allowance's state.
+fn with_budget<R>(f: impl FnOnce(&mut [BudgetSlot], &mut i64) -> R) -> R {
+    match shared() {
         Some(header) => {
             let _held = Held::take(LOCKS - 1);
+            // Safety: the budget slots follow the memo; the budget lock serialises them.
             let slots = unsafe {
                 std::slice::from_raw_parts_mut(
                     (SHARED as *mut u8)
@@ -197,14 +199,42 @@ pub fn spend_budget(prefix: &str) -> bool {
                     BUDGET_SLOTS,
                 )
             };
-            budget::try_spend(slots, id, minute, budget)
+            let mut tat = header.after_failure_tat.load(Relaxed);
+            let result = f(slots, &mut tat);
+            header.after_failure_tat.store(tat, Relaxed);
+            result
         }
-        None => LOCAL.with_borrow_mut(|l| budget::try_spend(&mut l.budget, id, minute, budget)),
+        None => LOCAL.with_borrow_mut(|l| {
+            let Local {
+                budget,
+                after_failure_tat,
+                ..
+            } = l;
+            f(budget, after_failure_tat)
+        }),
+    }
+}
+
+/// Spend one argon2 computation for `prefix` (see `budget` for the two budgets).
+pub fn spend_budget(prefix: &str) -> bool {
+    let limits = budget::Limits {
+        per_prefix_per_minute: gucs::ARGON2_BUDGET_PER_MINUTE.get().max(0) as u32,
+        after_failure_per_second: gucs::ARGON2_AFTER_FAILURE_PER_SECOND.get().max(0) as u32,
     };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let id = budget::prefix_id(prefix);
+    let ok = with_budget(|slots, tat| budget::try_spend(slots, tat, id, now, limits));
     if !ok {
         bump(|c| &c.throttled);
     }
     ok
+}
+
+/// argon2 said a presented secret for `prefix` is wrong.
+pub fn record_failure(prefix: &str) {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let id = budget::prefix_id(prefix);
+    with_budget(|slots, _| budget::record_failure(slots, id, now));
 }
 
 /// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others

@@ -133,6 +133,51 @@ fn a_flood_on_one_prefix_is_throttled_while_the_real_key_keeps_working() {
 }
 
 #[test]
+fn a_flood_over_many_prefixes_shares_one_server_wide_allowance() {
+    let cluster = Cluster::start("spread_flood");
+    let mut c = cluster.connect("api_keys_test");
+    cheap_hashing(&mut c);
+    // A per-prefix budget that would allow 20 × 50 = 1000 hashes this minute, and a
+    // server-wide allowance of 1 a second for prefixes that already failed.
+    c.batch_execute(
+        "SET api_keys.argon2_budget_per_minute = 50; \
+         SET api_keys.argon2_after_failure_per_second = 1",
+    )
+    .unwrap();
+    let targets: Vec<_> = (0..20)
+        .map(|i| issue(&mut c, &format!("'target {i}', 'service', 'production'")))
+        .collect();
+    let started = std::time::Instant::now();
+    let d = delta(&mut c, |c| {
+        for n in 0..25 {
+            for t in &targets {
+                assert_eq!(
+                    verify(c, &wrong_key(&t.prefix, n), None, None).reason,
+                    "invalid_secret"
+                );
+            }
+        }
+    });
+    let seconds = started.elapsed().as_secs() as i64;
+    // One hash per prefix for its first failure, then 1 a second (a burst of 1) for all
+    // of them together.
+    assert!(d["argon2_runs"] >= 20, "{d:?}");
+    assert!(
+        d["argon2_runs"] <= 20 + 1 + seconds + 1,
+        "{d:?} in {seconds} s"
+    );
+    assert_eq!(d["argon2_runs"] + d["argon2_throttled"], 500, "{d:?}");
+
+    // A key that has never seen a failure is hashed at once, flood or not.
+    let fresh = issue(&mut c, "'fresh', 'service', 'production'");
+    let d = delta(&mut c, |c| {
+        assert_eq!(verify(c, &fresh.key, None, None).reason, "ok");
+    });
+    assert_eq!(d["argon2_runs"], 1, "{d:?}");
+    assert_eq!(d["argon2_throttled"], 0, "{d:?}");
+}
+
+#[test]
 fn without_preload_each_session_keeps_its_own_memo() {
     let cluster = Cluster::start_with("nomemo", &["shared_preload_libraries = ''"]);
     let mut c = cluster.connect("api_keys_test");

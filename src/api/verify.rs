@@ -1,57 +1,32 @@
 //! `api_key_verify`: one row for any input, never an error for bad input.
+//!
+//! This is the hot path, so its fmgr glue is written by hand instead of through
+//! `#[pg_extern]`: arguments are read as raw datums (a key that is not UTF-8, possible
+//! in a SQL_ASCII database, is `malformed`, not an error), the key row is read straight
+//! from the prefix index (`key_row`), and the one result row is formed against a row
+//! descriptor built once per backend. A set-returning function may answer a single row
+//! in value-per-call mode by leaving `isDone` at `ExprSingleResult`; the executor then
+//! neither calls it again nor keeps per-call state.
+//!
+//! It is SECURITY INVOKER and runs no SQL: the EXECUTE privilege (api_keys_verifier)
+//! is its only gate, and nothing a caller puts on its search_path is ever consulted.
 
-use pgrx::datum::{Inet, TimestampWithTimeZone, Uuid};
+use std::cell::Cell;
+use std::ptr;
+
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiTupleTable};
-use std::cell::OnceCell;
 
 use crate::cidr;
-use crate::enum_datum::{EnvironmentDatum, KeyTypeDatum};
 use crate::key::{format, hash};
+use crate::key_row::{self, KeyRow};
 use crate::memo::{self, Fact};
 use crate::shmem;
+use crate::varlena;
 use crate::verdict::{self, KeyState, Reason};
 
-type VerifyRow = (
-    bool,
-    String,
-    Option<Uuid>,
-    Option<String>,
-    Option<KeyTypeDatum>,
-    Option<EnvironmentDatum>,
-    Option<Vec<String>>,
-    Option<TimestampWithTimeZone>,
-);
-
-fn rejected(reason: Reason) -> VerifyRow {
-    (
-        false,
-        reason.as_str().to_owned(),
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
-}
-
-const FETCH_BY_PREFIX: &str = "\
-    SELECT id, secret_hash, owner, key_type, environment, status::text, \
-           coalesce(expires_at <= statement_timestamp(), false), scopes, allowed_cidrs::text[], expires_at \
-      FROM api_keys.keys WHERE prefix OPERATOR(pg_catalog.=) $1";
-
-thread_local! {
-    /// Planned once per backend; Postgres replans it by itself if the table changes.
-    static FETCH_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
-}
-
-/// `key` arrives as the raw bytes of its text datum (see the CREATE FUNCTION below), so
-/// bytes that are not UTF-8 (possible in a SQL_ASCII database) are `malformed`, not an
-/// error. Likewise `required_scope`.
-#[pg_extern(
-    requires = ["schema"],
-    sql = r#"
+extension_sql!(
+    r#"
 CREATE FUNCTION api_keys.api_key_verify(
     key text,
     client_ip inet DEFAULT NULL,
@@ -62,44 +37,45 @@ CREATE FUNCTION api_keys.api_key_verify(
     scopes text[], expires_at timestamptz
 )
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-"#
-)]
-#[allow(clippy::type_complexity)] // name!() cannot go through a type alias
-fn api_key_verify(
-    key: Option<&[u8]>,
-    client_ip: Option<Inet>,
-    required_scope: Option<&[u8]>,
-) -> TableIterator<
-    'static,
-    (
-        name!(valid, bool),
-        name!(reason, String),
-        name!(key_id, Option<Uuid>),
-        name!(owner, Option<String>),
-        name!(key_type, Option<KeyTypeDatum>),
-        name!(environment, Option<EnvironmentDatum>),
-        name!(scopes, Option<Vec<String>>),
-        name!(expires_at, Option<TimestampWithTimeZone>),
-    ),
-> {
-    TableIterator::once(verify(
-        key.unwrap_or_default(),
-        client_ip.as_deref(),
-        required_scope,
-    ))
+AS 'MODULE_PATHNAME', 'api_key_verify';
+COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text) IS
+    'One row for any input: valid, reason and, when valid, the key''s identity.';
+"#,
+    name = "api_key_verify",
+    requires = ["schema"]
+);
+
+/// Longer than any key this extension issues, by a wide margin; larger input is
+/// `malformed` without being detoasted.
+const MAX_KEY_BYTES: usize = 1024;
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_api_key_verify() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
 }
 
-fn verify(key: &[u8], client_ip: Option<&str>, required_scope: Option<&[u8]>) -> VerifyRow {
-    let outcome = check(key, client_ip, required_scope);
-    shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
-    outcome.unwrap_or_else(rejected)
-}
-
-/// An enum column's raw datum (the row's types are fixed by the query).
-fn enum_column(row: &SpiTupleTable, ordinal: usize) -> Option<pg_sys::Datum> {
-    row.get_datum_by_ordinal(ordinal).ok().flatten()
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+        let arg = |i: usize| args.get(i).filter(|a| !a.isnull).map(|a| a.value);
+        let key = arg(0).map_or(&[][..], |d| {
+            if varlena::raw_size(d) > MAX_KEY_BYTES {
+                &[]
+            } else {
+                varlena::bytes(d)
+            }
+        });
+        let client = arg(1)
+            .and_then(|d| varlena::inet(d))
+            .and_then(|(v6, _, addr)| cidr::client(v6, &addr));
+        let outcome = check(key, client, arg(2));
+        shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
+        result_row(fcinfo, &outcome)
+    }
 }
 
 /// Does `key` match the stored hash? The memo answers for presentations seen before;
@@ -117,80 +93,97 @@ fn secret_matches(key: &[u8], prefix: &str, secret: &str, secret_hash: &str) -> 
                 Fact::DoesNotMatch
             };
             shmem::memo_remember(&fact, known);
+            if !matches {
+                shmem::record_failure(prefix);
+            }
             matches
         }
     }
 }
 
-/// The identity row of a valid key, or why it is not valid.
+/// The key row of a valid key, or why it is not valid.
 fn check(
     key: &[u8],
-    client_ip: Option<&str>,
-    required_scope: Option<&[u8]>,
-) -> Result<VerifyRow, Reason> {
+    client: Option<std::net::IpAddr>,
+    required_scope: Option<pg_sys::Datum>,
+) -> Result<KeyRow, Reason> {
     // Cheap rejection first: no table, no hash.
     let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
-    Spi::connect(|client| {
-        let rows = FETCH_PLAN.with(|plan| {
-            let plan = plan.get_or_init(|| {
-                client
-                    .prepare(FETCH_BY_PREFIX, &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)])
-                    .expect("prepare key lookup")
-                    .keep()
-            });
-            client
-                .select(plan, Some(1), &[parsed.prefix.into()])
-                .expect("key lookup")
-        });
-        if rows.is_empty() {
-            return Err(Reason::NotFound);
+    let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
+    if !secret_matches(key, parsed.prefix, parsed.secret, &row.secret_hash) {
+        return Err(Reason::InvalidSecret);
+    }
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let state = KeyState {
+        status: &row.status,
+        past_expiry: row.expires_at.is_some_and(|at| at <= now),
+        cidrs: row.cidrs.as_deref(),
+        scopes: &row.scopes,
+    };
+    // Not UTF-8: a scope nobody holds.
+    let required = required_scope.map(|d| unsafe { varlena::bytes(d) });
+    let required = required.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
+    match verdict::judge(&state, client, required) {
+        Reason::Ok => Ok(row),
+        reason => Err(reason),
+    }
+}
+
+thread_local! {
+    /// The blessed result row descriptor, for the function oid it was built for.
+    static RESULT_DESC: Cell<Option<(pg_sys::Oid, pg_sys::TupleDesc)>> = const { Cell::new(None) };
+}
+
+unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    unsafe {
+        let fn_oid = (*(*fcinfo).flinfo).fn_oid;
+        if let Some((_, desc)) = RESULT_DESC.get().filter(|(oid, _)| *oid == fn_oid) {
+            return desc;
         }
-        let row = rows.first();
-        let secret_hash: String = row.get(2).ok().flatten().unwrap_or_default();
-        if !secret_matches(key, parsed.prefix, parsed.secret, &secret_hash) {
-            return Err(Reason::InvalidSecret);
+        let mut desc = ptr::null_mut();
+        let kind = pg_sys::get_call_result_type(fcinfo, ptr::null_mut(), &mut desc);
+        if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE {
+            error!("api_key_verify must be declared to return a row");
         }
-        let status: String = row.get(6).ok().flatten().unwrap_or_default();
-        let past_expiry: bool = row.get(7).ok().flatten().unwrap_or(false);
-        // Arrays are read with room for NULL elements (a table constraint forbids them,
-        // but verify must not raise): a NULL scope grants nothing, a NULL rule fails closed.
-        let scopes: Vec<String> = row
-            .get::<Vec<Option<String>>>(8)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .collect();
-        let cidr_text: Option<Vec<String>> = row
-            .get::<Vec<Option<String>>>(9)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let rules = cidr_text.and_then(|c| cidr::parse_rules(&c));
-        let state = KeyState {
-            status: &status,
-            past_expiry,
-            cidrs: rules.as_deref(),
-            scopes: &scopes,
-        };
-        let client = client_ip.and_then(cidr::parse_client);
-        // Not UTF-8: a scope nobody holds.
-        let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
-        match verdict::judge(&state, client, required) {
-            Reason::Ok => Ok((
-                true,
-                Reason::Ok.as_str().to_owned(),
-                row.get(1).ok().flatten(),
-                row.get(3).ok().flatten(),
-                enum_column(&row, 4).map(KeyTypeDatum::from_column),
-                enum_column(&row, 5).map(EnvironmentDatum::from_column),
-                Some(scopes),
-                row.get(10).ok().flatten(),
-            )),
-            reason => Err(reason),
+        let copy = pgrx::PgMemoryContexts::TopMemoryContext
+            .switch_to(|_| pg_sys::CreateTupleDescCopy(desc));
+        let blessed = pg_sys::BlessTupleDesc(copy);
+        RESULT_DESC.set(Some((fn_oid, blessed)));
+        blessed
+    }
+}
+
+/// (valid, reason, key_id, owner, key_type, environment, scopes, expires_at)
+unsafe fn result_row(
+    fcinfo: pg_sys::FunctionCallInfo,
+    outcome: &Result<KeyRow, Reason>,
+) -> pg_sys::Datum {
+    unsafe {
+        let mut values = [pg_sys::Datum::from(0); 8];
+        let mut nulls = [true; 8];
+        let reason = *outcome.as_ref().err().unwrap_or(&Reason::Ok);
+        values[0] = pg_sys::Datum::from(outcome.is_ok());
+        values[1] = varlena::text_datum(reason.as_str().as_bytes());
+        nulls[..2].fill(false);
+        // Identity columns only when valid.
+        if let Ok(row) = outcome {
+            let identity = [
+                row.id,
+                row.owner,
+                row.key_type,
+                row.environment,
+                row.scopes_datum,
+                row.expires_at.map(pg_sys::Datum::from),
+            ];
+            for (i, column) in identity.into_iter().enumerate() {
+                if let Some(d) = column {
+                    values[2 + i] = d;
+                    nulls[2 + i] = false;
+                }
+            }
         }
-    })
+        let tuple =
+            pg_sys::heap_form_tuple(result_desc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+    }
 }

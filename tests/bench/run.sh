@@ -11,13 +11,13 @@
 #   wrong_secret  real prefixes, wrong secrets, valid checksums    (wrong_secret.sql)
 #   new_sessions  warm.sql with pgbench -C, against lookup.sql -C
 # plus the latency of the first verification of freshly issued keys. Writes
-# tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10), BENCH_ROUNDS (3),
+# tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10), BENCH_ROUNDS (5),
 # BENCH_KEYS (200), BENCH_WRONG_PER_KEY (1000), BENCH_COLD_KEYS (10), BENCH_PORT (55499).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 SECS=${BENCH_SECS:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 NKEYS=${BENCH_KEYS:-200}
 WRONG_PER_KEY=${BENCH_WRONG_PER_KEY:-1000}
 NWRONG=$((NKEYS * WRONG_PER_KEY))

@@ -1,0 +1,187 @@
+//! Read one key row by prefix, straight through the unique index `keys_prefix_key`.
+//!
+//! This replaces an SPI query on the hot path: no executor, no plan, no portal. The
+//! snapshot is the one a query would get (`GetTransactionSnapshot`: fresh per call in
+//! READ COMMITTED, the transaction's in REPEATABLE READ and SERIALIZABLE), so a
+//! revocation is seen as soon as it commits, and the scan works on a hot standby and
+//! in read-only transactions. No privilege check happens here: `api_key_verify` is
+//! gated by EXECUTE, like a SECURITY DEFINER function would be.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use ipnet::IpNet;
+use pgrx::pg_sys;
+
+use crate::cidr;
+use crate::varlena;
+
+/// The columns verification needs, copied out of the buffer page.
+pub struct KeyRow {
+    pub id: Option<pg_sys::Datum>,
+    pub secret_hash: String,
+    pub owner: Option<pg_sys::Datum>,
+    pub key_type: Option<pg_sys::Datum>,
+    pub environment: Option<pg_sys::Datum>,
+    pub status: String,
+    pub expires_at: Option<pg_sys::TimestampTz>,
+    /// NULL elements (forbidden by a table constraint) are dropped: they grant nothing.
+    pub scopes: Vec<String>,
+    /// The stored `scopes` array, copied, handed back unchanged in the result.
+    pub scopes_datum: Option<pg_sys::Datum>,
+    /// None when a rule cannot be read: fail closed.
+    pub cidrs: Option<Vec<IpNet>>,
+}
+
+/// Attribute numbers of the columns we read, found by name (an upgrade may add columns).
+#[derive(Default)]
+struct Columns {
+    id: i32,
+    secret_hash: i32,
+    owner: i32,
+    key_type: i32,
+    environment: i32,
+    status: i32,
+    expires_at: i32,
+    scopes: i32,
+    allowed_cidrs: i32,
+}
+
+unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
+    let mut c = Columns::default();
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        for (i, attr) in attrs.iter().enumerate() {
+            if attr.attisdropped {
+                continue;
+            }
+            let slot = match CStr::from_ptr(attr.attname.data.as_ptr()).to_bytes() {
+                b"id" => &mut c.id,
+                b"secret_hash" => &mut c.secret_hash,
+                b"owner" => &mut c.owner,
+                b"key_type" => &mut c.key_type,
+                b"environment" => &mut c.environment,
+                b"status" => &mut c.status,
+                b"expires_at" => &mut c.expires_at,
+                b"scopes" => &mut c.scopes,
+                b"allowed_cidrs" => &mut c.allowed_cidrs,
+                _ => continue,
+            };
+            *slot = i as i32 + 1;
+        }
+    }
+    c
+}
+
+fn relation_oid(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+    if oid == pg_sys::InvalidOid {
+        panic!("api_keys: relation api_keys.{name:?} is missing; reinstall the extension");
+    }
+    oid
+}
+
+/// The row whose prefix is `prefix`, as visible to this transaction now.
+pub fn fetch(prefix: &str) -> Option<KeyRow> {
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false);
+        let table = pg_sys::table_open(
+            relation_oid(namespace, c"keys"),
+            pg_sys::AccessShareLock as i32,
+        );
+        let index = pg_sys::index_open(
+            relation_oid(namespace, c"keys_prefix_key"),
+            pg_sys::AccessShareLock as i32,
+        );
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+
+        let mut scan_key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut scan_key,
+            0,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::InvalidOid,
+            // Compare under the index's collation, or the btree descent could go astray.
+            *(*index).rd_indcollation,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            varlena::text_datum(prefix.as_bytes()),
+        );
+        let slot = pg_sys::table_slot_create(table, ptr::null_mut());
+        let scan = pg_sys::index_beginscan(table, index, snapshot, 1, 0);
+        pg_sys::index_rescan(scan, &mut scan_key, 1, ptr::null_mut(), 0);
+        let row = if pg_sys::index_getnext_slot(
+            scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            slot,
+        ) {
+            Some(read_row(slot, &columns((*table).rd_att)))
+        } else {
+            None
+        };
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::UnregisterSnapshot(snapshot);
+        // Locks stay until the end of the transaction, as for any query.
+        pg_sys::index_close(index, pg_sys::NoLock as i32);
+        pg_sys::table_close(table, pg_sys::NoLock as i32);
+        row
+    }
+}
+
+/// Copy what verification needs out of the slot, whose page is released afterwards.
+unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
+    unsafe {
+        pg_sys::slot_getallattrs(slot);
+        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+        let get = |attnum: i32| -> Option<pg_sys::Datum> {
+            let i = (attnum as usize).checked_sub(1)?;
+            (!nulls[i]).then(|| values[i])
+        };
+        // By-reference columns are copied into the current memory context.
+        let copy = |attnum: i32| get(attnum).map(|d| varlena::copy(d));
+        let scopes_datum = copy(c.scopes);
+        KeyRow {
+            id: get(c.id).map(|d| varlena::copy_fixed(d, 16)),
+            secret_hash: get(c.secret_hash)
+                .map(|d| varlena::text_string(d))
+                .unwrap_or_default(),
+            owner: copy(c.owner),
+            key_type: get(c.key_type),
+            environment: get(c.environment),
+            status: get(c.status).map(|d| enum_label(d)).unwrap_or_default(),
+            expires_at: get(c.expires_at).map(|d| d.value() as pg_sys::TimestampTz),
+            scopes: scopes_datum
+                .map(|d| varlena::text_array(d))
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect(),
+            scopes_datum,
+            cidrs: get(c.allowed_cidrs).and_then(|d| {
+                varlena::inet_array(d)
+                    .into_iter()
+                    .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, &addr)))
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// The label of an enum value (`key_status`), from the syscache.
+unsafe fn enum_label(value: pg_sys::Datum) -> String {
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::ENUMOID as i32, value);
+        if tuple.is_null() {
+            return String::new();
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_enum>(tuple);
+        let label = CStr::from_ptr((*form).enumlabel.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        pg_sys::ReleaseSysCache(tuple);
+        label
+    }
+}

@@ -1,0 +1,115 @@
+//! Reading and making the few datum kinds the hot path touches (text, text[], inet,
+//! cidr[], uuid) directly, without pgrx's conversions, which look type names up per
+//! call and go through `inet_out` text.
+
+use pgrx::pg_sys;
+
+/// The bytes of a text (or any varlena) datum, detoasted if needed. Valid as long as
+/// the datum's memory is.
+pub unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        std::slice::from_raw_parts(
+            pgrx::varlena::vardata_any(v).cast::<u8>(),
+            pgrx::varlena::varsize_any_exhdr(v),
+        )
+    }
+}
+
+/// The size a varlena datum has once detoasted, read without detoasting it, so a huge
+/// argument can be refused before it is decompressed or fetched.
+pub unsafe fn raw_size(datum: pg_sys::Datum) -> usize {
+    unsafe { pg_sys::toast_raw_datum_size(datum) }
+}
+
+pub unsafe fn text_string(datum: pg_sys::Datum) -> String {
+    unsafe { String::from_utf8_lossy(bytes(datum)).into_owned() }
+}
+
+/// A new text datum in the current memory context.
+pub fn text_datum(s: &[u8]) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr().cast(),
+            s.len() as i32,
+        ))
+    }
+}
+
+/// A detoasted, flat copy of a varlena datum in the current memory context.
+pub unsafe fn copy(datum: pg_sys::Datum) -> pg_sys::Datum {
+    unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())) }
+}
+
+/// A copy of a fixed-length by-reference datum (uuid: 16 bytes).
+pub unsafe fn copy_fixed(datum: pg_sys::Datum, len: usize) -> pg_sys::Datum {
+    unsafe {
+        let to = pg_sys::palloc(len);
+        std::ptr::copy_nonoverlapping(datum.cast_mut_ptr::<u8>(), to.cast::<u8>(), len);
+        pg_sys::Datum::from(to)
+    }
+}
+
+/// The elements of a one-type array of varlenas, None for NULL elements.
+unsafe fn elements(array: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Option<pg_sys::Datum>> {
+    unsafe {
+        let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
+        let mut values = std::ptr::null_mut();
+        let mut nulls = std::ptr::null_mut();
+        let mut n = 0;
+        pg_sys::deconstruct_array(
+            array,
+            element_type,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+            &mut values,
+            &mut nulls,
+            &mut n,
+        );
+        let n = n.max(0) as usize;
+        if n == 0 {
+            return Vec::new();
+        }
+        let values = std::slice::from_raw_parts(values, n);
+        let nulls = std::slice::from_raw_parts(nulls, n);
+        values
+            .iter()
+            .zip(nulls)
+            .map(|(v, null)| (!null).then_some(*v))
+            .collect()
+    }
+}
+
+/// A text[] datum as strings (not UTF-8: replaced characters, which match no scope).
+pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
+    unsafe {
+        elements(array, pg_sys::TEXTOID)
+            .into_iter()
+            .map(|e| e.map(|d| text_string(d)))
+            .collect()
+    }
+}
+
+/// An inet or cidr value's parts: (is IPv6, prefix bits, address bytes).
+pub type InetParts = (bool, u8, Vec<u8>);
+
+/// Postgres' `inet_struct`: family (PGSQL_AF_INET = 2, PGSQL_AF_INET6 = 3), bits, address.
+pub unsafe fn inet(datum: pg_sys::Datum) -> Option<InetParts> {
+    let b = unsafe { bytes(datum) };
+    match b {
+        [2, bits, addr @ ..] if addr.len() >= 4 => Some((false, *bits, addr[..4].to_vec())),
+        [3, bits, addr @ ..] if addr.len() >= 16 => Some((true, *bits, addr[..16].to_vec())),
+        _ => None,
+    }
+}
+
+/// A cidr[] datum's elements as parts; None for a NULL or unreadable element.
+pub unsafe fn inet_array(array: pg_sys::Datum) -> Vec<Option<InetParts>> {
+    unsafe {
+        elements(array, pg_sys::CIDROID)
+            .into_iter()
+            .map(|e| e.and_then(|d| inet(d)))
+            .collect()
+    }
+}
