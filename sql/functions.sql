@@ -409,3 +409,24 @@ BEGIN
     GET DIAGNOSTICS removed = ROW_COUNT;
     RETURN removed;
 END $$;
+
+-- Records expiries that have already happened (verify treats such keys as expired at
+-- once regardless). Each key's status change goes through the guard and is audited
+-- as 'expired' by the audit trigger. The background worker runs it every flush.
+CREATE FUNCTION api_keys.expire_due() RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    expired integer;
+BEGIN
+    UPDATE api_keys.keys
+       SET status = 'expired',
+           status_reason = coalesce(status_reason, 'expires_at passed')
+     WHERE status IN ('active', 'suspended')
+       AND expires_at <= statement_timestamp();
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
+END $$;
+COMMENT ON FUNCTION api_keys.expire_due() IS
+    'Marks keys past expires_at as expired (audited); returns how many.';

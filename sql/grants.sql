@@ -24,7 +24,8 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
     api_keys.api_key_list(api_keys.key_status, api_keys.environment, text, text, text, integer, integer)
 TO PUBLIC;
-GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon TO PUBLIC;
+GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon,
+                api_keys.usage_by_key, api_keys.usage_by_owner TO PUBLIC;
 
 -- The scanner regex reveals nothing but the brand.
 GRANT EXECUTE ON FUNCTION api_keys.key_pattern() TO PUBLIC;
@@ -35,8 +36,9 @@ GRANT EXECUTE ON FUNCTION api_keys.api_key_verify(text, inet, text) TO api_keys_
 -- Admins: the scope catalog, the audit log, pruning, and direct edits of keys (guarded
 -- by the keys_guard trigger and audited). Never the hash: column grants leave it out.
 GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
-                          api_keys.audit_prune(interval) TO api_keys_admin;
-GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog TO api_keys_admin;
+                          api_keys.audit_prune(interval),
+                          api_keys.expire_due() TO api_keys_admin;
+GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog, api_keys.usage TO api_keys_admin;
 GRANT SELECT (id, prefix, name, description, key_type, environment, owner, status,
               status_reason, status_changed_at, scopes, allowed_cidrs, expires_at,
               created_at, created_by, last_used_at, last_used_ip, rotated_from,
@@ -50,3 +52,4 @@ SELECT pg_catalog.pg_extension_config_dump('api_keys.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.scope_catalog', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('api_keys.usage', '');

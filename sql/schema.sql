@@ -78,6 +78,20 @@ COMMENT ON TABLE api_keys.audit_log IS
     'Append-only history of every key change; api_keys.audit_prune() is the only way out.';
 COMMENT ON COLUMN api_keys.audit_log.actor IS 'The role that made the change.';
 COMMENT ON COLUMN api_keys.audit_log.app_actor IS 'Setting api_keys.actor at the time, when an application set it.';
+-- Hourly verification counts per key, written by the background worker from shared
+-- memory (never by the verifying transaction). No foreign key: a key deleted while its
+-- counts are in flight must not fail the flush; deleting a key removes its rows.
+CREATE TABLE api_keys.usage (
+    key_id   uuid NOT NULL,
+    hour     timestamptz NOT NULL,
+    verified bigint NOT NULL DEFAULT 0 CHECK (verified >= 0),
+    rejected bigint NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    PRIMARY KEY (key_id, hour)
+);
+COMMENT ON TABLE api_keys.usage IS
+    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check). Kept current within api_keys.flush_interval.';
+CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
+
 CREATE INDEX audit_log_key_idx ON api_keys.audit_log (key_id, at);
 CREATE INDEX audit_log_at_idx ON api_keys.audit_log (at);
 
@@ -141,6 +155,24 @@ SELECT l.*
                 '7 days'::pg_catalog.interval));
 COMMENT ON VIEW api_keys.expiring_soon IS
     'Active keys expiring within setting api_keys.expiry_warning (default 7 days).';
+
+CREATE VIEW api_keys.usage_by_key WITH (security_barrier) AS
+SELECT u.key_id, l.prefix, l.name, l.owner, u.hour, u.verified, u.rejected
+  FROM api_keys.usage u
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id;
+COMMENT ON VIEW api_keys.usage_by_key IS
+    'Hourly usage of the keys the caller may see.';
+
+CREATE VIEW api_keys.usage_by_owner WITH (security_barrier) AS
+SELECT l.owner, u.hour,
+       pg_catalog.count(DISTINCT u.key_id) AS keys,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected
+  FROM api_keys.usage u
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
+ GROUP BY l.owner, u.hour;
+COMMENT ON VIEW api_keys.usage_by_owner IS
+    'Hourly usage summed over each owner''s keys (org-wide), for the owners the caller may see.';
 
 -- The lifecycle rules, in one place. Called by the lifecycle functions (for a clear
 -- message before any write) and by the guard trigger (for direct UPDATEs by admins).
@@ -272,6 +304,7 @@ DECLARE
     changes jsonb;
 BEGIN
     IF TG_OP = 'DELETE' THEN
+        DELETE FROM api_keys.usage WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
         PERFORM api_keys._audit('deleted', OLD, api_keys._effective_status(OLD.status, OLD.expires_at),
                                 NULL, NULL, jsonb_build_object('name', OLD.name, 'owner', OLD.owner));
         RETURN OLD;

@@ -16,6 +16,12 @@ pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
 pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static ARGON2_AFTER_FAILURE_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static DEFAULT_RATE_LIMIT_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static DEFAULT_RATE_LIMIT_PER_HOUR: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(16384);
+pub static FLUSH_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `preloading`: loaded by shared_preload_libraries. Settings that size shared memory
@@ -31,6 +37,34 @@ pub fn init(preloading: bool) {
             16 * 1024 * 1024,
             GucContext::Postmaster,
             GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"api_keys.tracked_keys",
+            c"Keys whose rate windows and unflushed usage shared memory holds at once (about 90 bytes each).",
+            c"When more keys are active at once, the least recently seen key's windows start afresh (counted in api_keys.stats() as activity_evictions). Set at server start.",
+            &TRACKED_KEYS,
+            64,
+            16 * 1024 * 1024,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_string_guc(
+            c"api_keys.database",
+            c"The database whose api_keys tables the background worker maintains (usage flush, expire_due).",
+            c"Set at server start.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"api_keys.flush_interval",
+            c"How often the background worker writes usage and last use, and expires keys past expires_at.",
+            c"Usage recorded since the last flush is lost if the server crashes.",
+            &FLUSH_INTERVAL_S,
+            1,
+            3600,
+            GucContext::Sighup,
+            GucFlags::UNIT_S,
         );
     }
     GucRegistry::define_string_guc(
@@ -108,6 +142,26 @@ pub fn init(preloading: bool) {
         &MAX_CONCURRENT_ARGON2,
         1,
         1024,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.default_rate_limit_per_minute",
+        c"Calls per key per clock minute for keys whose rate_limit_per_minute is NULL; 0 = unlimited.",
+        c"",
+        &DEFAULT_RATE_LIMIT_PER_MINUTE,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_keys.default_rate_limit_per_hour",
+        c"Calls per key per clock hour for keys whose rate_limit_per_hour is NULL; 0 = unlimited.",
+        c"",
+        &DEFAULT_RATE_LIMIT_PER_HOUR,
+        0,
+        i32::MAX,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -31,6 +31,16 @@ pub struct KeyRow {
     pub scopes_datum: Option<pg_sys::Datum>,
     /// None when a rule cannot be read: fail closed.
     pub cidrs: Option<Vec<IpNet>>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub rate_limit_per_hour: Option<i32>,
+}
+
+impl KeyRow {
+    /// The key's uuid bytes (the nil uuid if the column could not be read).
+    pub fn key_id(&self) -> [u8; 16] {
+        self.id
+            .map_or([0; 16], |d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
+    }
 }
 
 /// Attribute numbers of the columns we read, found by name (an upgrade may add columns).
@@ -45,6 +55,8 @@ struct Columns {
     expires_at: i32,
     scopes: i32,
     allowed_cidrs: i32,
+    rate_limit_per_minute: i32,
+    rate_limit_per_hour: i32,
 }
 
 unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
@@ -65,6 +77,8 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
                 b"expires_at" => &mut c.expires_at,
                 b"scopes" => &mut c.scopes,
                 b"allowed_cidrs" => &mut c.allowed_cidrs,
+                b"rate_limit_per_minute" => &mut c.rate_limit_per_minute,
+                b"rate_limit_per_hour" => &mut c.rate_limit_per_hour,
                 _ => continue,
             };
             *slot = i as i32 + 1;
@@ -166,6 +180,8 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
                     .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, &addr)))
                     .collect()
             }),
+            rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
+            rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
 //!
 //! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`.
-//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`, `api`.
+//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`, `worker`, `api`.
 //! Tables, views, triggers, lifecycle and grants: `sql/`.
 
 use pgrx::prelude::*;
@@ -12,12 +12,14 @@ pub mod cidr;
 mod errors;
 mod gucs;
 pub mod key;
+pub mod key_activity;
 mod key_row;
 pub mod memo;
 pub mod scope;
 mod shmem;
 mod varlena;
 pub mod verdict;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -35,6 +37,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         shmem::install_hooks();
+        worker::register();
     }
 }
 

@@ -1,5 +1,6 @@
-//! Shared state of verification: the memo, the per-prefix argon2 budget, the counters
-//! of `api_keys.stats()` and the cap on concurrent argon2 computations.
+//! Shared state of verification: the memo, the argon2 budgets, per-key activity (rate
+//! windows and unflushed usage), the counters of `api_keys.stats()` and the cap on
+//! concurrent argon2 computations.
 //!
 //! With `shared_preload_libraries = 'api_keys'` it lives in shared memory (sized by
 //! `api_keys.memo_entries` at server start), so every session, new ones included,
@@ -16,14 +17,20 @@ use pgrx::pg_sys;
 
 use crate::budget::{self, BudgetSlot};
 use crate::gucs;
+use crate::key_activity::{self, HourUsage, KeySlot, LastUse, Limits};
 use crate::memo::{self, Fact, Slot};
 use crate::verdict::Reason;
 
 const NAME: &CStr = c"api_keys";
-/// LWLocks: the memo is striped over all but the last; the last guards the budget.
-const LOCKS: usize = 16;
+/// LWLocks: the memo is striped over the first `MEMO_LOCKS`, then one guards the
+/// budgets, then per-key activity is striped over `KEY_LOCKS`.
+const MEMO_LOCKS: usize = 15;
+const BUDGET_LOCK: usize = MEMO_LOCKS;
+const KEY_LOCKS: usize = 16;
+const LOCKS: usize = MEMO_LOCKS + 1 + KEY_LOCKS;
 const BUDGET_SLOTS: usize = 4096;
 const LOCAL_MEMO_SLOTS: usize = 1024;
+const LOCAL_KEY_SLOTS: usize = 1024;
 
 #[repr(C)]
 #[derive(Default)]
@@ -33,6 +40,8 @@ struct Counters {
     memo_misses: AtomicU64,
     argon2_runs: AtomicU64,
     throttled: AtomicU64,
+    activity_evictions: AtomicU64,
+    flushes: AtomicU64,
 }
 
 #[repr(C)]
@@ -42,6 +51,7 @@ struct Header {
     /// The server-wide allowance of `budget` (GCRA state); guarded by the budget lock.
     after_failure_tat: AtomicI64,
     memo_slots: usize,
+    key_slots: usize,
 }
 
 // Set once in the postmaster's shmem_startup hook; forked backends inherit them.
@@ -55,6 +65,7 @@ struct Local {
     memo: Vec<Slot>,
     budget: Vec<BudgetSlot>,
     after_failure_tat: i64,
+    keys: Vec<KeySlot>,
 }
 
 thread_local! {
@@ -63,6 +74,7 @@ thread_local! {
         memo: vec![Slot::default(); LOCAL_MEMO_SLOTS],
         budget: vec![BudgetSlot::default(); BUDGET_SLOTS / 16],
         after_failure_tat: 0,
+        keys: vec![KeySlot::default(); LOCAL_KEY_SLOTS],
     });
 }
 
@@ -71,12 +83,21 @@ fn budget_offset(memo_slots: usize) -> usize {
     end.next_multiple_of(align_of::<BudgetSlot>())
 }
 
-fn shared_size(memo_slots: usize) -> usize {
-    budget_offset(memo_slots) + BUDGET_SLOTS * size_of::<BudgetSlot>()
+fn key_offset(memo_slots: usize) -> usize {
+    let end = budget_offset(memo_slots) + BUDGET_SLOTS * size_of::<BudgetSlot>();
+    end.next_multiple_of(align_of::<KeySlot>())
+}
+
+fn shared_size(memo_slots: usize, key_slots: usize) -> usize {
+    key_offset(memo_slots) + key_slots * size_of::<KeySlot>()
 }
 
 fn memo_slots_setting() -> usize {
     gucs::MEMO_ENTRIES.get().max(0) as usize
+}
+
+fn key_slots_setting() -> usize {
+    gucs::TRACKED_KEYS.get().max(0) as usize
 }
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
@@ -95,7 +116,7 @@ unsafe extern "C-unwind" fn request_shmem() {
         if let Some(prev) = PREV_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting()));
+        pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting(), key_slots_setting()));
         pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), LOCKS as i32);
     }
 }
@@ -108,14 +129,15 @@ unsafe extern "C-unwind" fn startup_shmem() {
         }
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let slots = memo_slots_setting();
+        let (slots, keys) = (memo_slots_setting(), key_slots_setting());
+        let size = shared_size(slots, keys);
         let mut found = false;
-        let header =
-            pg_sys::ShmemInitStruct(NAME.as_ptr(), shared_size(slots), &mut found).cast::<Header>();
+        let header = pg_sys::ShmemInitStruct(NAME.as_ptr(), size, &mut found).cast::<Header>();
         if !found {
             // All-zero is a valid empty state for every part (empty slots, zero counters).
-            ptr::write_bytes(header.cast::<u8>(), 0, shared_size(slots));
+            ptr::write_bytes(header.cast::<u8>(), 0, size);
             (*header).memo_slots = slots;
+            (*header).key_slots = keys;
         }
         SHARED = header;
         LWLOCKS = pg_sys::GetNamedLWLockTranche(NAME.as_ptr());
@@ -154,7 +176,7 @@ fn with_memo<R>(id: &[u8; 32], f: impl FnOnce(&mut [Slot]) -> R) -> R {
     match shared() {
         Some(header) => {
             let n = header.memo_slots;
-            let _held = Held::take(memo::bucket_index(n, id) % (LOCKS - 1));
+            let _held = Held::take(memo::bucket_index(n, id) % MEMO_LOCKS);
             // Safety: the slots follow the header; the stripe lock serialises access
             // to this bucket, the only part `f` touches.
             let slots = unsafe {
@@ -189,7 +211,7 @@ pub fn memo_remember(id: &[u8; 32], fact: Fact) {
 fn with_budget<R>(f: impl FnOnce(&mut [BudgetSlot], &mut i64) -> R) -> R {
     match shared() {
         Some(header) => {
-            let _held = Held::take(LOCKS - 1);
+            let _held = Held::take(BUDGET_LOCK);
             // Safety: the budget slots follow the memo; the budget lock serialises them.
             let slots = unsafe {
                 std::slice::from_raw_parts_mut(
@@ -235,6 +257,86 @@ pub fn record_failure(prefix: &str) {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let id = budget::prefix_id(prefix);
     with_budget(|slots, _| budget::record_failure(slots, id, now));
+}
+
+/// The per-key activity slots in shared memory.
+///
+/// Safety: the caller holds the key stripe lock of every bucket it touches.
+unsafe fn shared_key_slots(header: &Header) -> &'static mut [KeySlot] {
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            (SHARED as *mut u8)
+                .add(key_offset(header.memo_slots))
+                .cast::<KeySlot>(),
+            header.key_slots,
+        )
+    }
+}
+
+fn with_key<R>(key_id: &[u8; 16], f: impl FnOnce(&mut [KeySlot]) -> R) -> R {
+    match shared() {
+        Some(header) => {
+            let stripe = key_activity::bucket_index(header.key_slots, key_id) % KEY_LOCKS;
+            let _held = Held::take(BUDGET_LOCK + 1 + stripe);
+            f(unsafe { shared_key_slots(header) })
+        }
+        None => LOCAL.with_borrow_mut(|l| f(&mut l.keys)),
+    }
+}
+
+fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Is the key at or over one of its limits now?
+pub fn rate_limited(key_id: &[u8; 16], limits: Limits) -> bool {
+    with_key(key_id, |slots| {
+        key_activity::is_over(slots, key_id, now(), limits)
+    })
+}
+
+/// Count an otherwise valid call against the key's limits; false when over one.
+pub fn admit(key_id: &[u8; 16], limits: Limits, ip: Option<std::net::IpAddr>) -> bool {
+    let (admitted, evicted) = with_key(key_id, |slots| {
+        key_activity::admit(slots, key_id, now(), limits, ip)
+    });
+    if evicted {
+        bump(|c| &c.activity_evictions);
+    }
+    admitted
+}
+
+/// Count a rejected call of a known key in its usage.
+pub fn record_rejected(key_id: &[u8; 16]) {
+    if with_key(key_id, |slots| {
+        key_activity::record_rejected(slots, key_id, now())
+    }) {
+        bump(|c| &c.activity_evictions);
+    }
+}
+
+/// Take all unflushed usage out of shared memory, one stripe at a time.
+pub fn drain_activity() -> (Vec<HourUsage>, Vec<LastUse>) {
+    let (mut usage, mut last) = (Vec::new(), Vec::new());
+    let Some(header) = shared() else {
+        return (usage, last);
+    };
+    let buckets = header.key_slots.div_ceil(key_activity::WAYS);
+    for stripe in 0..KEY_LOCKS {
+        let _held = Held::take(BUDGET_LOCK + 1 + stripe);
+        let slots = unsafe { shared_key_slots(header) };
+        for bucket in (stripe..buckets).step_by(KEY_LOCKS) {
+            let start = bucket * key_activity::WAYS;
+            let end = (start + key_activity::WAYS).min(slots.len());
+            key_activity::drain(&mut slots[start..end], &mut usage, &mut last);
+        }
+    }
+    (usage, last)
+}
+
+/// The background worker finished a flush.
+pub fn count_flush() {
+    bump(|c| &c.flushes);
 }
 
 /// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others
@@ -291,6 +393,11 @@ pub fn snapshot() -> Vec<(String, i64)> {
         rows.push(("memo_misses".into(), c.memo_misses.load(Relaxed) as i64));
         rows.push(("argon2_runs".into(), c.argon2_runs.load(Relaxed) as i64));
         rows.push(("argon2_throttled".into(), c.throttled.load(Relaxed) as i64));
+        rows.push((
+            "activity_evictions".into(),
+            c.activity_evictions.load(Relaxed) as i64,
+        ));
+        rows.push(("flushes".into(), c.flushes.load(Relaxed) as i64));
         rows
     };
     let mut rows = match shared() {
@@ -301,6 +408,10 @@ pub fn snapshot() -> Vec<(String, i64)> {
     rows.push((
         "memo_capacity".into(),
         shared().map_or(LOCAL_MEMO_SLOTS, |h| h.memo_slots) as i64,
+    ));
+    rows.push((
+        "tracked_keys_capacity".into(),
+        shared().map_or(LOCAL_KEY_SLOTS, |h| h.key_slots) as i64,
     ));
     rows
 }

@@ -3,17 +3,9 @@
 
 mod common;
 
-use common::{cheap_hashing, issue, verify, Cluster};
+use common::{cheap_hashing, issue, stats, verify, Cluster};
 use postgres::Client;
 use std::collections::HashMap;
-
-fn stats(c: &mut Client) -> HashMap<String, i64> {
-    c.query("SELECT counter, value FROM api_keys.stats()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
 
 /// Counter deltas caused by `f`.
 fn delta(c: &mut Client, f: impl FnOnce(&mut Client)) -> HashMap<String, i64> {

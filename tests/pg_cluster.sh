@@ -3,6 +3,9 @@
 # reachable on a unix socket in its own directory only, with the library preloaded.
 #   tests/pg_cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   tests/pg_cluster.sh stop DIR
+#   tests/pg_cluster.sh restart DIR MODE        (pg_ctl stop -m MODE, then start again)
+#   tests/pg_cluster.sh standby PRIMARY_DIR PRIMARY_PORT DIR PORT
+#                                               (pg_basebackup -R, then start it)
 set -euo pipefail
 PG_BIN=${PG_BIN:-$(pg_config --bindir)}
 as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
@@ -24,13 +27,30 @@ start)
     } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
     ;;
+restart)
+    dir=$2 mode=$3
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m "$mode" -w stop >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+standby)
+    primary=$2 primary_port=$3 dir=$4 port=$5
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    as_pg "$PG_BIN/pg_basebackup" -h "$primary" -p "$primary_port" -U postgres \
+        -D "$dir/data" -R -X stream --checkpoint=fast --no-sync >/dev/null
+    {
+        echo "unix_socket_directories = '$dir'"
+        echo "port = $port"
+    } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
 stop)
     dir=$2
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start DIR PORT [conf lines] | stop DIR" >&2
+    echo "usage: $0 start DIR PORT [conf lines] | stop DIR | restart DIR MODE | standby PRIMARY_DIR PRIMARY_PORT DIR PORT" >&2
     exit 2
     ;;
 esac

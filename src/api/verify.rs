@@ -18,7 +18,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::cidr;
+use crate::gucs;
 use crate::key::{format, hash};
+use crate::key_activity::Limits;
 use crate::key_row::{self, KeyRow};
 use crate::memo::{self, Fact};
 use crate::shmem;
@@ -78,30 +80,28 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
     }
 }
 
-/// Does `key` match the stored hash? The memo answers for presentations seen before;
-/// otherwise argon2 decides, within the prefix's budget, and the memo remembers.
-fn secret_matches(key: &[u8], prefix: &str, secret: &str, secret_hash: &str) -> bool {
-    let fact = memo::fact_id(secret_hash, key);
-    match shmem::memo_lookup(&fact) {
-        Some(known) => known == Fact::Matches,
-        None if !shmem::spend_budget(prefix) => false,
-        None => {
-            let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
-            let known = if matches {
-                Fact::Matches
-            } else {
-                Fact::DoesNotMatch
-            };
-            shmem::memo_remember(&fact, known);
-            if !matches {
-                shmem::record_failure(prefix);
-            }
-            matches
-        }
+/// A presentation the memo does not know: argon2 decides, within the budgets, and the
+/// memo remembers the answer.
+fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str) -> bool {
+    if !shmem::spend_budget(prefix) {
+        return false;
     }
+    let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
+    let known = if matches {
+        Fact::Matches
+    } else {
+        Fact::DoesNotMatch
+    };
+    shmem::memo_remember(fact, known);
+    if !matches {
+        shmem::record_failure(prefix);
+    }
+    matches
 }
 
-/// The key row of a valid key, or why it is not valid.
+/// The key row of a valid key, or why it is not valid. Every call that finds a key
+/// row counts in that key's usage; only calls that pass every other check consume
+/// rate-limit quota.
 fn check(
     key: &[u8],
     client: Option<std::net::IpAddr>,
@@ -110,8 +110,68 @@ fn check(
     // Cheap rejection first: no table, no hash.
     let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
     let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
-    if !secret_matches(key, parsed.prefix, parsed.secret, &row.secret_hash) {
-        return Err(Reason::InvalidSecret);
+    let key_id = row.key_id();
+    let limits = rate_limits(&row);
+    match judge_row(key, &parsed, &row, limits, client, required_scope) {
+        Reason::Ok if shmem::admit(&key_id, limits, client) => Ok(row),
+        Reason::Ok => Err(Reason::RateLimited),
+        reason => {
+            shmem::record_rejected(&key_id);
+            Err(reason)
+        }
+    }
+}
+
+/// The key's limits: its own, else the settings' defaults (0 = unlimited).
+fn rate_limits(row: &KeyRow) -> Limits {
+    let limit = |own: Option<i32>, default: i32| own.unwrap_or(default).max(0) as u32;
+    let limits = Limits {
+        per_minute: limit(
+            row.rate_limit_per_minute,
+            gucs::DEFAULT_RATE_LIMIT_PER_MINUTE.get(),
+        ),
+        per_hour: limit(
+            row.rate_limit_per_hour,
+            gucs::DEFAULT_RATE_LIMIT_PER_HOUR.get(),
+        ),
+    };
+    if limits != Limits::UNLIMITED && !shmem::is_shared() {
+        warn_unshared_limits();
+    }
+    limits
+}
+
+/// Without shared memory a limit holds per session, which is no longer what the key's
+/// owner was promised: say so in the server log, once per session.
+fn warn_unshared_limits() {
+    thread_local! {
+        static WARNED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !WARNED.replace(true) {
+        pgrx::log!(
+            "api_keys: rate limits are counted per session, because api_keys is not in shared_preload_libraries"
+        );
+    }
+}
+
+/// Secret, then status, network and scope (see `verdict`), for a key row.
+fn judge_row(
+    key: &[u8],
+    parsed: &format::ParsedKey<'_>,
+    row: &KeyRow,
+    limits: Limits,
+    client: Option<std::net::IpAddr>,
+    required_scope: Option<pg_sys::Datum>,
+) -> Reason {
+    let fact = memo::fact_id(&row.secret_hash, key);
+    let secret_ok = match shmem::memo_lookup(&fact) {
+        Some(known) => known == Fact::Matches,
+        // A key over its limit costs no argon2.
+        None if shmem::rate_limited(&row.key_id(), limits) => return Reason::RateLimited,
+        None => secret_matches(&fact, parsed.prefix, parsed.secret, &row.secret_hash),
+    };
+    if !secret_ok {
+        return Reason::InvalidSecret;
     }
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     let state = KeyState {
@@ -123,10 +183,7 @@ fn check(
     // Not UTF-8: a scope nobody holds.
     let required = required_scope.map(|d| unsafe { varlena::bytes(d) });
     let required = required.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
-    match verdict::judge(&state, client, required) {
-        Reason::Ok => Ok(row),
-        reason => Err(reason),
-    }
+    verdict::judge(&state, client, required)
 }
 
 thread_local! {

@@ -6,9 +6,11 @@
 //! The extension must already be installed into the system PostgreSQL.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use postgres::{Client, NoTls};
@@ -31,6 +33,18 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("could not find a free port")
+}
+
+/// A fresh directory name for a cluster. Short: unix socket paths are limited to ~107
+/// bytes.
+fn temp_dir(name: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!("ak_{}_{}_{:x}", name, std::process::id(), nanos));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 fn describe(out: &Output) -> String {
@@ -58,14 +72,7 @@ impl Cluster {
     /// Like [`Cluster::start`], with extra `postgresql.conf` lines.
     pub fn start_with(name: &str, conf: &[&str]) -> Cluster {
         let port = free_port();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        // Short: unix socket paths are limited to ~107 bytes.
-        let dir =
-            std::env::temp_dir().join(format!("ak_{}_{}_{:x}", name, std::process::id(), nanos));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp_dir(name);
 
         let out = Command::new("bash")
             .arg(cluster_script())
@@ -99,6 +106,43 @@ impl Cluster {
             );
         }
         cluster
+    }
+
+    /// Stop the server with `pg_ctl stop -m <mode>` (`fast`: clean shutdown;
+    /// `immediate`: like a crash, recovery at the next start) and start it again.
+    pub fn restart(&self, mode: &str) {
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .args(["restart", self.socket_dir(), mode])
+            .output()
+            .expect("could not run tests/pg_cluster.sh");
+        assert!(
+            out.status.success(),
+            "restart -m {mode} failed\n{}\nserver.log:\n{}",
+            describe(&out),
+            self.server_log()
+        );
+    }
+
+    /// A streaming hot standby of this cluster (pg_basebackup -R), started.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let port = free_port();
+        let dir = temp_dir(name);
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .args(["standby", self.socket_dir(), &self.port.to_string()])
+            .arg(&dir)
+            .arg(port.to_string())
+            .output()
+            .expect("could not run tests/pg_cluster.sh");
+        let standby = Cluster { dir, port };
+        assert!(
+            out.status.success(),
+            "standby {name} did not start\n{}\nserver.log:\n{}",
+            describe(&out),
+            standby.server_log()
+        );
+        standby
     }
 
     pub fn socket_dir(&self) -> &str {
@@ -289,4 +333,25 @@ pub fn forge_secret(key: &str) -> String {
         base62::encode(crc),
         width = CHECKSUM_LEN
     )
+}
+
+/// `api_keys.stats()` as a map.
+pub fn stats(c: &mut Client) -> HashMap<String, i64> {
+    c.query("SELECT counter, value FROM api_keys.stats()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Poll `ready` every 100 ms until it is true; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

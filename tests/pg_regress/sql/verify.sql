@@ -58,7 +58,7 @@ SELECT count(*) AS rows, min(reason) AS reason FROM api_key_verify(NULL, NULL, N
 SELECT regress.forge_key(:'k_prefix', :'k_secret') = :'k' AS forge_reproduces_key;
 SELECT valid, reason, num_nulls(key_id, owner, key_type, environment, scopes, expires_at) AS null_identity
   FROM api_key_verify(regress.forge_key(:'k_prefix', repeat('A', 43)));
-SELECT valid, reason FROM api_key_verify(regress.forge_key(:'k_prefix', left(:'k_secret', 42) || 'x'));
+SELECT valid, reason FROM api_key_verify(regress.forge_key(:'k_prefix', left(:'k_secret', 42) || CASE WHEN right(:'k_secret', 1) = 'x' THEN 'y' ELSE 'x' END));
 
 -- a correct checksum and an unknown prefix: not_found
 SELECT valid, reason, num_nulls(key_id, owner, key_type, environment, scopes, expires_at) AS null_identity

@@ -1,0 +1,365 @@
+//! The shared-memory runtime on real clusters: rate limits across sessions, usage and
+//! last use flushed by the background worker, expiry by the worker, clean shutdown,
+//! crash, and the worker coming back after it is killed.
+
+mod common;
+
+use common::{cheap_hashing, issue, stats, verify, wait_for, Client, Cluster, DB};
+use std::process::Command;
+use std::time::Duration;
+
+const WORKER_CONF: &[&str] = &[
+    "api_keys.database = 'api_keys_test'",
+    "api_keys.flush_interval = 1",
+];
+
+/// Fixed windows: wait until the current clock minute (and hour) has at least
+/// `seconds` left, so that a test counting exact admissions stays inside one window.
+fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
+    let left: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) + interval '1 minute' - clock_timestamp())::float8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if left < seconds {
+        std::thread::sleep(Duration::from_secs_f64(left + 0.2));
+    }
+}
+
+fn flushes(c: &mut Client) -> i64 {
+    stats(c)["flushes"]
+}
+
+/// Wait for two completed flushes: whatever happened before this call is written.
+fn wait_for_flush(cluster: &Cluster) {
+    let mut c = cluster.connect(DB);
+    let start = flushes(&mut c);
+    wait_for("two flushes by the worker", Duration::from_secs(30), || {
+        flushes(&mut c) >= start + 2
+    });
+}
+
+#[test]
+fn rate_limits_hold_exactly_across_concurrent_sessions() {
+    let cluster = Cluster::start("limits");
+    let mut c = cluster.connect_fast(DB);
+    let minute = issue(
+        &mut c,
+        "'per minute', 'service', 'production', rate_limit_per_minute => 40",
+    );
+    let hour = issue(
+        &mut c,
+        "'per hour', 'service', 'production', rate_limit_per_minute => 1000, rate_limit_per_hour => 7",
+    );
+    wait_for_room_in_window(&mut c, 30.0);
+    let counts: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (cluster, minute, hour) = (&cluster, &minute, &hour);
+                s.spawn(move || {
+                    let mut c = cluster.connect(DB);
+                    let mut ok = (0, 0);
+                    for _ in 0..25 {
+                        ok.0 += (verify(&mut c, &minute.key, None, None).reason == "ok") as usize;
+                        ok.1 += (verify(&mut c, &hour.key, None, None).reason == "ok") as usize;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let per_minute: usize = counts.iter().map(|c| c.0).sum();
+    let per_hour: usize = counts.iter().map(|c| c.1).sum();
+    assert_eq!(per_minute, 40, "{counts:?}");
+    assert_eq!(per_hour, 7, "{counts:?}");
+    let d = stats(&mut c);
+    assert_eq!(d["verify_rate_limited"], 100 - 40 + 100 - 7, "{d:?}");
+
+    // Over its limit, a presentation the memo does not know costs no argon2.
+    let wrong = common::forge_secret(&minute.key);
+    let before = stats(&mut c)["argon2_runs"];
+    assert_eq!(verify(&mut c, &wrong, None, None).reason, "rate_limited");
+    assert_eq!(stats(&mut c)["argon2_runs"], before);
+    // Only calls that pass every other check consume quota.
+    let scoped = issue(
+        &mut c,
+        "'scoped', 'service', 'production', ARRAY['runs:read'], rate_limit_per_minute => 2",
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            verify(&mut c, &scoped.key, None, Some("runs:write")).reason,
+            "insufficient_scope"
+        );
+    }
+    assert_eq!(verify(&mut c, &scoped.key, None, None).reason, "ok");
+    assert_eq!(verify(&mut c, &scoped.key, None, None).reason, "ok");
+    assert_eq!(
+        verify(&mut c, &scoped.key, None, None).reason,
+        "rate_limited"
+    );
+}
+
+#[test]
+fn default_limits_come_from_the_settings_and_zero_is_unlimited() {
+    let cluster = Cluster::start("defaults");
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(&mut c, "'default', 'service', 'production'");
+    wait_for_room_in_window(&mut c, 20.0);
+    c.batch_execute("SET api_keys.default_rate_limit_per_minute = 3")
+        .unwrap();
+    let ok = (0..6)
+        .filter(|_| verify(&mut c, &k.key, None, None).reason == "ok")
+        .count();
+    assert_eq!(ok, 3);
+    c.batch_execute(
+        "SET api_keys.default_rate_limit_per_minute = 0; SET api_keys.default_rate_limit_per_hour = 0",
+    )
+    .unwrap();
+    assert!((0..200).all(|_| verify(&mut c, &k.key, None, None).reason == "ok"));
+}
+
+#[test]
+fn usage_and_last_use_are_flushed_without_writes_in_verify() {
+    let cluster = Cluster::start_with("usage", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(
+        &mut c,
+        "'used', 'service', 'production', ARRAY['runs:read']",
+    );
+    let idle = issue(&mut c, "'idle', 'service', 'production'");
+    // Verification inside a read-only transaction, as PostgREST runs GET requests.
+    c.batch_execute("BEGIN READ ONLY").unwrap();
+    for _ in 0..3 {
+        assert_eq!(verify(&mut c, &k.key, Some("10.1.2.3"), None).reason, "ok");
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            verify(&mut c, &k.key, None, Some("runs:write")).reason,
+            "insufficient_scope"
+        );
+    }
+    c.batch_execute("COMMIT").unwrap();
+    wait_for_flush(&cluster);
+    let row = c
+        .query_one(
+            "SELECT sum(verified)::int8, sum(rejected)::int8 FROM api_keys.usage WHERE key_id = $1::text::uuid",
+            &[&k.id],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 2));
+    let row = c
+        .query_one(
+            "SELECT last_used_ip::text, last_used_at > now() - interval '1 minute' FROM api_keys.key_list WHERE id = $1::text::uuid",
+            &[&k.id],
+        )
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("10.1.2.3/32")
+    );
+    assert!(row.get::<_, bool>(1));
+    let idle_used: Option<String> = c
+        .query_one(
+            "SELECT last_used_at::text FROM api_keys.keys WHERE id = $1::text::uuid",
+            &[&idle.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(idle_used, None);
+    // Both views see it; the last use is no edit, so nothing was audited.
+    let by_owner: i64 = c
+        .query_one(
+            "SELECT sum(verified)::int8 FROM api_keys.usage_by_owner WHERE owner = 'postgres'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by_owner, 3);
+    let by_key: i64 = c
+        .query_one(
+            "SELECT sum(rejected)::int8 FROM api_keys.usage_by_key WHERE key_id = $1::text::uuid",
+            &[&k.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by_key, 2);
+    let updates: i64 = c
+        .query_one(
+            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'updated'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(updates, 0);
+}
+
+#[test]
+fn the_worker_expires_keys_and_audits_each() {
+    let cluster = Cluster::start_with("expiry", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(
+        &mut c,
+        "'short-lived', 'service', 'production', expires_at => clock_timestamp() + interval '1 second'",
+    );
+    let keep = issue(&mut c, "'long-lived', 'service', 'production'");
+    std::thread::sleep(Duration::from_millis(1200));
+    // Expired at once for verify, before any sweep.
+    assert_eq!(verify(&mut c, &k.key, None, None).reason, "expired");
+    wait_for_flush(&cluster);
+    let status: String = c
+        .query_one(
+            "SELECT status::text FROM api_keys.keys WHERE id = $1::text::uuid",
+            &[&k.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "expired");
+    let audited = c
+        .query_one(
+            "SELECT count(*), min(app_actor) FROM api_keys.audit_log WHERE key_id = $1::text::uuid AND action = 'expired'",
+            &[&k.id],
+        )
+        .unwrap();
+    assert_eq!(audited.get::<_, i64>(0), 1);
+    assert_eq!(
+        audited.get::<_, Option<String>>(1).as_deref(),
+        Some("api_keys worker")
+    );
+    assert_eq!(verify(&mut c, &keep.key, None, None).reason, "ok");
+    // Only admins (and superusers) may run it.
+    c.batch_execute("CREATE ROLE plain").unwrap();
+    let denied = c
+        .batch_execute("SET ROLE plain; SELECT api_keys.expire_due()")
+        .unwrap_err();
+    assert_eq!(denied.code().map(|s| s.code()), Some("42501"));
+}
+
+#[test]
+fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
+    // A long interval: only the shutdown flush can write these counts.
+    let cluster = Cluster::start_with(
+        "shutdown",
+        &[
+            "api_keys.database = 'api_keys_test'",
+            "api_keys.flush_interval = 3600",
+        ],
+    );
+    let mut c = cluster.connect_fast(DB);
+    // The worker first starts before the test database exists and retries after 5 s.
+    wait_for("the worker", Duration::from_secs(30), || {
+        worker_pid(&mut c).is_some()
+    });
+    let keys: Vec<_> = (0..3)
+        .map(|i| issue(&mut c, &format!("'k{i}', 'service', 'production'")))
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(verify(&mut c, &keys[0].key, None, None).reason, "ok");
+    }
+    drop(c);
+    cluster.restart("fast");
+    let mut c = cluster.connect_fast(DB);
+    let verified = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(verified(&mut c), 5, "{}", cluster.server_log());
+
+    for _ in 0..4 {
+        assert_eq!(verify(&mut c, &keys[1].key, None, None).reason, "ok");
+    }
+    drop(c);
+    cluster.restart("immediate");
+    let mut c = cluster.connect_fast(DB);
+    // The 4 unflushed counts are gone with the crash; nothing else is.
+    assert_eq!(verified(&mut c), 5);
+    for k in &keys {
+        assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    }
+    let issued: i64 = c
+        .query_one(
+            "SELECT count(*) FROM api_keys.audit_log WHERE action = 'issued'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(issued, 3);
+}
+
+fn worker_pid(c: &mut Client) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
+        &[],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[test]
+fn the_worker_comes_back_after_it_is_killed() {
+    let cluster = Cluster::start_with("killed", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(&mut c, "'survivor', 'service', 'production'");
+    wait_for("the worker", Duration::from_secs(30), || {
+        worker_pid(&mut c).is_some()
+    });
+    let pid = worker_pid(&mut c).unwrap();
+    // SIGKILL: the postmaster treats it as a crash, resets every backend and starts over.
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(c);
+    let mut c = None;
+    wait_for(
+        "the server after the worker's crash",
+        Duration::from_secs(60),
+        || {
+            c = cluster.try_connect(DB).ok();
+            c.as_mut()
+                .and_then(worker_pid)
+                .is_some_and(|new| new != pid)
+        },
+    );
+    let mut c = c.unwrap();
+    cheap_hashing(&mut c);
+    assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    wait_for_flush(&cluster);
+    let verified: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(verified, 1);
+}
+
+#[test]
+fn without_preload_limits_hold_per_session_and_say_so() {
+    let cluster = Cluster::start_with("nopreload", &["shared_preload_libraries = ''"]);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(
+        &mut c,
+        "'local', 'service', 'production', rate_limit_per_minute => 2",
+    );
+    wait_for_room_in_window(&mut c, 20.0);
+    let ok = (0..5)
+        .filter(|_| verify(&mut c, &k.key, None, None).reason == "ok")
+        .count();
+    assert_eq!(ok, 2, "a limited key never gets unlimited use");
+    assert!(
+        cluster
+            .server_log()
+            .contains("rate limits are counted per session"),
+        "the server log says why limits are per session"
+    );
+    assert_eq!(stats(&mut c)["shared_memory"], 0);
+}
