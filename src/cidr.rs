@@ -21,22 +21,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The address of an `inet` value given as its parts (family, address bytes).
 pub fn client(v6: bool, addr: &[u8]) -> Option<IpAddr> {
-    let ip = if v6 {
+    address(v6, addr).map(canonical)
+}
+
+fn address(v6: bool, addr: &[u8]) -> Option<IpAddr> {
+    Some(if v6 {
         IpAddr::from(<[u8; 16]>::try_from(addr).ok()?)
     } else {
         IpAddr::from(<[u8; 4]>::try_from(addr).ok()?)
-    };
-    Some(canonical(ip))
+    })
 }
 
 /// A stored `cidr` rule given as its parts (family, prefix length, address bytes).
 pub fn rule(v6: bool, bits: u8, addr: &[u8]) -> Option<IpNet> {
-    let ip = if v6 {
-        IpAddr::from(<[u8; 16]>::try_from(addr).ok()?)
-    } else {
-        IpAddr::from(<[u8; 4]>::try_from(addr).ok()?)
-    };
-    IpNet::new(ip, bits).ok()
+    IpNet::new(address(v6, addr)?, bits).ok()
 }
 
 pub fn parse_rules<S: AsRef<str>>(rules: &[S]) -> Option<Vec<IpNet>> {

@@ -112,7 +112,7 @@ fn check(
     let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
     let key_id = row.key_id();
     let limits = rate_limits(&row);
-    match judge_row(key, &parsed, &row, limits, client, required_scope) {
+    match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
         Reason::Ok if shmem::admit(&key_id, limits, client) => Ok(row),
         Reason::Ok => Err(Reason::RateLimited),
         reason => {
@@ -159,6 +159,7 @@ fn judge_row(
     key: &[u8],
     parsed: &format::ParsedKey<'_>,
     row: &KeyRow,
+    key_id: &[u8; 16],
     limits: Limits,
     client: Option<std::net::IpAddr>,
     required_scope: Option<pg_sys::Datum>,
@@ -167,7 +168,7 @@ fn judge_row(
     let secret_ok = match shmem::memo_lookup(&fact) {
         Some(known) => known == Fact::Matches,
         // A key over its limit costs no argon2.
-        None if shmem::rate_limited(&row.key_id(), limits) => return Reason::RateLimited,
+        None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
         None => secret_matches(&fact, parsed.prefix, parsed.secret, &row.secret_hash),
     };
     if !secret_ok {
