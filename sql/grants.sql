@@ -30,8 +30,17 @@ GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon,
 -- The scanner regex reveals nothing but the brand.
 GRANT EXECUTE ON FUNCTION api_keys.key_pattern() TO PUBLIC;
 
--- Verifiers check keys presented to them; they cannot list or change any.
-GRANT EXECUTE ON FUNCTION api_keys.api_key_verify(text, inet, text) TO api_keys_verifier;
+-- Verifiers check keys presented to them; they cannot list or change any. authenticate
+-- and login also set the transaction's request context (PostgREST's anonymous role is
+-- made a member of api_keys_verifier, see examples/postgrest).
+GRANT EXECUTE ON FUNCTION api_keys.api_key_verify(text, inet, text),
+                          api_keys.authenticate(),
+                          api_keys.login(text, inet) TO api_keys_verifier;
+
+-- The request context reveals only what the caller's own transaction authenticated,
+-- and RLS policies of any table owner call these.
+GRANT EXECUTE ON FUNCTION api_keys.has_scope(text), api_keys.require_scope(text),
+                          api_keys.current_key_id(), api_keys.current_owner() TO PUBLIC;
 
 -- Admins: the scope catalog, the audit log, pruning, and direct edits of keys (guarded
 -- by the keys_guard trigger and audited). Never the hash: column grants leave it out.

@@ -12,7 +12,7 @@ pub fn parse_client(text: &str) -> Option<IpAddr> {
 
 /// An IPv4 client reaching an IPv6 socket appears as `::ffff:a.b.c.d`; it is an IPv4
 /// client and is matched against the IPv4 rules.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

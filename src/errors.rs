@@ -1,5 +1,7 @@
 //! One place that turns our errors into Postgres errors with SQLSTATE, message and hint.
 
+use std::ffi::{c_char, c_int};
+
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
@@ -19,4 +21,55 @@ pub fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
     }
     report.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
+}
+
+/// An error with a SQLSTATE of our own (PostgREST's `PT401`, `PT403`, `PT429`), which
+/// pgrx's error type cannot carry. Its texts are copied into palloc memory, which the
+/// error cleanup frees, so raising it needs nothing from Rust.
+#[derive(Clone, Copy)]
+pub struct Refusal {
+    sqlstate: c_int,
+    message: *mut c_char,
+    hint: *mut c_char,
+}
+
+impl Refusal {
+    pub fn new(sqlstate: [u8; 5], message: &str, hint: &str) -> Refusal {
+        // MAKE_SQLSTATE: six bits per character, first character lowest.
+        let sqlstate = sqlstate
+            .iter()
+            .rev()
+            .fold(0, |code, ch| (code << 6) | ((*ch as c_int - b'0' as c_int) & 0x3F));
+        let palloc_text = |s: &str| unsafe {
+            let text = pgrx::pg_sys::palloc0(s.len() + 1).cast::<c_char>();
+            std::ptr::copy_nonoverlapping(s.as_ptr().cast(), text, s.len());
+            text
+        };
+        Refusal {
+            sqlstate,
+            message: palloc_text(message),
+            hint: palloc_text(hint),
+        }
+    }
+
+    /// Raise it (`errfinish` jumps back into Postgres). Call only from a frame that
+    /// holds nothing to drop and outside pgrx's guard; see `refusable_entry!`.
+    pub unsafe fn raise(self) -> ! {
+        unsafe extern "C-unwind" {
+            fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+            fn errcode(sqlerrcode: c_int) -> c_int;
+            fn errmsg(fmt: *const c_char, ...) -> c_int;
+            fn errhint(fmt: *const c_char, ...) -> c_int;
+            fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+        }
+        unsafe {
+            if errstart(pgrx::PgLogLevel::ERROR as c_int, std::ptr::null()) {
+                errcode(self.sqlstate);
+                errmsg(c"%s".as_ptr(), self.message);
+                errhint(c"%s".as_ptr(), self.hint);
+                errfinish(c"api_keys".as_ptr(), 0, c"api_keys".as_ptr());
+            }
+        }
+        unreachable!("errstart(ERROR) always reports")
+    }
 }

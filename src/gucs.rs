@@ -1,8 +1,12 @@
 //! Every setting of the extension: name, default, bounds, who may change it.
 //! Settings that weaken security are superuser-only (`PGC_SUSET`).
 
+use ipnet::IpNet;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use pgrx::{pg_guard, pg_sys};
+use std::ffi::{CStr, CString, c_char, c_void};
+
+use crate::forwarded_for::parse_proxies;
 
 use crate::key::format::is_valid_brand;
 use crate::key::hash::Argon2Settings;
@@ -23,6 +27,7 @@ pub static FLUSH_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `preloading`: loaded by shared_preload_libraries. Settings that size shared memory
 /// exist only then (Postgres refuses postmaster-level settings defined later).
@@ -165,6 +170,20 @@ pub fn init(preloading: bool) {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // SAFETY: the check hook is guarded.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"api_keys.trusted_proxies",
+            c"Proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For authenticate() believes.",
+            c"When a connection comes from one of them, the client is the right-most X-Forwarded-For hop that is not a trusted proxy. Empty: the connection's own address is the client.",
+            &TRUSTED_PROXIES,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_trusted_proxies),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"api_keys.actor",
         c"Application-level actor recorded in the audit log beside current_user.",
@@ -173,6 +192,31 @@ pub fn init(preloading: bool) {
         GucContext::Userset,
         GucFlags::default(),
     );
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_trusted_proxies(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { (*newval).as_ref() }.map(|p| unsafe { CStr::from_ptr(p) });
+    let text = value.map(|v| v.to_string_lossy()).unwrap_or_default();
+    match parse_proxies(&text) {
+        Ok(_) => true,
+        Err(detail) => {
+            let detail = CString::new(detail).unwrap_or_default();
+            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+            false
+        }
+    }
+}
+
+/// `api_keys.trusted_proxies`, parsed (the check hook has refused anything else).
+pub fn trusted_proxies() -> Vec<IpNet> {
+    let value = TRUSTED_PROXIES.get();
+    let text = value.as_deref().map(CStr::to_string_lossy).unwrap_or_default();
+    parse_proxies(&text).unwrap_or_default()
 }
 
 /// The configured brand, or None when it is not a valid brand.

@@ -1,7 +1,9 @@
 //! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
 //!
-//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`.
-//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`, `worker`, `api`.
+//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`,
+//! `key_activity`, `request_headers`, `forwarded_for`, `txn_scoped`.
+//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`,
+//! `verification`, `context`, `worker`, `api`.
 //! Tables, views, triggers, lifecycle and grants: `sql/`.
 
 use pgrx::prelude::*;
@@ -9,16 +11,21 @@ use pgrx::prelude::*;
 mod api;
 pub mod budget;
 pub mod cidr;
+mod context;
 mod errors;
+pub mod forwarded_for;
 mod gucs;
 pub mod key;
 pub mod key_activity;
 mod key_row;
 pub mod memo;
 pub mod scope;
+pub mod request_headers;
 mod shmem;
+pub mod txn_scoped;
 mod varlena;
 pub mod verdict;
+mod verification;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

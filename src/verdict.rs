@@ -49,6 +49,33 @@ impl Reason {
             Self::RateLimited => "rate_limited",
         }
     }
+
+    /// The HTTP status `authenticate`/`login` refuse with (as SQLSTATE `PT<status>`,
+    /// which PostgREST answers with that status); None for `ok`.
+    pub fn refusal_status(self) -> Option<u16> {
+        match self {
+            Self::Ok => None,
+            Self::IpNotAllowed | Self::InsufficientScope => Some(403),
+            Self::RateLimited => Some(429),
+            _ => Some(401),
+        }
+    }
+
+    /// What the caller can do about a refusal; never anything about the key's secret.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::Ok => "",
+            Self::Malformed => "The key is not in this installation's key format; check that it was copied whole.",
+            Self::NotFound => "No key has this prefix; it may have been deleted.",
+            Self::InvalidSecret => "The key's secret does not match; check that it was copied whole.",
+            Self::Suspended => "The key is suspended; its owner or an admin can reactivate it.",
+            Self::Revoked => "The key is revoked; use another key.",
+            Self::Expired => "The key has expired; rotate it or issue a new one.",
+            Self::IpNotAllowed => "The client address is outside the key's allowed_cidrs.",
+            Self::InsufficientScope => "The key lacks the required scope.",
+            Self::RateLimited => "The key is over its rate limit; retry in the next minute or hour.",
+        }
+    }
 }
 
 /// What verification needs from a key row whose secret has matched.
@@ -108,6 +135,25 @@ mod tests {
             cidrs: Some(cidrs),
             scopes,
         }
+    }
+
+    #[test]
+    fn refusal_statuses() {
+        let status = |r: Reason| r.refusal_status();
+        assert_eq!(status(Reason::Ok), None);
+        for r in [
+            Reason::Malformed,
+            Reason::NotFound,
+            Reason::InvalidSecret,
+            Reason::Suspended,
+            Reason::Revoked,
+            Reason::Expired,
+        ] {
+            assert_eq!(status(r), Some(401), "{r:?}");
+        }
+        assert_eq!(status(Reason::IpNotAllowed), Some(403));
+        assert_eq!(status(Reason::InsufficientScope), Some(403));
+        assert_eq!(status(Reason::RateLimited), Some(429));
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! The SQL surface written in Rust. Thin: parse arguments, call the pure rooms, answer.
+//! The SQL surface written in Rust. Thin: parse arguments, call the rooms, answer.
 //! Lifecycle, listing and audit are set-based table work and live in sql/.
 
+mod args;
+pub(crate) mod fmgr;
 mod issue;
 mod pattern;
+mod request;
 mod stats;
 mod verify;

@@ -17,15 +17,11 @@ use std::ptr;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::cidr;
-use crate::gucs;
-use crate::key::{format, hash};
-use crate::key_activity::Limits;
-use crate::key_row::{self, KeyRow};
-use crate::memo::{self, Fact};
-use crate::shmem;
+use super::{args, fmgr};
+use crate::key_row::KeyRow;
 use crate::varlena;
-use crate::verdict::{self, KeyState, Reason};
+use crate::verdict::Reason;
+use crate::verification;
 
 extension_sql!(
     r#"
@@ -47,144 +43,17 @@ COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text) IS
     requires = ["schema"]
 );
 
-/// Longer than any key this extension issues, by a wide margin; larger input is
-/// `malformed` without being detoasted.
-const MAX_KEY_BYTES: usize = 1024;
-
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_api_key_verify() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+fmgr::finfo_v1!(pg_finfo_api_key_verify);
 
 #[unsafe(no_mangle)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
-        let arg = |i: usize| args.get(i).filter(|a| !a.isnull).map(|a| a.value);
-        let key = arg(0).map_or(&[][..], |d| {
-            if varlena::raw_size(d) > MAX_KEY_BYTES {
-                &[]
-            } else {
-                varlena::bytes(d)
-            }
-        });
-        let client = arg(1)
-            .and_then(|d| varlena::inet(d))
-            .and_then(|(v6, _, addr)| cidr::client(v6, &addr));
-        let outcome = check(key, client, arg(2));
-        shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
-        result_row(fcinfo, &outcome)
+        let key = args::key(fcinfo, 0);
+        let client = args::client_ip(fcinfo, 1);
+        let required_scope = args::arg(fcinfo, 2).map(|d| varlena::bytes(d));
+        result_row(fcinfo, &verification::verify(key, client, required_scope))
     }
-}
-
-/// A presentation the memo does not know: argon2 decides, within the budgets, and the
-/// memo remembers the answer.
-fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str) -> bool {
-    if !shmem::spend_budget(prefix) {
-        return false;
-    }
-    let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
-    let known = if matches {
-        Fact::Matches
-    } else {
-        Fact::DoesNotMatch
-    };
-    shmem::memo_remember(fact, known);
-    if !matches {
-        shmem::record_failure(prefix);
-    }
-    matches
-}
-
-/// The key row of a valid key, or why it is not valid. Every call that finds a key
-/// row counts in that key's usage; only calls that pass every other check consume
-/// rate-limit quota.
-fn check(
-    key: &[u8],
-    client: Option<std::net::IpAddr>,
-    required_scope: Option<pg_sys::Datum>,
-) -> Result<KeyRow, Reason> {
-    // Cheap rejection first: no table, no hash.
-    let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
-    let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
-    let key_id = row.key_id();
-    let limits = rate_limits(&row);
-    match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
-        Reason::Ok if shmem::admit(&key_id, limits, client) => Ok(row),
-        Reason::Ok => Err(Reason::RateLimited),
-        reason => {
-            shmem::record_rejected(&key_id);
-            Err(reason)
-        }
-    }
-}
-
-/// The key's limits: its own, else the settings' defaults (0 = unlimited).
-fn rate_limits(row: &KeyRow) -> Limits {
-    let limit = |own: Option<i32>, default: i32| own.unwrap_or(default).max(0) as u32;
-    let limits = Limits {
-        per_minute: limit(
-            row.rate_limit_per_minute,
-            gucs::DEFAULT_RATE_LIMIT_PER_MINUTE.get(),
-        ),
-        per_hour: limit(
-            row.rate_limit_per_hour,
-            gucs::DEFAULT_RATE_LIMIT_PER_HOUR.get(),
-        ),
-    };
-    if limits != Limits::UNLIMITED && !shmem::is_shared() {
-        warn_unshared_limits();
-    }
-    limits
-}
-
-/// Without shared memory a limit holds per session, which is no longer what the key's
-/// owner was promised: say so in the server log, once per session.
-fn warn_unshared_limits() {
-    thread_local! {
-        static WARNED: Cell<bool> = const { Cell::new(false) };
-    }
-    if !WARNED.replace(true) {
-        pgrx::log!(
-            "api_keys: rate limits are counted per session, because api_keys is not in shared_preload_libraries"
-        );
-    }
-}
-
-/// Secret, then status, network and scope (see `verdict`), for a key row.
-fn judge_row(
-    key: &[u8],
-    parsed: &format::ParsedKey<'_>,
-    row: &KeyRow,
-    key_id: &[u8; 16],
-    limits: Limits,
-    client: Option<std::net::IpAddr>,
-    required_scope: Option<pg_sys::Datum>,
-) -> Reason {
-    let fact = memo::fact_id(&row.secret_hash, key);
-    let secret_ok = match shmem::memo_lookup(&fact) {
-        Some(known) => known == Fact::Matches,
-        // A key over its limit costs no argon2.
-        None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
-        None => secret_matches(&fact, parsed.prefix, parsed.secret, &row.secret_hash),
-    };
-    if !secret_ok {
-        return Reason::InvalidSecret;
-    }
-    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-    let state = KeyState {
-        status: &row.status,
-        past_expiry: row.expires_at.is_some_and(|at| at <= now),
-        cidrs: row.cidrs.as_deref(),
-        scopes: &row.scopes,
-    };
-    // Not UTF-8: a scope nobody holds.
-    let required = required_scope.map(|d| unsafe { varlena::bytes(d) });
-    let required = required.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
-    verdict::judge(&state, client, required)
 }
 
 thread_local! {

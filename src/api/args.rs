@@ -1,0 +1,44 @@
+//! Reading the arguments of the functions whose fmgr glue is written by hand
+//! (`api_key_verify`, `login`, `require_scope`): raw datums, no conversions that could
+//! raise on hostile input.
+
+use std::net::IpAddr;
+
+use pgrx::pg_sys;
+
+use crate::cidr;
+use crate::varlena;
+
+/// Longer than any key this extension issues, by a wide margin; larger input is
+/// `malformed` without being detoasted.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Argument `i`, None when SQL NULL (or absent).
+pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
+    unsafe {
+        let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+        args.get(i).filter(|a| !a.isnull).map(|a| a.value)
+    }
+}
+
+/// A presented key's bytes; NULL and oversized input read as empty (malformed).
+pub unsafe fn key(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'static [u8] {
+    unsafe {
+        arg(fcinfo, i).map_or(&[][..], |d| {
+            if varlena::raw_size(d) > MAX_KEY_BYTES {
+                &[]
+            } else {
+                varlena::bytes(d)
+            }
+        })
+    }
+}
+
+/// An `inet` argument's address (the mask is ignored).
+pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
+    unsafe {
+        arg(fcinfo, i)
+            .and_then(|d| varlena::inet(d))
+            .and_then(|(v6, _, addr)| cidr::client(v6, &addr))
+    }
+}

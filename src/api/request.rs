@@ -1,0 +1,166 @@
+//! The request context on the SQL surface: `authenticate()` for PostgREST's
+//! `db-pre-request`, `login()` for other apps, and the helpers RLS policies call.
+//! Refusals carry SQLSTATE `PT401`/`PT403`/`PT429`, which PostgREST answers with that
+//! HTTP status; the message names the reason and never the key.
+
+use std::ffi::CStr;
+use std::net::IpAddr;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::pattern::configured_brand;
+use super::{args, fmgr};
+use crate::context::{self, Context};
+use crate::errors::{self, Refusal};
+use crate::forwarded_for;
+use crate::gucs;
+use crate::key_row::KeyRow;
+use crate::request_headers::{Credential, Headers};
+use crate::scope::Scope;
+use crate::varlena;
+use crate::verdict::Reason;
+use crate::verification;
+
+extension_sql!(
+    r#"
+CREATE FUNCTION api_keys.authenticate() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'api_keys_authenticate';
+COMMENT ON FUNCTION api_keys.authenticate() IS
+    'PostgREST db-pre-request: verifies the x-api-key (or Bearer) key of request.headers and sets this transaction''s context; no key = anonymous.';
+
+CREATE FUNCTION api_keys.login(key text, client_ip inet DEFAULT NULL) RETURNS uuid
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'api_keys_login';
+COMMENT ON FUNCTION api_keys.login(text, inet) IS
+    'Verifies a key and makes it this transaction''s context; returns its id, or raises PT401/PT403/PT429.';
+
+CREATE FUNCTION api_keys.require_scope(required text) RETURNS void
+LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'api_keys_require_scope';
+COMMENT ON FUNCTION api_keys.require_scope(text) IS
+    'Raises PT401 when no key is authenticated in this transaction, PT403 when it lacks the scope.';
+"#,
+    name = "request_context",
+    requires = ["schema"]
+);
+
+fmgr::refusable_entry!(api_keys_authenticate, pg_finfo_api_keys_authenticate, authenticate);
+fmgr::refusable_entry!(api_keys_login, pg_finfo_api_keys_login, login);
+fmgr::refusable_entry!(api_keys_require_scope, pg_finfo_api_keys_require_scope, require_scope);
+
+const VOID: pg_sys::Datum = pg_sys::Datum::null();
+
+unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    let text = setting(c"request.headers");
+    let headers = Headers::parse(text.as_deref()).unwrap_or_else(|_| {
+        errors::invalid_parameter(
+            "request.headers is not a JSON object",
+            Some(r#"PostgREST sets it per request; elsewhere: SELECT set_config('request.headers', '{"x-api-key": "..."}', true)"#.into()),
+        )
+    });
+    let Credential::Key(key) = headers.credential(&configured_brand()) else {
+        context::set(None);
+        return Ok(VOID);
+    };
+    let client = forwarded_for::client_address(
+        peer_address(),
+        headers.get("x-forwarded-for"),
+        &gucs::trusted_proxies(),
+    );
+    accept(key.as_bytes(), client).map(|_| VOID)
+}
+
+unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    let (key, client) = unsafe { (args::key(fcinfo, 0), args::client_ip(fcinfo, 1)) };
+    let row = accept(key, client)?;
+    Ok(pgrx::Uuid::from_bytes(row.key_id())
+        .into_datum()
+        .unwrap_or(VOID))
+}
+
+unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    let Some(text) = (unsafe { args::arg(fcinfo, 0) }).map(|d| unsafe { varlena::text_string(d) })
+    else {
+        errors::invalid_parameter("required scope must not be NULL", None)
+    };
+    let required = required_scope(&text);
+    context::with(|context| match context {
+        None => Err(Refusal::new(
+            *b"PT401",
+            "no API key is authenticated in this transaction",
+            "Call api_keys.authenticate() or api_keys.login() first, in the same transaction.",
+        )),
+        Some(c) if c.grants(&required) => Ok(VOID),
+        Some(_) => Err(Refusal::new(
+            *b"PT403",
+            &format!("API key lacks scope \"{text}\""),
+            "Issue or update the key with a scope that grants it.",
+        )),
+    })
+}
+
+/// Does the key authenticated in this transaction grant `required`? False when none.
+/// Wrap it as `(SELECT api_keys.has_scope('…'))` in a policy to have it evaluated once
+/// per statement instead of once per row.
+#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
+fn has_scope(required: &str) -> bool {
+    let required = required_scope(required);
+    context::with(|c| c.is_some_and(|c| c.grants(&required)))
+}
+
+/// The id of the key authenticated in this transaction, or NULL.
+#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
+fn current_key_id() -> Option<pgrx::Uuid> {
+    context::with(|c| c.map(|c| pgrx::Uuid::from_bytes(c.key_id)))
+}
+
+/// The owner of the key authenticated in this transaction, or NULL.
+#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
+fn current_owner() -> Option<String> {
+    context::with(|c| c.map(|c| c.owner.clone()))
+}
+
+/// Verify and, when valid, make the key this transaction's context.
+fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow, Refusal> {
+    let row = verification::verify(key, client, None).map_err(refusal)?;
+    context::set(Some(Context::of(&row)));
+    Ok(row)
+}
+
+fn refusal(reason: Reason) -> Refusal {
+    let status = reason.refusal_status().unwrap_or(401);
+    let sqlstate = format!("PT{status}");
+    Refusal::new(
+        sqlstate.as_bytes().try_into().unwrap_or(*b"PT401"),
+        &format!("API key rejected: {}", reason.as_str()),
+        reason.hint(),
+    )
+}
+
+/// A required scope as policies and callers write it: a mistake raises 22023 rather
+/// than silently granting or denying.
+fn required_scope(text: &str) -> Scope {
+    Scope::parse(text).unwrap_or_else(|e| {
+        errors::invalid_parameter(
+            format!("required scope \"{text}\" is not valid: {e}"),
+            Some("A scope is \"*\" or \"<resource>:<action>\", e.g. projects/42/runs:read.".into()),
+        )
+    })
+}
+
+/// A setting's current value; None when it was never set.
+fn setting(name: &CStr) -> Option<String> {
+    let value = unsafe { pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true) };
+    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned())
+}
+
+/// `inet_client_addr()`: None over a Unix socket.
+fn peer_address() -> Option<IpAddr> {
+    unsafe {
+        let datum = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
+        let (v6, _, addr) = varlena::inet(datum)?;
+        crate::cidr::client(v6, &addr)
+    }
+}

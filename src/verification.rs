@@ -1,0 +1,135 @@
+//! One verification of a presented key, from bytes to a verdict: parse, read the key
+//! row, memo or argon2 within the budgets, status/network/scope, rate limits. Shared by
+//! `api_key_verify` and the request context (`login`, `authenticate`).
+
+use std::cell::Cell;
+use std::net::IpAddr;
+
+use pgrx::pg_sys;
+
+use crate::gucs;
+use crate::key::{format, hash};
+use crate::key_activity::Limits;
+use crate::key_row::{self, KeyRow};
+use crate::memo::{self, Fact};
+use crate::shmem;
+use crate::verdict::{self, KeyState, Reason};
+
+/// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
+/// a scope that is not UTF-8 is one nobody holds.
+pub fn verify(
+    key: &[u8],
+    client: Option<IpAddr>,
+    required_scope: Option<&[u8]>,
+) -> Result<KeyRow, Reason> {
+    let outcome = check(key, client, required_scope);
+    shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
+    outcome
+}
+
+/// A presentation the memo does not know: argon2 decides, within the budgets, and the
+/// memo remembers the answer.
+fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str) -> bool {
+    if !shmem::spend_budget(prefix) {
+        return false;
+    }
+    let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
+    let known = if matches {
+        Fact::Matches
+    } else {
+        Fact::DoesNotMatch
+    };
+    shmem::memo_remember(fact, known);
+    if !matches {
+        shmem::record_failure(prefix);
+    }
+    matches
+}
+
+/// The key row of a valid key, or why it is not valid. Every call that finds a key
+/// row counts in that key's usage; only calls that pass every other check consume
+/// rate-limit quota.
+fn check(
+    key: &[u8],
+    client: Option<IpAddr>,
+    required_scope: Option<&[u8]>,
+) -> Result<KeyRow, Reason> {
+    // Cheap rejection first: no table, no hash.
+    let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
+    let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
+    let key_id = row.key_id();
+    let limits = rate_limits(&row);
+    match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
+        Reason::Ok if shmem::admit(&key_id, limits, client) => Ok(row),
+        Reason::Ok => Err(Reason::RateLimited),
+        reason => {
+            shmem::record_rejected(&key_id);
+            Err(reason)
+        }
+    }
+}
+
+/// The key's limits: its own, else the settings' defaults (0 = unlimited).
+fn rate_limits(row: &KeyRow) -> Limits {
+    let limit = |own: Option<i32>, default: i32| own.unwrap_or(default).max(0) as u32;
+    let limits = Limits {
+        per_minute: limit(
+            row.rate_limit_per_minute,
+            gucs::DEFAULT_RATE_LIMIT_PER_MINUTE.get(),
+        ),
+        per_hour: limit(
+            row.rate_limit_per_hour,
+            gucs::DEFAULT_RATE_LIMIT_PER_HOUR.get(),
+        ),
+    };
+    if limits != Limits::UNLIMITED && !shmem::is_shared() {
+        warn_unshared_limits();
+    }
+    limits
+}
+
+/// Without shared memory a limit holds per session, which is no longer what the key's
+/// owner was promised: say so in the server log, once per session.
+fn warn_unshared_limits() {
+    thread_local! {
+        static WARNED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !WARNED.replace(true) {
+        pgrx::log!(
+            "api_keys: rate limits are counted per session, because api_keys is not in shared_preload_libraries"
+        );
+    }
+}
+
+/// Secret, then status, network and scope (see `verdict`), for a key row.
+fn judge_row(
+    key: &[u8],
+    parsed: &format::ParsedKey<'_>,
+    row: &KeyRow,
+    key_id: &[u8; 16],
+    limits: Limits,
+    client: Option<IpAddr>,
+    required_scope: Option<&[u8]>,
+) -> Reason {
+    let fact = memo::fact_id(&row.secret_hash, key);
+    let secret_ok = match shmem::memo_lookup(&fact) {
+        Some(known) => known == Fact::Matches,
+        // A key over its limit costs no argon2.
+        None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
+        None => secret_matches(&fact, parsed.prefix, parsed.secret, &row.secret_hash),
+    };
+    if !secret_ok {
+        return Reason::InvalidSecret;
+    }
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let state = KeyState {
+        status: &row.status,
+        past_expiry: row.expires_at.is_some_and(|at| at <= now),
+        cidrs: row.cidrs.as_deref(),
+        scopes: &row.scopes,
+    };
+    // Not UTF-8: a scope nobody holds.
+    let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
+    verdict::judge(&state, client, required)
+}
+
