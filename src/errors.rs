@@ -36,10 +36,9 @@ pub struct Refusal {
 impl Refusal {
     pub fn new(sqlstate: [u8; 5], message: &str, hint: &str) -> Refusal {
         // MAKE_SQLSTATE: six bits per character, first character lowest.
-        let sqlstate = sqlstate
-            .iter()
-            .rev()
-            .fold(0, |code, ch| (code << 6) | ((*ch as c_int - b'0' as c_int) & 0x3F));
+        let sqlstate = sqlstate.iter().rev().fold(0, |code, ch| {
+            (code << 6) | ((*ch as c_int - b'0' as c_int) & 0x3F)
+        });
         let palloc_text = |s: &str| unsafe {
             let text = pgrx::pg_sys::palloc0(s.len() + 1).cast::<c_char>();
             std::ptr::copy_nonoverlapping(s.as_ptr().cast(), text, s.len());

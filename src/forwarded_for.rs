@@ -105,7 +105,10 @@ mod tests {
         let t = proxies();
         // A forged left-most entry is never reached.
         let xff = "6.6.6.6, 198.51.100.7, 10.2.2.2";
-        assert_eq!(client_address(peer, Some(xff), &t), Some(ip("198.51.100.7")));
+        assert_eq!(
+            client_address(peer, Some(xff), &t),
+            Some(ip("198.51.100.7"))
+        );
         assert_eq!(
             client_address(peer, Some("garbage, 198.51.100.7"), &t),
             Some(ip("198.51.100.7"))
@@ -135,7 +138,13 @@ mod tests {
     #[test]
     fn junk_behind_trusted_hops_leaves_the_client_unknown() {
         let peer = Some(ip("10.1.1.1"));
-        for xff in ["unknown", "1.2.3.4, ", "1.2.3.4,,10.0.0.2", "[::1", "1.2.3.4:http"] {
+        for xff in [
+            "unknown",
+            "1.2.3.4, ",
+            "1.2.3.4,,10.0.0.2",
+            "[::1",
+            "1.2.3.4:http",
+        ] {
             assert_eq!(client_address(peer, Some(xff), &proxies()), None, "{xff}");
         }
     }

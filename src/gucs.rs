@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::{pg_guard, pg_sys};
-use std::ffi::{CStr, CString, c_char, c_void};
+use std::ffi::{c_char, c_void, CStr, CString};
 
 use crate::forwarded_for::parse_proxies;
 
@@ -215,7 +215,10 @@ unsafe extern "C-unwind" fn check_trusted_proxies(
 /// `api_keys.trusted_proxies`, parsed (the check hook has refused anything else).
 pub fn trusted_proxies() -> Vec<IpNet> {
     let value = TRUSTED_PROXIES.get();
-    let text = value.as_deref().map(CStr::to_string_lossy).unwrap_or_default();
+    let text = value
+        .as_deref()
+        .map(CStr::to_string_lossy)
+        .unwrap_or_default();
     parse_proxies(&text).unwrap_or_default()
 }
 

@@ -25,7 +25,9 @@ impl Headers {
     pub fn parse(text: Option<&str>) -> Result<Headers, HeadersError> {
         match text.filter(|t| !t.trim().is_empty()) {
             None => Ok(Headers(Map::new())),
-            Some(t) => serde_json::from_str(t).map(Headers).map_err(|_| HeadersError),
+            Some(t) => serde_json::from_str(t)
+                .map(Headers)
+                .map_err(|_| HeadersError),
         }
     }
 

@@ -65,15 +65,21 @@ impl Reason {
     pub fn hint(self) -> &'static str {
         match self {
             Self::Ok => "",
-            Self::Malformed => "The key is not in this installation's key format; check that it was copied whole.",
+            Self::Malformed => {
+                "The key is not in this installation's key format; check that it was copied whole."
+            }
             Self::NotFound => "No key has this prefix; it may have been deleted.",
-            Self::InvalidSecret => "The key's secret does not match; check that it was copied whole.",
+            Self::InvalidSecret => {
+                "The key's secret does not match; check that it was copied whole."
+            }
             Self::Suspended => "The key is suspended; its owner or an admin can reactivate it.",
             Self::Revoked => "The key is revoked; use another key.",
             Self::Expired => "The key has expired; rotate it or issue a new one.",
             Self::IpNotAllowed => "The client address is outside the key's allowed_cidrs.",
             Self::InsufficientScope => "The key lacks the required scope.",
-            Self::RateLimited => "The key is over its rate limit; retry in the next minute or hour.",
+            Self::RateLimited => {
+                "The key is over its rate limit; retry in the next minute or hour."
+            }
         }
     }
 }

@@ -132,4 +132,3 @@ fn judge_row(
     let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
     verdict::judge(&state, client, required)
 }
-

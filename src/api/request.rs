@@ -46,9 +46,17 @@ COMMENT ON FUNCTION api_keys.require_scope(text) IS
     requires = ["schema"]
 );
 
-fmgr::refusable_entry!(api_keys_authenticate, pg_finfo_api_keys_authenticate, authenticate);
+fmgr::refusable_entry!(
+    api_keys_authenticate,
+    pg_finfo_api_keys_authenticate,
+    authenticate
+);
 fmgr::refusable_entry!(api_keys_login, pg_finfo_api_keys_login, login);
-fmgr::refusable_entry!(api_keys_require_scope, pg_finfo_api_keys_require_scope, require_scope);
+fmgr::refusable_entry!(
+    api_keys_require_scope,
+    pg_finfo_api_keys_require_scope,
+    require_scope
+);
 
 const VOID: pg_sys::Datum = pg_sys::Datum::null();
 
@@ -153,7 +161,11 @@ fn required_scope(text: &str) -> Scope {
 /// A setting's current value; None when it was never set.
 fn setting(name: &CStr) -> Option<String> {
     let value = unsafe { pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true) };
-    (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned())
+    (!value.is_null()).then(|| {
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// `inet_client_addr()`: None over a Unix socket.
