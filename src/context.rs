@@ -4,6 +4,7 @@
 //! with the transaction (see `txn_scoped`).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -36,7 +37,7 @@ impl Context {
         }
     }
 
-    pub fn grants(&self, required: &Scope) -> bool {
+    fn grants(&self, required: &Scope) -> bool {
         self.scopes.iter().any(|s| s.grants(required))
     }
 }
@@ -44,6 +45,35 @@ impl Context {
 thread_local! {
     static CONTEXT: RefCell<TxnScoped<Context>> = RefCell::new(TxnScoped::default());
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
+    /// has_scope answers for the current context, by required scope text: an RLS
+    /// policy asks the same few questions once per row. Emptied whenever the context
+    /// may change.
+    static ANSWERS: RefCell<HashMap<Box<str>, bool>> = RefCell::new(HashMap::new());
+}
+
+/// Bounds the answers a statement with endless distinct scopes can pile up.
+const MAX_ANSWERS: usize = 4096;
+
+/// Does the current context (none: nothing) grant `required`? `parse` reads the text
+/// as a scope, or raises; a known answer skips it.
+pub fn grants(required: &str, parse: impl FnOnce(&str) -> Scope) -> bool {
+    if let Some(known) = ANSWERS.with_borrow(|a| a.get(required).copied()) {
+        return known;
+    }
+    let scope = parse(required);
+    let answer = with(|c| c.is_some_and(|c| c.grants(&scope)));
+    ANSWERS.with_borrow_mut(|a| {
+        if a.len() >= MAX_ANSWERS {
+            a.clear();
+        }
+        a.insert(required.into(), answer);
+    });
+    answer
+}
+
+fn change(f: impl FnOnce(&mut TxnScoped<Context>)) {
+    ANSWERS.with_borrow_mut(HashMap::clear);
+    CONTEXT.with_borrow_mut(f);
 }
 
 /// Set (or, with None, clear) the context for the rest of this transaction.
@@ -55,7 +85,7 @@ pub fn set(context: Option<Context>) {
         }
     }
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    CONTEXT.with_borrow_mut(|c| c.set(sub, context));
+    change(|c| c.set(sub, context));
 }
 
 pub fn with<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
@@ -73,7 +103,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             | XACT_EVENT_PARALLEL_COMMIT
             | XACT_EVENT_PARALLEL_ABORT
     ) {
-        CONTEXT.with_borrow_mut(|c| c.transaction_ended());
+        change(TxnScoped::transaction_ended);
     }
 }
 
@@ -86,10 +116,8 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     use pg_sys::SubXactEvent::*;
     match event {
-        SUBXACT_EVENT_ABORT_SUB => CONTEXT.with_borrow_mut(|c| c.subtransaction_aborted(sub)),
-        SUBXACT_EVENT_COMMIT_SUB => {
-            CONTEXT.with_borrow_mut(|c| c.subtransaction_committed(sub, parent))
-        }
+        SUBXACT_EVENT_ABORT_SUB => change(|c| c.subtransaction_aborted(sub)),
+        SUBXACT_EVENT_COMMIT_SUB => change(|c| c.subtransaction_committed(sub, parent)),
         _ => {}
     }
 }

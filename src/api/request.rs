@@ -93,14 +93,14 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     else {
         errors::invalid_parameter("required scope must not be NULL", None)
     };
-    let required = required_scope(&text);
+    let granted = context::grants(&text, required_scope);
     context::with(|context| match context {
         None => Err(Refusal::new(
             *b"PT401",
             "no API key is authenticated in this transaction",
             "Call api_keys.authenticate() or api_keys.login() first, in the same transaction.",
         )),
-        Some(c) if c.grants(&required) => Ok(VOID),
+        Some(_) if granted => Ok(VOID),
         Some(_) => Err(Refusal::new(
             *b"PT403",
             &format!("API key lacks scope \"{text}\""),
@@ -114,8 +114,7 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
 /// per statement instead of once per row.
 #[pg_extern(stable, parallel_restricted, requires = ["schema"])]
 fn has_scope(required: &str) -> bool {
-    let required = required_scope(required);
-    context::with(|c| c.is_some_and(|c| c.grants(&required)))
+    context::grants(required, required_scope)
 }
 
 /// The id of the key authenticated in this transaction, or NULL.

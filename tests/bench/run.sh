@@ -10,9 +10,12 @@
 #   garbage       key-shaped strings with a wrong checksum         (garbage.sql)
 #   wrong_secret  real prefixes, wrong secrets, valid checksums    (wrong_secret.sql)
 #   new_sessions  warm.sql with pgbench -C, against lookup.sql -C
+# and has_scope as row-level checks over BENCH_RLS_ROWS rows (rls_*.sql: per row against
+# the same scan without it, and the (SELECT ...) initplan form against a bare scan),
 # plus the latency of the first verification of freshly issued keys. Writes
 # tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10), BENCH_ROUNDS (5),
-# BENCH_KEYS (200), BENCH_WRONG_PER_KEY (1000), BENCH_COLD_KEYS (10), BENCH_PORT (55499).
+# BENCH_KEYS (200), BENCH_WRONG_PER_KEY (1000), BENCH_COLD_KEYS (10), BENCH_RLS_ROWS
+# (100000), BENCH_PORT (55499).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,6 +25,7 @@ NKEYS=${BENCH_KEYS:-200}
 WRONG_PER_KEY=${BENCH_WRONG_PER_KEY:-1000}
 NWRONG=$((NKEYS * WRONG_PER_KEY))
 COLD_KEYS=${BENCH_COLD_KEYS:-10}
+RLS_ROWS=${BENCH_RLS_ROWS:-100000}
 PORT=${BENCH_PORT:-55499}
 CLIENTS=2
 REPORT=$here/REPORT.md
@@ -74,6 +78,16 @@ SELECT g, i.key, i.prefix
                                       rate_limit_per_minute => 1000000000,
                                       rate_limit_per_hour => 1000000000) i;
 CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL);
+-- has_scope in row-level checks: a table of runs in 100 projects, and one key that may
+-- read project 42's runs.
+CREATE TABLE bench.runs AS SELECT g AS id, g % 100 AS project FROM generate_series(1, $RLS_ROWS) g;
+-- (pgbench would read ":read" in a script as a variable; the scope text is built here.)
+CREATE FUNCTION bench.runs_read(project int) RETURNS text
+LANGUAGE sql IMMUTABLE AS \$\$ SELECT format('projects/%s/runs:read', project) \$\$;
+CREATE TABLE bench.rls_key AS
+SELECT key FROM api_keys.api_key_issue('bench rls', 'service', 'production', ARRAY['projects/42/*:read'],
+                                       rate_limit_per_minute => 1000000000,
+                                       rate_limit_per_hour => 1000000000);
 CREATE TABLE bench.cold (n int PRIMARY KEY, key text NOT NULL);
 -- Server-side time of one verification (ms), for the cold-latency measurement.
 CREATE FUNCTION bench.timed_verify(k text, OUT ms float8, OUT reason text)
@@ -183,6 +197,13 @@ for s in "${scenarios[@]}"; do
     done
 done
 
+echo "==> rls: $ROUNDS x (rls_format, rls_has_scope, rls_scan, rls_initplan), ${SECS}s each"
+for n in $(seq 1 "$ROUNDS"); do
+    for label in rls_format rls_has_scope rls_scan rls_initplan; do
+        round "$label" "$n" "$label.sql"
+    done
+done
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - t_start))
 
@@ -190,7 +211,7 @@ setting() { q -c "SELECT current_setting('$1')"; }
 export BENCH_STARTED="$started" BENCH_ELAPSED="$elapsed" BENCH_LOAD_BEFORE="$load_before" \
     BENCH_LOAD_AFTER="$load_after" BENCH_SECS="$SECS" BENCH_ROUNDS="$ROUNDS" BENCH_KEYS="$NKEYS" \
     BENCH_NWRONG="$NWRONG" BENCH_WRONG_PER_KEY="$WRONG_PER_KEY" BENCH_COLD_KEYS="$COLD_KEYS" \
-    BENCH_CLIENTS="$CLIENTS" \
+    BENCH_CLIENTS="$CLIENTS" BENCH_RLS_ROWS="$RLS_ROWS" \
     BENCH_PG_VERSION="$(q -c 'SHOW server_version')" \
     BENCH_NPROC="$(nproc)" \
     BENCH_CPU="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
@@ -301,6 +322,22 @@ w(f"First verification of a never-verified key in a session that has already has
   f"(a pooled connection; {len(pooled)} keys): median **{statistics.median(pooled):.1f} ms**, "
   f"max {max(pooled):.1f} ms ({', '.join(pooled_reasons)}): mostly argon2 itself; the cold "
   "latency also includes a new backend's first verification and first argon2.\n")
+
+rls_rows = int(E["BENCH_RLS_ROWS"])
+w(f"**has_scope in row-level checks** (`count(*)` over {rls_rows:,} rows per transaction, "
+  "after `login()` with a key holding `projects/42/*:read`; medians):\n")
+w("| check | tps | baseline | baseline tps | ratio | added cost |")
+w("|---|---:|---|---:|---:|---:|")
+for name, label, base, base_name, rows_per in [
+    ("per row: `has_scope(format('projects/%s/runs:read', project))`", "rls_has_scope", "rls_format",
+     "the same scope text without has_scope", rls_rows),
+    ("once: `(SELECT has_scope('projects/42/runs:read'))`", "rls_initplan", "rls_scan", "the bare scan", 1),
+]:
+    s, b = med(label), med(base)
+    added = (1 / s - 1 / b) * int(E["BENCH_CLIENTS"]) / rows_per
+    cost = f"{added * 1e9:,.0f} ns per row" if rows_per > 1 else f"{added * 1e6:,.0f} µs per statement"
+    w(f"| {name} | {s:,.1f} | {base_name} | {b:,.1f} | {s / b:.2f}× | {cost} |")
+w("")
 
 w("## Flood (wrong secrets) — `api_keys.stats()` deltas\n")
 w("| round | ended | tps | transactions | argon2_runs | argon2_throttled | memo_hits | memo_misses | invalid_secret | other reasons |")
