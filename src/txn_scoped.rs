@@ -26,9 +26,14 @@ impl<T> TxnScoped<T> {
         self.current.as_ref()
     }
 
+    /// Did subtransaction `sub` (the innermost that changed the value) save one?
+    fn saved_by(&self, sub: SubId) -> bool {
+        self.saved.last().is_some_and(|(s, _)| *s == sub)
+    }
+
     /// Replace the value from inside subtransaction `sub`.
     pub fn set(&mut self, sub: SubId, value: Option<T>) {
-        let already_saved = self.saved.last().is_some_and(|(s, _)| *s == sub);
+        let already_saved = self.saved_by(sub);
         let old = std::mem::replace(&mut self.current, value);
         if sub != TOP_LEVEL && !already_saved {
             self.saved.push((sub, old));
@@ -36,13 +41,13 @@ impl<T> TxnScoped<T> {
     }
 
     pub fn subtransaction_aborted(&mut self, sub: SubId) {
-        if self.saved.last().is_some_and(|(s, _)| *s == sub) {
+        if self.saved_by(sub) {
             self.current = self.saved.pop().and_then(|(_, old)| old);
         }
     }
 
     pub fn subtransaction_committed(&mut self, sub: SubId, parent: SubId) {
-        if !self.saved.last().is_some_and(|(s, _)| *s == sub) {
+        if !self.saved_by(sub) {
             return;
         }
         // The parent keeps the oldest value it must restore; the child's is obsolete.
