@@ -10,7 +10,7 @@ RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
 PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 
-.PHONY: run test bench deps install lint regress pgrx-test stop psql clean
+.PHONY: run test bench fuzz deps install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -34,7 +34,7 @@ run: deps
 	@echo "Stop:     make stop"
 
 ## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.
-test: deps lint install regress pgrx-test
+test: deps lint install regress isolation pgrx-test
 	@echo "make test: all tiers passed"
 
 ## make bench: pgbench against a preloaded cluster with a release build; writes
@@ -57,8 +57,12 @@ deps:
 	    cargo pgrx init --pg15 $(PG_CONFIG); \
 	fi
 
+# cargo pgrx installs the current version's script and the upgrade scripts; the install
+# script of the first release is kept in sql/ so `CREATE EXTENSION api_keys VERSION
+# '0.1.0'` works (the upgrade test starts there).
 install:
 	cargo pgrx install --pg-config $(PG_CONFIG)
+	sudo cp sql/api_keys--0.1.0.sql $$($(PG_CONFIG) --sharedir)/extension/
 
 lint:
 	cargo fmt --check
@@ -67,11 +71,23 @@ lint:
 regress:
 	PATH=$(PG_BIN):$$PATH tests/run_pg_regress.sh
 
+# Concurrency: pg_isolation_regress specs (verify vs revoke/rotate, racing revokes, ...).
+isolation:
+	PATH=$(PG_BIN):$$PATH tests/run_pg_regress.sh --isolation
+
 # Pure #[test]s and proptests, #[pg_test]s in a pgrx-managed cluster, and the
 # integration tests in tests/*.rs that start their own clusters.
 pgrx-test:
 	rm -rf $(PGRX_TEST_DATA)
 	cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)
+
+## make fuzz: the parser and matcher property tests at volume (FUZZ_CASES each, default
+## 100000): key parser, scope matcher against a regex reference, CIDR matching against
+## prefix arithmetic, X-Forwarded-For against a naive reference. Not part of make test.
+FUZZ_CASES ?= 100000
+fuzz: deps
+	PROPTEST_CASES=$(FUZZ_CASES) cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)_fuzz \
+	    proptests::
 
 stop:
 	-sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -m fast -w stop

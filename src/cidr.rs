@@ -110,19 +110,24 @@ mod tests {
         assert_eq!(parse_client("junk"), None);
     }
 
-    proptest! {
-        #[test]
-        fn v4_matches_prefix_arithmetic(a in any::<u32>(), n in any::<u32>(), len in 0u8..=32) {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n & mask)), len).unwrap();
-            let expected = (a & mask) == (n & mask);
-            prop_assert_eq!(allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))), expected);
-        }
+    /// Property tests; `make fuzz` runs them at volume.
+    mod proptests {
+        use super::*;
 
-        #[test]
-        fn v6_rules_never_admit_v4(a in any::<u32>(), n in any::<u128>(), len in 0u8..=128) {
-            let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(n)), len).unwrap().trunc();
-            prop_assert!(!allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))));
+        proptest! {
+            #[test]
+            fn v4_matches_prefix_arithmetic(a in any::<u32>(), n in any::<u32>(), len in 0u8..=32) {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n & mask)), len).unwrap();
+                let expected = (a & mask) == (n & mask);
+                prop_assert_eq!(allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))), expected);
+            }
+
+            #[test]
+            fn v6_rules_never_admit_v4(a in any::<u32>(), n in any::<u128>(), len in 0u8..=128) {
+                let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(n)), len).unwrap().trunc();
+                prop_assert!(!allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))));
+            }
         }
     }
 }

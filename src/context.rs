@@ -54,14 +54,14 @@ thread_local! {
 /// Bounds the answers a statement with endless distinct scopes can pile up.
 const MAX_ANSWERS: usize = 4096;
 
-/// Does the current context (none: nothing) grant `required`? `parse` reads the text
-/// as a scope, or raises; a known answer skips it.
-pub fn grants(required: &str, parse: impl FnOnce(&str) -> Scope) -> bool {
+/// Does the current context (none: nothing) grant `required`? A text that is not a
+/// scope is granted by nothing.
+pub fn grants(required: &str) -> bool {
     if let Some(known) = ANSWERS.with_borrow(|a| a.get(required).copied()) {
         return known;
     }
-    let scope = parse(required);
-    let answer = with(|c| c.is_some_and(|c| c.grants(&scope)));
+    let scope = Scope::parse(required).ok();
+    let answer = with(|c| c.zip(scope.as_ref()).is_some_and(|(c, s)| c.grants(s)));
     ANSWERS.with_borrow_mut(|a| {
         if a.len() >= MAX_ANSWERS {
             a.clear();

@@ -343,32 +343,37 @@ mod tests {
             .prop_map(|(segs, a)| format!("{}:{a}", segs.join("/")))
     }
 
-    proptest! {
-        #[test]
-        fn matcher_agrees_with_reference(g in pattern(), r in concrete()) {
-            prop_assert_eq!(s(&g).grants(&s(&r)), reference_grants(&g, &r));
-        }
+    /// Property tests; `make fuzz` runs them at volume.
+    mod proptests {
+        use super::*;
 
-        #[test]
-        fn grants_implies_overlap(g in pattern(), r in pattern()) {
-            if s(&g).grants(&s(&r)) {
-                prop_assert!(s(&g).overlaps(&s(&r)));
+        proptest! {
+            #[test]
+            fn matcher_agrees_with_reference(g in pattern(), r in concrete()) {
+                prop_assert_eq!(s(&g).grants(&s(&r)), reference_grants(&g, &r));
             }
-            prop_assert!(s(&g).grants(&s(&g)));
-            prop_assert_eq!(s(&g).overlaps(&s(&r)), s(&r).overlaps(&s(&g)));
-        }
 
-        #[test]
-        fn grants_of_patterns_is_sound(g in pattern(), r in pattern(), c in concrete()) {
-            // If g covers pattern r, every concrete scope r grants, g grants too.
-            if s(&g).grants(&s(&r)) && s(&r).grants(&s(&c)) {
-                prop_assert!(s(&g).grants(&s(&c)));
+            #[test]
+            fn grants_implies_overlap(g in pattern(), r in pattern()) {
+                if s(&g).grants(&s(&r)) {
+                    prop_assert!(s(&g).overlaps(&s(&r)));
+                }
+                prop_assert!(s(&g).grants(&s(&g)));
+                prop_assert_eq!(s(&g).overlaps(&s(&r)), s(&r).overlaps(&s(&g)));
             }
-        }
 
-        #[test]
-        fn parse_never_panics(x in ".{0,64}") {
-            let _ = Scope::parse(&x);
+            #[test]
+            fn grants_of_patterns_is_sound(g in pattern(), r in pattern(), c in concrete()) {
+                // If g covers pattern r, every concrete scope r grants, g grants too.
+                if s(&g).grants(&s(&r)) && s(&r).grants(&s(&c)) {
+                    prop_assert!(s(&g).grants(&s(&c)));
+                }
+            }
+
+            #[test]
+            fn parse_never_panics(x in ".{0,64}") {
+                let _ = Scope::parse(&x);
+            }
         }
     }
 }

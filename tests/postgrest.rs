@@ -104,9 +104,11 @@ fn request(c: &mut Client, method: &str, path: &str, headers: Value, query: &str
             drop(tx);
             let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
             let code = db.code().code();
+            // PostgREST: PTxyz is status xyz; insufficient privilege is 401 for the
+            // anonymous role (no JWT), which is how API-key requests run.
             let status = match code.strip_prefix("PT") {
                 Some(status) => status.parse().unwrap(),
-                None if code == "42501" => 403,
+                None if code == "42501" => 401,
                 None => 400,
             };
             Response {
@@ -210,7 +212,7 @@ fn each_key_sees_the_rows_its_scopes_and_owner_allow() {
     let r = request(&mut web, "POST", "/runs", x_api_key(&p42), &post_run(42));
     assert_eq!(
         (r.status, r.body["code"].as_str()),
-        (403, Some("42501")),
+        (401, Some("42501")),
         "{r:?}"
     );
 }

@@ -93,7 +93,8 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     else {
         errors::invalid_parameter("required scope must not be NULL", None)
     };
-    let granted = context::grants(&text, required_scope);
+    check_required_scope(&text);
+    let granted = context::grants(&text);
     context::with(|context| match context {
         None => Err(Refusal::new(
             *b"PT401",
@@ -109,12 +110,14 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     })
 }
 
-/// Does the key authenticated in this transaction grant `required`? False when none.
-/// Wrap it as `(SELECT api_keys.has_scope('…'))` in a policy to have it evaluated once
-/// per statement instead of once per row.
+/// Does the key authenticated in this transaction grant `required`? False when none,
+/// and for a text that is not a scope: a policy that builds the scope from row data
+/// (`format('projects/%s/runs:read', project_id)`) denies an odd row instead of failing
+/// the whole query. Wrap a check that does not depend on the row as
+/// `(SELECT api_keys.has_scope('…'))` to have it evaluated once per statement.
 #[pg_extern(stable, parallel_restricted, requires = ["schema"])]
 fn has_scope(required: &str) -> bool {
-    context::grants(required, required_scope)
+    context::grants(required)
 }
 
 /// The id of the key authenticated in this transaction, or NULL.
@@ -146,15 +149,15 @@ fn refusal(reason: Reason) -> Refusal {
     )
 }
 
-/// A required scope as policies and callers write it: a mistake raises 22023 rather
-/// than silently granting or denying.
-fn required_scope(text: &str) -> Scope {
+/// `require_scope` is an explicit check in code: a mistake in its scope raises 22023
+/// rather than answering PT403.
+fn check_required_scope(text: &str) {
     Scope::parse(text).unwrap_or_else(|e| {
         errors::invalid_parameter(
             format!("required scope \"{text}\" is not valid: {e}"),
             Some("A scope is \"*\" or \"<resource>:<action>\", e.g. projects/42/runs:read.".into()),
         )
-    })
+    });
 }
 
 /// A setting's current value; None when it was never set.

@@ -56,6 +56,18 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
     }
 }
 
+// The entry point 0.1.0's catalog names. A database still at 0.1.0 keeps verifying
+// with this library until `ALTER EXTENSION api_keys UPDATE` (and can be created at
+// 0.1.0, which the upgrade test does); the declaration is the same.
+fmgr::finfo_v1!(pg_finfo_api_key_verify_wrapper);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn api_key_verify_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe { api_key_verify(fcinfo) }
+}
+
 thread_local! {
     /// The blessed result row descriptor, for the function oid it was built for.
     static RESULT_DESC: Cell<Option<(pg_sys::Oid, pg_sys::TupleDesc)>> = const { Cell::new(None) };

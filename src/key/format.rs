@@ -233,44 +233,49 @@ mod tests {
         proptest::string::string_regex(&format!("[0-9A-Za-z]{{{len}}}")).unwrap()
     }
 
-    proptest! {
-        #[test]
-        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = parse(&bytes);
-        }
+    /// Property tests; `make fuzz` runs them at volume.
+    mod proptests {
+        use super::*;
 
-        #[test]
-        fn composed_keys_parse_and_match_the_pattern(
-            brand in "[a-z0-9]{2,8}",
-            env in 0usize..3,
-            id in base62(PUBLIC_ID_LEN),
-            secret in base62(SECRET_LEN),
-        ) {
-            let env = Environment::ALL[env];
-            let key = compose(&brand, env, &id, &secret);
-            let parsed = parse(key.full.as_bytes()).unwrap();
-            prop_assert_eq!(parsed.prefix, key.prefix.as_str());
-            prop_assert_eq!(parsed.brand, brand.as_str());
-            prop_assert_eq!(parsed.secret, secret.as_str());
-            prop_assert_eq!(parsed.environment, env);
-            let re = regex::Regex::new(&format!("^{}$", key_pattern())).unwrap();
-            prop_assert!(re.is_match(&key.full));
-        }
+        proptest! {
+            #[test]
+            fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = parse(&bytes);
+            }
 
-        #[test]
-        fn any_single_substitution_is_rejected(
-            id in base62(PUBLIC_ID_LEN),
-            secret in base62(SECRET_LEN),
-            pos in 0usize..70,
-            byte in any::<u8>(),
-        ) {
-            let key = compose("ak", Environment::Production, &id, &secret).full;
-            let mut bytes = key.clone().into_bytes();
-            let pos = pos % bytes.len();
-            prop_assume!(bytes[pos] != byte);
-            bytes[pos] = byte;
-            // CRC32 detects every single-byte change.
-            prop_assert!(parse(&bytes).is_err());
+            #[test]
+            fn composed_keys_parse_and_match_the_pattern(
+                brand in "[a-z0-9]{2,8}",
+                env in 0usize..3,
+                id in base62(PUBLIC_ID_LEN),
+                secret in base62(SECRET_LEN),
+            ) {
+                let env = Environment::ALL[env];
+                let key = compose(&brand, env, &id, &secret);
+                let parsed = parse(key.full.as_bytes()).unwrap();
+                prop_assert_eq!(parsed.prefix, key.prefix.as_str());
+                prop_assert_eq!(parsed.brand, brand.as_str());
+                prop_assert_eq!(parsed.secret, secret.as_str());
+                prop_assert_eq!(parsed.environment, env);
+                let re = regex::Regex::new(&format!("^{}$", key_pattern())).unwrap();
+                prop_assert!(re.is_match(&key.full));
+            }
+
+            #[test]
+            fn any_single_substitution_is_rejected(
+                id in base62(PUBLIC_ID_LEN),
+                secret in base62(SECRET_LEN),
+                pos in 0usize..70,
+                byte in any::<u8>(),
+            ) {
+                let key = compose("ak", Environment::Production, &id, &secret).full;
+                let mut bytes = key.clone().into_bytes();
+                let pos = pos % bytes.len();
+                prop_assume!(bytes[pos] != byte);
+                bytes[pos] = byte;
+                // CRC32 detects every single-byte change.
+                prop_assert!(parse(&bytes).is_err());
+            }
         }
     }
 }

@@ -1,0 +1,104 @@
+//! No secret and no hash in the server log: a cluster logging at `debug5` goes through
+//! issuing, verifying (right and wrong keys), login, authenticate, rotation, refusals
+//! and errors, and its log must contain no key, no secret part and no argon2 hash.
+
+mod common;
+
+use common::{cheap_hashing, forge_secret, issue, try_verify, Cluster, DB};
+
+#[test]
+fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
+    let cluster = Cluster::start_with(
+        "logs",
+        &[
+            "log_min_messages = debug5",
+            "log_min_error_statement = debug5",
+            "log_error_verbosity = verbose",
+        ],
+    );
+    let mut c = cluster.connect(DB);
+    cheap_hashing(&mut c);
+    let a = issue(
+        &mut c,
+        "'logged a', 'service', 'production', ARRAY['runs:read'], allowed_cidrs => '{10.0.0.0/8}'",
+    );
+    let b = issue(&mut c, "'logged b', 'user', 'development'");
+    let mut keys = vec![a.key.clone(), b.key.clone()];
+
+    for (key, ip, scope) in [
+        (a.key.clone(), Some("10.1.1.1"), Some("runs:read")),
+        (a.key.clone(), Some("192.0.2.1"), None),
+        (a.key.clone(), Some("10.1.1.1"), Some("runs:write")),
+        (forge_secret(&a.key), None, None),
+        (b.key.clone(), None, None),
+    ] {
+        try_verify(&mut c, &key, ip, scope).unwrap();
+    }
+    // Refusals and errors carrying keys as parameters: PT401/PT403, a bad scope.
+    let refused = [
+        ("SELECT api_keys.login($1)", forge_secret(&b.key)),
+        ("SELECT api_keys.login($1)", a.key.clone()),
+        (
+            "SELECT api_keys.login($1, '10.1.1.1') IS NOT NULL",
+            a.key.clone(),
+        ),
+    ];
+    for (sql, key) in &refused {
+        let _ = c.query(*sql, &[key]);
+    }
+    let headers = format!(r#"{{"x-api-key": "{}"}}"#, forge_secret(&a.key));
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "SELECT set_config('request.headers', $1, true)",
+        &[&headers],
+    )
+    .unwrap();
+    assert!(tx.execute("SELECT api_keys.authenticate()", &[]).is_err());
+    drop(tx);
+    let rotated: String = c
+        .query_one(
+            "SELECT key FROM api_keys.api_key_rotate($1::text::uuid)",
+            &[&b.id],
+        )
+        .unwrap()
+        .get(0);
+    keys.push(rotated);
+    assert!(c
+        .query(
+            "SELECT api_keys.api_key_revoke($1::text::uuid, NULL)",
+            &[&a.id]
+        )
+        .is_err());
+    c.execute(
+        "SELECT api_keys.api_key_revoke($1::text::uuid, 'done')",
+        &[&a.id],
+    )
+    .unwrap();
+
+    let hashes: Vec<String> = c
+        .query("SELECT secret_hash FROM api_keys.keys", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(c);
+    let log = cluster.server_log();
+    assert!(
+        log.contains("DEBUG"),
+        "the log is not at debug level, so this test would prove nothing"
+    );
+    for key in &keys {
+        let secret = &key[key.len() - 6 - 43..key.len() - 6];
+        assert!(!log.contains(key.as_str()), "a key is in the server log");
+        assert!(!log.contains(secret), "a secret is in the server log");
+    }
+    for hash in &hashes {
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        let digest = hash.rsplit('$').next().unwrap();
+        assert!(!log.contains(digest), "a hash is in the server log");
+    }
+    assert!(
+        !log.contains("$argon2id$"),
+        "an argon2 PHC string is in the server log"
+    );
+}

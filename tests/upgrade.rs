@@ -1,0 +1,134 @@
+//! Upgrades: a database created at the first release (0.1.0, `sql/api_keys--0.1.0.sql`)
+//! and brought up with `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a
+//! fresh install (definitions, privileges, comments, dump configuration), and the keys
+//! issued before the update keep verifying, before and after it.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{cheap_hashing, issue, verify, Client, Cluster, DB};
+
+/// Every member object of the extension with what defines it, one row each.
+const DESCRIBE: &str = r#"
+WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'api_keys'),
+members AS (
+    SELECT d.classid, d.objid FROM pg_depend d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+)
+SELECT pg_describe_object(m.classid, m.objid, 0)
+       || ' | comment: ' || coalesce(obj_description(m.objid, m.classid::regclass::text), '')
+       || ' | ' || coalesce(CASE m.classid
+    WHEN 'pg_proc'::regclass THEN (
+        SELECT pg_get_functiondef(p.oid) || ' acl: ' || coalesce(p.proacl::text, 'default')
+          FROM pg_proc p WHERE p.oid = m.objid)
+    WHEN 'pg_namespace'::regclass THEN (
+        SELECT 'acl: ' || coalesce(n.nspacl::text, 'default') FROM pg_namespace n WHERE n.oid = m.objid)
+    WHEN 'pg_type'::regclass THEN (
+        SELECT string_agg(e.enumlabel, ', ' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = m.objid)
+    WHEN 'pg_class'::regclass THEN (
+        SELECT concat_ws(' | ',
+            'kind: ' || c.relkind::text, 'acl: ' || coalesce(c.relacl::text, 'default'),
+            'rls: ' || c.relrowsecurity, 'options: ' || coalesce(c.reloptions::text, ''),
+            'view: ' || CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+            'columns: ' || (
+                SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                                  || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                  || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+                                  || coalesce(' acl ' || a.attacl::text, ''),
+                                  ', ' ORDER BY a.attnum)
+                  FROM pg_attribute a
+                  LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+            'constraints: ' || (
+                SELECT string_agg(co.conname || ' ' || pg_get_constraintdef(co.oid), '; ' ORDER BY co.conname)
+                  FROM pg_constraint co WHERE co.conrelid = c.oid),
+            'indexes: ' || (
+                SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+                  FROM pg_index i WHERE i.indrelid = c.oid),
+            'triggers: ' || (
+                SELECT string_agg(pg_get_triggerdef(t.oid), '; ' ORDER BY t.tgname)
+                  FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+            'policies: ' || (
+                SELECT string_agg(po.polname || ' ' || po.polcmd::text || ' '
+                                  || coalesce(pg_get_expr(po.polqual, po.polrelid), '') || ' '
+                                  || coalesce(pg_get_expr(po.polwithcheck, po.polrelid), ''),
+                                  '; ' ORDER BY po.polname)
+                  FROM pg_policy po WHERE po.polrelid = c.oid))
+          FROM pg_class c WHERE c.oid = m.objid)
+    END, '')
+  FROM members m
+UNION ALL
+SELECT 'dump configuration: '
+       || coalesce((SELECT string_agg(c::regclass::text, ', ' ORDER BY c::regclass::text)
+                      FROM unnest(extconfig) c), '')
+       || ' conditions: ' || coalesce(array_to_string(extcondition, ','), '')
+  FROM pg_extension WHERE extname = 'api_keys'
+"#;
+
+fn describe(c: &mut Client) -> BTreeSet<String> {
+    c.query(DESCRIBE, &[])
+        .expect("describing the extension")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn version(c: &mut Client) -> String {
+    c.query_one(
+        "SELECT extversion FROM pg_extension WHERE extname = 'api_keys'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn update_from_the_first_release_matches_a_fresh_install() {
+    let cluster = Cluster::start("upgrade");
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE first_release")
+        .unwrap();
+    let mut old = cluster.connect("first_release");
+    old.batch_execute("CREATE EXTENSION api_keys VERSION '0.1.0'")
+        .unwrap_or_else(|e| panic!("creating 0.1.0 with this library: {e:?}"));
+    cheap_hashing(&mut old);
+    let key = issue(
+        &mut old,
+        "'issued at 0.1.0', 'service', 'production', ARRAY['runs:read']",
+    );
+    // The 0.1.0 catalog verifies through this library's compatibility entry point.
+    let v = verify(&mut old, &key.key, None, Some("runs:read"));
+    assert_eq!(
+        (v.valid, v.reason.as_str()),
+        (true, "ok"),
+        "at 0.1.0: {v:?}"
+    );
+
+    old.batch_execute("ALTER EXTENSION api_keys UPDATE")
+        .unwrap();
+    assert_eq!(version(&mut old), env!("CARGO_PKG_VERSION"));
+    let mut after = cluster.connect("first_release");
+    let v = verify(&mut after, &key.key, None, Some("runs:read"));
+    assert_eq!(
+        (v.valid, v.reason.as_str()),
+        (true, "ok"),
+        "after the update: {v:?}"
+    );
+    assert_eq!(v.key_id.as_deref(), Some(key.id.as_str()));
+
+    let mut fresh = cluster.connect(DB);
+    assert_eq!(version(&mut fresh), env!("CARGO_PKG_VERSION"));
+    let (want, got) = (describe(&mut fresh), describe(&mut after));
+    assert!(
+        want.len() > 50,
+        "the description lists too little: {want:#?}"
+    );
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "0.1.0 + update differs from a fresh install\nonly in the fresh install:\n{missing:#?}\nonly after the update:\n{extra:#?}"
+    );
+}
