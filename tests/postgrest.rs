@@ -243,7 +243,9 @@ fn bad_keys_get_401_403_or_429_naming_the_reason() {
     );
     let mut web = postgrest(&cluster, "authenticator");
 
-    let mistyped = format!("{}x", &revoked.key[..revoked.key.len() - 1]);
+    // The last checksum character changed (to one it is not).
+    let (body, last) = revoked.key.split_at(revoked.key.len() - 1);
+    let mistyped = format!("{body}{}", if last == "x" { "y" } else { "x" });
     let cases = [
         (json!({"x-api-key": "hello"}), 401, "malformed"),
         (
