@@ -30,7 +30,7 @@ impl Context {
                 .map(|d| unsafe { varlena::text_string(d) })
                 .unwrap_or_default(),
             scopes: row
-                .scopes
+                .scopes()
                 .iter()
                 .filter_map(|s| Scope::parse(s).ok())
                 .collect(),

@@ -34,16 +34,14 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn new(sqlstate: [u8; 5], message: &str, hint: &str) -> Refusal {
+    /// `sqlstate`: five characters, such as `PT401`.
+    pub fn new(sqlstate: &str, message: &str, hint: &str) -> Refusal {
+        debug_assert_eq!(sqlstate.len(), 5, "a SQLSTATE has five characters");
         // MAKE_SQLSTATE: six bits per character, first character lowest.
-        let sqlstate = sqlstate.iter().rev().fold(0, |code, ch| {
-            (code << 6) | ((*ch as c_int - b'0' as c_int) & 0x3F)
+        let sqlstate = sqlstate.bytes().rev().fold(0, |code, ch| {
+            (code << 6) | ((ch as c_int - b'0' as c_int) & 0x3F)
         });
-        let palloc_text = |s: &str| unsafe {
-            let text = pgrx::pg_sys::palloc0(s.len() + 1).cast::<c_char>();
-            std::ptr::copy_nonoverlapping(s.as_ptr().cast(), text, s.len());
-            text
-        };
+        let palloc_text = |s: &str| unsafe { pgrx::pg_sys::pnstrdup(s.as_ptr().cast(), s.len()) };
         Refusal {
             sqlstate,
             message: palloc_text(message),

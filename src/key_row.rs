@@ -25,9 +25,8 @@ pub struct KeyRow {
     pub environment: Option<pg_sys::Datum>,
     pub status: String,
     pub expires_at: Option<pg_sys::TimestampTz>,
-    /// NULL elements (forbidden by a table constraint) are dropped: they grant nothing.
-    pub scopes: Vec<String>,
-    /// The stored `scopes` array, copied, handed back unchanged in the result.
+    /// The stored `scopes` array, copied, handed back unchanged in the result; read as
+    /// strings only when a scope is asked for (`scopes()`).
     pub scopes_datum: Option<pg_sys::Datum>,
     /// None when a rule cannot be read: fail closed.
     pub cidrs: Option<Vec<IpNet>>,
@@ -40,6 +39,17 @@ impl KeyRow {
     pub fn key_id(&self) -> [u8; 16] {
         self.id
             .map_or([0; 16], |d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
+    }
+
+    /// The key's scopes. NULL elements (forbidden by a table constraint) are dropped:
+    /// they grant nothing.
+    pub fn scopes(&self) -> Vec<String> {
+        self.scopes_datum
+            .map(|d| unsafe { varlena::text_array(d) })
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -156,7 +166,6 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
         };
         // By-reference columns are copied into the current memory context.
         let copy = |attnum: i32| get(attnum).map(|d| varlena::copy(d));
-        let scopes_datum = copy(c.scopes);
         KeyRow {
             id: get(c.id).map(|d| varlena::copy_fixed(d, 16)),
             secret_hash: get(c.secret_hash)
@@ -167,13 +176,7 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
             environment: get(c.environment),
             status: get(c.status).map(|d| enum_label(d)).unwrap_or_default(),
             expires_at: get(c.expires_at).map(|d| d.value() as pg_sys::TimestampTz),
-            scopes: scopes_datum
-                .map(|d| varlena::text_array(d))
-                .unwrap_or_default()
-                .into_iter()
-                .flatten()
-                .collect(),
-            scopes_datum,
+            scopes_datum: copy(c.scopes),
             cidrs: get(c.allowed_cidrs).and_then(|d| {
                 varlena::inet_array(d)
                     .into_iter()

@@ -122,13 +122,15 @@ fn judge_row(
         return Reason::InvalidSecret;
     }
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    // Not UTF-8: a scope nobody holds.
+    let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
+    // The array is read only when a scope is asked for, not on every call.
+    let scopes = required.map(|_| row.scopes()).unwrap_or_default();
     let state = KeyState {
         status: &row.status,
         past_expiry: row.expires_at.is_some_and(|at| at <= now),
         cidrs: row.cidrs.as_deref(),
-        scopes: &row.scopes,
+        scopes: &scopes,
     };
-    // Not UTF-8: a scope nobody holds.
-    let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
     verdict::judge(&state, client, required)
 }

@@ -36,9 +36,11 @@ pub unsafe fn key(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'static [u8] {
 
 /// An `inet` argument's address (the mask is ignored).
 pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
-    unsafe {
-        arg(fcinfo, i)
-            .and_then(|d| varlena::inet(d))
-            .and_then(|(v6, _, addr)| cidr::client(v6, &addr))
-    }
+    unsafe { arg(fcinfo, i).and_then(|d| inet_address(d)) }
+}
+
+/// The address of an `inet` datum (the mask is ignored).
+pub unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
+    let (v6, _, addr) = unsafe { varlena::inet(datum) }?;
+    cidr::client(v6, &addr)
 }

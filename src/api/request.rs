@@ -97,13 +97,13 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     let granted = context::grants(&text);
     context::with(|context| match context {
         None => Err(Refusal::new(
-            *b"PT401",
+            "PT401",
             "no API key is authenticated in this transaction",
             "Call api_keys.authenticate() or api_keys.login() first, in the same transaction.",
         )),
         Some(_) if granted => Ok(VOID),
         Some(_) => Err(Refusal::new(
-            *b"PT403",
+            "PT403",
             &format!("API key lacks scope \"{text}\""),
             "Issue or update the key with a scope that grants it.",
         )),
@@ -141,9 +141,8 @@ fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow, Refusal> {
 
 fn refusal(reason: Reason) -> Refusal {
     let status = reason.refusal_status().unwrap_or(401);
-    let sqlstate = format!("PT{status}");
     Refusal::new(
-        sqlstate.as_bytes().try_into().unwrap_or(*b"PT401"),
+        &format!("PT{status}"),
         &format!("API key rejected: {}", reason.as_str()),
         reason.hint(),
     )
@@ -174,7 +173,6 @@ fn setting(name: &CStr) -> Option<String> {
 fn peer_address() -> Option<IpAddr> {
     unsafe {
         let datum = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
-        let (v6, _, addr) = varlena::inet(datum)?;
-        crate::cidr::client(v6, &addr)
+        args::inet_address(datum)
     }
 }
