@@ -11,9 +11,10 @@ use std::ffi::CStr;
 use std::ptr;
 
 use ipnet::IpNet;
-use pgrx::pg_sys;
+use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::cidr;
+use crate::errors;
 use crate::varlena;
 
 /// The columns verification needs, copied out of the buffer page.
@@ -100,7 +101,11 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
 fn relation_oid(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
     if oid == pg_sys::InvalidOid {
-        panic!("api_keys: relation api_keys.{name:?} is missing; reinstall the extension");
+        errors::raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation api_keys.{} is missing", name.to_string_lossy()),
+            Some("The extension's objects were altered; DROP and CREATE EXTENSION api_keys, or restore them.".into()),
+        );
     }
     oid
 }

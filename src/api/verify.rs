@@ -18,6 +18,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::{args, fmgr};
+use crate::errors;
 use crate::key_row::KeyRow;
 use crate::varlena;
 use crate::verdict::Reason;
@@ -82,7 +83,11 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
         let mut desc = ptr::null_mut();
         let kind = pg_sys::get_call_result_type(fcinfo, ptr::null_mut(), &mut desc);
         if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE {
-            error!("api_key_verify must be declared to return a row");
+            errors::raise(
+                PgSqlErrorCode::ERRCODE_INVALID_FUNCTION_DEFINITION,
+                "api_key_verify must be declared to return a row".into(),
+                Some("ALTER EXTENSION api_keys UPDATE restores its declaration.".into()),
+            );
         }
         let copy = pgrx::PgMemoryContexts::TopMemoryContext
             .switch_to(|_| pg_sys::CreateTupleDescCopy(desc));
