@@ -4,14 +4,11 @@
 
 mod common;
 
-use common::{cheap_hashing, issue, stats, verify, wait_for, Client, Cluster, DB};
+use common::{
+    cheap_hashing, issue, stats, verify, wait_for, worker_pid, Client, Cluster, DB, WORKER_CONF,
+};
 use std::process::Command;
 use std::time::Duration;
-
-const WORKER_CONF: &[&str] = &[
-    "api_keys.database = 'api_keys_test'",
-    "api_keys.flush_interval = 1",
-];
 
 /// Fixed windows: wait until the current clock minute (and hour) has at least
 /// `seconds` left, so that a test counting exact admissions stays inside one window.
@@ -290,15 +287,6 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
         .unwrap()
         .get(0);
     assert_eq!(issued, 3);
-}
-
-fn worker_pid(c: &mut Client) -> Option<i32> {
-    c.query_opt(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
-        &[],
-    )
-    .unwrap()
-    .map(|r| r.get(0))
 }
 
 #[test]

@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use postgres::{Client, NoTls};
 
+pub mod load;
+
 /// The database every cluster creates, with `CREATE EXTENSION api_keys` already run.
 pub const DB: &str = "api_keys_test";
 
@@ -25,6 +27,12 @@ pub fn pg_bin() -> PathBuf {
 fn cluster_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_cluster.sh")
 }
+
+/// Settings for a cluster whose worker runs in [`DB`] and flushes every second.
+pub const WORKER_CONF: &[&str] = &[
+    "api_keys.database = 'api_keys_test'",
+    "api_keys.flush_interval = 1",
+];
 
 /// A port nobody is listening on right now (the server only uses it to name its socket,
 /// but a distinct port per cluster keeps socket and shared-memory names apart).
@@ -354,4 +362,14 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The background worker's pid, when it runs.
+pub fn worker_pid(c: &mut Client) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
+        &[],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
 }
