@@ -10,7 +10,7 @@ RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
 PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 
-.PHONY: run test bench fuzz deps install lint regress isolation pgrx-test stop psql clean
+.PHONY: run test bench fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -59,10 +59,16 @@ deps:
 
 # cargo pgrx installs the current version's script and the upgrade scripts; the install
 # script of the first release is kept in sql/ so `CREATE EXTENSION api_keys VERSION
-# '0.1.0'` works (the upgrade test starts there).
+# '0.1.0'` works (the upgrade test starts there). Any other release's install script,
+# left by an earlier install on this machine, is removed: PostgreSQL would take it
+# instead of the update chain that a database at that release really went through.
+EXT_DIR = $$($(PG_CONFIG) --sharedir)/extension
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 install:
 	cargo pgrx install --pg-config $(PG_CONFIG)
-	sudo cp sql/api_keys--0.1.0.sql $$($(PG_CONFIG) --sharedir)/extension/
+	sudo cp sql/api_keys--0.1.0.sql $(EXT_DIR)/
+	sudo find $(EXT_DIR) -name 'api_keys--*.sql' ! -name 'api_keys--*--*' \
+	    ! -name 'api_keys--0.1.0.sql' ! -name 'api_keys--$(VERSION).sql' -print -delete
 
 lint:
 	cargo fmt --check
@@ -82,13 +88,19 @@ pgrx-test:
 	cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)
 
 ## make fuzz: the parser and matcher property tests at volume (FUZZ_CASES each, default
-## 100000): key parser, scope matcher against a regex reference, CIDR matching against
+## 1000000): key parser, scope matcher against a regex reference, CIDR matching against
 ## prefix arithmetic, X-Forwarded-For against a naive reference. They are pure Rust, so
 ## a release build of the library's unit tests runs them; no cluster. Not part of make
 ## test (which runs them at proptest's default 256 cases).
-FUZZ_CASES ?= 100000
+FUZZ_CASES ?= 1000000
 fuzz: deps
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --lib proptests:: -- --test-threads 2
+
+## make reliability: the load, fault and random-input tests of make test again, with
+## their figures printed (README, Reliability). LOAD_SECS and RANDOM_BYTES_SECS shorten them.
+reliability: deps install
+	set -o pipefail; cargo test --test load --test faults --test hostile_input -- --nocapture 2>&1 | \
+	    grep -E '^(load|faults|random bytes):|^test |test result'
 
 stop:
 	-sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -m fast -w stop

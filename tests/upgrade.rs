@@ -1,7 +1,8 @@
-//! Upgrades: a database created at the first release (0.1.0, `sql/api_keys--0.1.0.sql`)
-//! and brought up with `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a
-//! fresh install (definitions, privileges, comments, dump configuration), and the keys
-//! issued before the update keep verifying, before and after it.
+//! Upgrades: a database created at any earlier release (0.1.0 from its shipped install
+//! script `sql/api_keys--0.1.0.sql`, later ones through the update chain) and brought
+//! up with `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a fresh install
+//! (definitions, privileges, comments, dump configuration), and the keys issued before
+//! the update keep verifying, before and after it.
 
 mod common;
 
@@ -86,52 +87,91 @@ fn version(c: &mut Client) -> String {
     .get(0)
 }
 
+/// Every earlier release: the `<old>` of each `sql/api_keys--<old>--<new>.sql`, so a new
+/// upgrade script brings its starting point into this test by itself.
+fn earlier_versions() -> Vec<String> {
+    let sql = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let mut versions: Vec<String> = std::fs::read_dir(sql)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            let (old, _new) = name
+                .strip_prefix("api_keys--")?
+                .strip_suffix(".sql")?
+                .split_once("--")?;
+            Some(old.to_string())
+        })
+        .collect();
+    versions.sort();
+    versions
+}
+
 #[test]
-fn update_from_the_first_release_matches_a_fresh_install() {
+fn update_from_every_earlier_release_matches_a_fresh_install() {
+    let versions = earlier_versions();
+    assert!(
+        versions.len() >= 2 && versions[0] == "0.1.0",
+        "upgrade scripts: {versions:?}"
+    );
     let cluster = Cluster::start("upgrade");
+    let mut fresh = cluster.connect(DB);
+    assert_eq!(version(&mut fresh), env!("CARGO_PKG_VERSION"));
+    let want = describe(&mut fresh);
+    assert!(
+        want.len() > 50,
+        "the description lists too little: {want:#?}"
+    );
+    for old_version in &versions {
+        update_from(&cluster, old_version, &want);
+    }
+}
+
+/// Create the extension at `old_version` (0.1.0 from its shipped install script, later
+/// ones through the update chain), issue and verify a key there, update, verify again,
+/// and compare every member object with `want`, a fresh install's description.
+fn update_from(cluster: &Cluster, old_version: &str, want: &BTreeSet<String>) {
+    let db = format!("at_{}", old_version.replace('.', "_"));
     cluster
         .connect("postgres")
-        .batch_execute("CREATE DATABASE first_release")
+        .batch_execute(&format!("CREATE DATABASE {db}"))
         .unwrap();
-    let mut old = cluster.connect("first_release");
-    old.batch_execute("CREATE EXTENSION api_keys VERSION '0.1.0'")
-        .unwrap_or_else(|e| panic!("creating 0.1.0 with this library: {e:?}"));
+    let mut old = cluster.connect(&db);
+    old.batch_execute(&format!(
+        "CREATE EXTENSION api_keys VERSION '{old_version}'"
+    ))
+    .unwrap_or_else(|e| panic!("creating {old_version} with this library: {e:?}"));
+    assert_eq!(version(&mut old), old_version);
     cheap_hashing(&mut old);
     let key = issue(
         &mut old,
-        "'issued at 0.1.0', 'service', 'production', ARRAY['runs:read']",
+        &format!("'issued at {old_version}', 'service', 'production', ARRAY['runs:read']"),
     );
-    // The 0.1.0 catalog verifies through this library's compatibility entry point.
+    // An old catalog verifies through the entry point it names (0.1.0's is a
+    // compatibility symbol of this library).
     let v = verify(&mut old, &key.key, None, Some("runs:read"));
     assert_eq!(
         (v.valid, v.reason.as_str()),
         (true, "ok"),
-        "at 0.1.0: {v:?}"
+        "at {old_version}: {v:?}"
     );
 
     old.batch_execute("ALTER EXTENSION api_keys UPDATE")
         .unwrap();
     assert_eq!(version(&mut old), env!("CARGO_PKG_VERSION"));
-    let mut after = cluster.connect("first_release");
+    let mut after = cluster.connect(&db);
     let v = verify(&mut after, &key.key, None, Some("runs:read"));
     assert_eq!(
         (v.valid, v.reason.as_str()),
         (true, "ok"),
-        "after the update: {v:?}"
+        "{old_version} after the update: {v:?}"
     );
     assert_eq!(v.key_id.as_deref(), Some(key.id.as_str()));
 
-    let mut fresh = cluster.connect(DB);
-    assert_eq!(version(&mut fresh), env!("CARGO_PKG_VERSION"));
-    let (want, got) = (describe(&mut fresh), describe(&mut after));
-    assert!(
-        want.len() > 50,
-        "the description lists too little: {want:#?}"
-    );
+    let got = describe(&mut after);
     let missing: Vec<_> = want.difference(&got).collect();
-    let extra: Vec<_> = got.difference(&want).collect();
+    let extra: Vec<_> = got.difference(want).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "0.1.0 + update differs from a fresh install\nonly in the fresh install:\n{missing:#?}\nonly after the update:\n{extra:#?}"
+        "{old_version} + update differs from a fresh install\nonly in the fresh install:\n{missing:#?}\nonly after the update:\n{extra:#?}"
     );
 }

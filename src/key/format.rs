@@ -273,13 +273,13 @@ mod tests {
                 id in base62(PUBLIC_ID_LEN),
                 secret in base62(SECRET_LEN),
                 pos in 0usize..70,
-                byte in any::<u8>(),
+                change in 1u8..=255,
             ) {
                 let key = compose("ak", Environment::Production, &id, &secret).full;
                 let mut bytes = key.clone().into_bytes();
                 let pos = pos % bytes.len();
-                prop_assume!(bytes[pos] != byte);
-                bytes[pos] = byte;
+                // Any of the 255 other byte values, with no rejected cases.
+                bytes[pos] = bytes[pos].wrapping_add(change);
                 // CRC32 detects every single-byte change.
                 prop_assert!(parse(&bytes).is_err());
             }
