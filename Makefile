@@ -64,6 +64,7 @@ deps:
 # instead of the update chain that a database at that release really went through.
 EXT_DIR = $$($(PG_CONFIG) --sharedir)/extension
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+$(if $(VERSION),,$(error could not read the version from Cargo.toml))
 install:
 	cargo pgrx install --pg-config $(PG_CONFIG)
 	sudo cp sql/api_keys--0.1.0.sql $(EXT_DIR)/
@@ -98,9 +99,10 @@ fuzz: deps
 
 ## make reliability: the load, fault and random-input tests of make test again, with
 ## their figures printed (README, Reliability). LOAD_SECS and RANDOM_BYTES_SECS shorten them.
+## The whole output is kept in target/reliability.log.
 reliability: deps install
 	set -o pipefail; cargo test --test load --test faults --test hostile_input -- --nocapture 2>&1 | \
-	    grep -E '^(load|faults|random bytes):|^test |test result'
+	    tee target/reliability.log | grep -E '^(load|faults|random bytes):|^test |test result|panicked'
 
 stop:
 	-sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -m fast -w stop

@@ -114,13 +114,45 @@ mod tests {
     mod proptests {
         use super::*;
 
+        /// (client, network, whether the network holds the client) by arithmetic on
+        /// `width`-bit numbers. The client shares the network's bits when `near` (half
+        /// the cases), so both answers are common even for long prefixes.
+        fn by_arithmetic(width: u32, a: u128, n: u128, len: u8, near: bool) -> (u128, u128, bool) {
+            let all = u128::MAX >> (128 - width);
+            let mask = if len == 0 {
+                0
+            } else {
+                (all << (width - u32::from(len))) & all
+            };
+            let a = if near { (n & mask) | (a & !mask) } else { a } & all;
+            (a, n & mask, (a & mask) == (n & mask))
+        }
+
         proptest! {
             #[test]
-            fn v4_matches_prefix_arithmetic(a in any::<u32>(), n in any::<u32>(), len in 0u8..=32) {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n & mask)), len).unwrap();
-                let expected = (a & mask) == (n & mask);
-                prop_assert_eq!(allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a)))), expected);
+            fn v4_matches_prefix_arithmetic(
+                a in any::<u32>(), n in any::<u32>(), len in 0u8..=32, near in any::<bool>(),
+            ) {
+                let (a, n, expected) = by_arithmetic(32, a.into(), n.into(), len, near);
+                let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n as u32)), len).unwrap();
+                prop_assert_eq!(allows(&[net], Some(IpAddr::V4(Ipv4Addr::from(a as u32)))), expected);
+            }
+
+            #[test]
+            fn v6_matches_prefix_arithmetic(
+                a in any::<u128>(), n in any::<u128>(), len in 0u8..=128, near in any::<bool>(),
+            ) {
+                let (a, n, expected) = by_arithmetic(128, a, n, len, near);
+                let net = IpNet::new(IpAddr::V6(Ipv6Addr::from(n)), len).unwrap();
+                prop_assert_eq!(allows(&[net], Some(IpAddr::V6(Ipv6Addr::from(a)))), expected);
+            }
+
+            #[test]
+            fn v4_rules_never_admit_v6(a in any::<u128>(), n in any::<u32>(), len in 0u8..=32) {
+                let net = IpNet::new(IpAddr::V4(Ipv4Addr::from(n)), len).unwrap().trunc();
+                // What reaches the rules is canonical: a v4-mapped address is IPv4.
+                let client = canonical(IpAddr::V6(Ipv6Addr::from(a)));
+                prop_assert!(client.is_ipv4() || !allows(&[net], Some(client)));
             }
 
             #[test]

@@ -5,9 +5,9 @@
 mod common;
 
 use common::{
-    cheap_hashing, issue, stats, verify, wait_for, worker_pid, Client, Cluster, DB, WORKER_CONF,
+    cheap_hashing, issue, kill_9, recovered, running_worker, stats, verify, wait_for, Client,
+    Cluster, DB, WORKER_CONF,
 };
-use std::process::Command;
 use std::time::Duration;
 
 /// Fixed windows: wait until the current clock minute (and hour) has at least
@@ -246,9 +246,7 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     );
     let mut c = cluster.connect_fast(DB);
     // The worker first starts before the test database exists and retries after 5 s.
-    wait_for("the worker", Duration::from_secs(30), || {
-        worker_pid(&mut c).is_some()
-    });
+    running_worker(&cluster);
     let keys: Vec<_> = (0..3)
         .map(|i| issue(&mut c, &format!("'k{i}', 'service', 'production'")))
         .collect();
@@ -294,29 +292,11 @@ fn the_worker_comes_back_after_it_is_killed() {
     let cluster = Cluster::start_with("killed", WORKER_CONF);
     let mut c = cluster.connect_fast(DB);
     let k = issue(&mut c, "'survivor', 'service', 'production'");
-    wait_for("the worker", Duration::from_secs(30), || {
-        worker_pid(&mut c).is_some()
-    });
-    let pid = worker_pid(&mut c).unwrap();
+    let pid = running_worker(&cluster);
     // SIGKILL: the postmaster treats it as a crash, resets every backend and starts over.
-    let killed = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_9(pid);
     drop(c);
-    let mut c = None;
-    wait_for(
-        "the server after the worker's crash",
-        Duration::from_secs(60),
-        || {
-            c = cluster.try_connect(DB).ok();
-            c.as_mut()
-                .and_then(worker_pid)
-                .is_some_and(|new| new != pid)
-        },
-    );
-    let mut c = c.unwrap();
+    let mut c = recovered(&cluster, pid);
     cheap_hashing(&mut c);
     assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
     wait_for_flush(&cluster);

@@ -95,6 +95,7 @@ pub fn checksum(body: &str) -> String {
 /// printing one: garbage is rejected here on every call, so this allocates nothing.
 /// (A fixed-width base62 number has one spelling, so comparing values is comparing text.)
 fn checksum_matches(body: &str, check: &str) -> bool {
+    debug_assert_eq!(check.len(), CHECKSUM_LEN);
     base62::decode(check).is_ok_and(|n| n == u128::from(crc32fast::hash(body.as_bytes())))
 }
 

@@ -87,22 +87,23 @@ impl Run {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let number = |prefix: &str| -> Option<String> {
+        // pgbench prints its summary even when the clients were cut off; a line that
+        // is missing is a pgbench this harness does not understand.
+        let number = |prefix: &str| -> String {
             output
                 .lines()
                 .find_map(|l| l.strip_prefix(prefix))
                 .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no \"{prefix}\" in pgbench's output:\n{output}"))
+                .to_string()
         };
+        let processed = number("number of transactions actually processed: ");
         Run {
             ok: out.status.success(),
-            transactions: number("number of transactions actually processed: ")
-                .and_then(|n| n.split('/').next().unwrap().parse().ok())
-                .unwrap_or(0),
-            failed: number("number of failed transactions: ")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-            tps: number("tps = ").and_then(|n| n.parse().ok()).unwrap_or(0.0),
+            // "N" with -T; "N/M" with -t.
+            transactions: processed.split('/').next().unwrap().parse().unwrap(),
+            failed: number("number of failed transactions: ").parse().unwrap(),
+            tps: number("tps = ").parse().unwrap(),
             output,
         }
     }

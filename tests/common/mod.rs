@@ -373,3 +373,40 @@ pub fn worker_pid(c: &mut Client) -> Option<i32> {
     .unwrap()
     .map(|r| r.get(0))
 }
+
+/// `kill -9 pid`.
+pub fn kill_9(pid: i32) {
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+}
+
+/// The running worker's pid, waiting for it to start.
+pub fn running_worker(cluster: &Cluster) -> i32 {
+    let mut c = cluster.connect(DB);
+    let mut pid = None;
+    wait_for("the worker", Duration::from_secs(30), || {
+        pid = worker_pid(&mut c);
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
+/// A session once the server accepts connections again (after a crash or a restart)
+/// and a worker other than `old_worker` runs.
+pub fn recovered(cluster: &Cluster, old_worker: i32) -> Client {
+    let mut c = None;
+    wait_for(
+        "the server and a new worker",
+        Duration::from_secs(60),
+        || {
+            c = cluster.try_connect(DB).ok();
+            c.as_mut()
+                .and_then(worker_pid)
+                .is_some_and(|pid| pid != old_worker)
+        },
+    );
+    c.unwrap()
+}

@@ -16,7 +16,12 @@ CREATE TABLE load.slots (
     PRIMARY KEY (client, slot)
 );
 -- One row per audit entry a committed operation must have produced.
-CREATE TABLE load.expected_audit (action text NOT NULL);
+CREATE TABLE load.expected_audit (
+    key_id uuid NOT NULL,
+    action text NOT NULL,
+    old_status api_keys.key_status,
+    new_status api_keys.key_status
+);
 
 -- A new key in a slot: issued, or rotated from `rotate_from` (grace 0: the old key is
 -- revoked).
@@ -29,10 +34,13 @@ BEGIN
         SELECT * INTO STRICT m FROM api_keys.api_key_issue(
             format('load c%s s%s', client, slot), 'service', 'production', ARRAY['runs:read'],
             rate_limit_per_minute => 1000000000, rate_limit_per_hour => 1000000000);
-        INSERT INTO load.expected_audit VALUES ('issued');
+        INSERT INTO load.expected_audit VALUES (m.id, 'issued', NULL, 'active');
     ELSE
         SELECT * INTO STRICT m FROM api_keys.api_key_rotate(rotate_from);
-        INSERT INTO load.expected_audit VALUES ('issued'), ('rotated'), ('revoked');
+        INSERT INTO load.expected_audit VALUES
+            (m.id, 'issued', NULL, 'active'),
+            (rotate_from, 'rotated', 'active', 'active'),
+            (rotate_from, 'revoked', 'active', 'revoked');
     END IF;
     INSERT INTO load.minted VALUES (m.id, m.key);
     INSERT INTO load.slots VALUES (client, slot, m.id)
@@ -79,11 +87,12 @@ BEGIN
      WHERE s.client = lifecycle.client AND s.slot = lifecycle.slot;
     SELECT k.status INTO STRICT st FROM api_keys.keys k WHERE k.id = kid;
     op := CASE
-        WHEN st = 'active' AND r <= 35 THEN 'suspend'
-        WHEN st = 'active' AND r <= 65 THEN 'update'
-        WHEN st = 'active' AND r <= 80 THEN 'rotate'
-        WHEN st = 'active' AND r <= 90 THEN 'revoke'
-        WHEN st = 'active' THEN 'expire'
+        WHEN st = 'active' AND r <= 30 THEN 'suspend'
+        WHEN st = 'active' AND r <= 55 THEN 'update'
+        WHEN st = 'active' AND r <= 70 THEN 'rotate'
+        WHEN st = 'active' AND r <= 80 THEN 'revoke'
+        WHEN st = 'active' AND r <= 90 THEN 'expire'
+        WHEN st = 'active' THEN 'delete'
         WHEN st = 'suspended' AND r <= 70 THEN 'reactivate'
         WHEN st = 'suspended' AND r <= 85 THEN 'revoke'
         WHEN st = 'suspended' THEN 'delete'
@@ -92,24 +101,24 @@ BEGIN
     CASE op
     WHEN 'suspend' THEN
         PERFORM api_keys.api_key_suspend(kid, 'load');
-        INSERT INTO load.expected_audit VALUES ('suspended');
+        INSERT INTO load.expected_audit VALUES (kid, 'suspended', st, 'suspended');
     WHEN 'update' THEN
         PERFORM api_keys.api_key_update(kid, description => gen_random_uuid()::text);
-        INSERT INTO load.expected_audit VALUES ('updated');
+        INSERT INTO load.expected_audit VALUES (kid, 'updated', st, st);
     WHEN 'rotate' THEN
         PERFORM load.mint(client, slot, kid);
     WHEN 'revoke' THEN
         PERFORM api_keys.api_key_revoke(kid, 'load');
-        INSERT INTO load.expected_audit VALUES ('revoked');
+        INSERT INTO load.expected_audit VALUES (kid, 'revoked', st, 'revoked');
     WHEN 'expire' THEN
         PERFORM api_keys.api_key_set_status(kid, 'expired');
-        INSERT INTO load.expected_audit VALUES ('expired');
+        INSERT INTO load.expected_audit VALUES (kid, 'expired', st, 'expired');
     WHEN 'reactivate' THEN
         PERFORM api_keys.api_key_reactivate(kid);
-        INSERT INTO load.expected_audit VALUES ('reactivated');
+        INSERT INTO load.expected_audit VALUES (kid, 'reactivated', st, 'active');
     WHEN 'delete' THEN
         PERFORM api_keys.api_key_delete(kid);
-        INSERT INTO load.expected_audit VALUES ('deleted');
+        INSERT INTO load.expected_audit VALUES (kid, 'deleted', st, NULL);
         PERFORM load.mint(client, slot);
     ELSE
         PERFORM load.mint(client, slot);
@@ -163,12 +172,21 @@ LANGUAGE sql STABLE AS $$
        AND NOT EXISTS (SELECT FROM api_keys.audit_log d
                         WHERE d.key_id = m.key_id AND d.action = 'deleted')
     UNION ALL
-    -- Audit entries per action are what the committed operations expected.
-    SELECT format('%s: %s audit entries, %s expected', action, coalesce(a.n, 0), coalesce(e.n, 0))
-      FROM (SELECT action, count(*) AS n FROM api_keys.audit_log GROUP BY action) a
-      FULL JOIN (SELECT action, count(*) AS n FROM load.expected_audit GROUP BY action) e
-     USING (action)
-     WHERE a.n IS DISTINCT FROM e.n
+    -- The audit entries are exactly those the committed operations expected: key,
+    -- action and both statuses, none missing, none extra.
+    (SELECT format('audit entry without a committed operation: %s %s (%s -> %s)',
+                   key_id, action, old_status, new_status)
+       FROM (SELECT key_id, action, old_status, new_status FROM api_keys.audit_log
+             EXCEPT ALL
+             SELECT key_id, action, old_status, new_status FROM load.expected_audit) extra
+      LIMIT 20)
+    UNION ALL
+    (SELECT format('committed operation without its audit entry: %s %s (%s -> %s)',
+                   key_id, action, old_status, new_status)
+       FROM (SELECT key_id, action, old_status, new_status FROM load.expected_audit
+             EXCEPT ALL
+             SELECT key_id, action, old_status, new_status FROM api_keys.audit_log) missing
+      LIMIT 20)
     UNION ALL
     -- Every stored hash is a whole argon2id PHC string.
     SELECT format('key %s has a malformed hash', k.prefix)
