@@ -31,10 +31,7 @@ fn two_minutes_of_mixed_load_at_8_clients_fail_nothing_and_keep_the_audit_exact(
     .unwrap();
     let run = Run::of(out);
 
-    assert!(run.ok, "pgbench failed:\n{}", run.output);
-    assert!(run.contract_violations().is_empty(), "{}", run.output);
-    assert_eq!(run.failed, 0, "{}", run.output);
-    assert!(run.transactions > 0, "{}", run.output);
+    run.assert_clean();
     let after = stats(&mut c);
     let problems = load::problems(&mut c);
     assert!(

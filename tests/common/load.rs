@@ -108,6 +108,14 @@ impl Run {
         }
     }
 
+    /// pgbench ran to its end, with transactions, no failed one and no broken contract.
+    pub fn assert_clean(&self) {
+        assert!(self.ok, "pgbench failed:\n{}", self.output);
+        assert!(self.contract_violations().is_empty(), "{}", self.output);
+        assert_eq!(self.failed, 0, "{}", self.output);
+        assert!(self.transactions > 0, "{}", self.output);
+    }
+
     /// Lines where a `load` function found an answer that breaks the contract.
     pub fn contract_violations(&self) -> Vec<&str> {
         self.output
