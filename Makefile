@@ -57,19 +57,21 @@ deps:
 	    cargo pgrx init --pg15 $(PG_CONFIG); \
 	fi
 
-# cargo pgrx installs the current version's script and the upgrade scripts; the install
-# script of the first release is kept in sql/ so `CREATE EXTENSION api_keys VERSION
-# '0.1.0'` works (the upgrade test starts there). Any other release's install script,
-# left by an earlier install on this machine, is removed: PostgreSQL would take it
-# instead of the update chain that a database at that release really went through.
+# cargo pgrx installs the current version's script and the upgrade scripts. The install
+# scripts of earlier releases are kept in sql/ (as each release generated them), so that
+# `CREATE EXTENSION api_keys VERSION '<old>'` builds what that release built; the
+# upgrade test starts from each. Any other install script, left by an earlier install
+# on this machine, is removed: PostgreSQL would take it instead of the real thing.
 EXT_DIR = $$($(PG_CONFIG) --sharedir)/extension
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 $(if $(VERSION),,$(error could not read the version from Cargo.toml))
+RELEASED_INSTALL_SCRIPTS := $(shell ls sql/api_keys--*.sql | grep -v -e '--.*--')
 install:
 	cargo pgrx install --pg-config $(PG_CONFIG)
-	sudo cp sql/api_keys--0.1.0.sql $(EXT_DIR)/
+	sudo cp $(RELEASED_INSTALL_SCRIPTS) $(EXT_DIR)/
 	sudo find $(EXT_DIR) -name 'api_keys--*.sql' ! -name 'api_keys--*--*' \
-	    ! -name 'api_keys--0.1.0.sql' ! -name 'api_keys--$(VERSION).sql' -print -delete
+	    $(foreach f,$(RELEASED_INSTALL_SCRIPTS),! -name '$(notdir $(f))') \
+	    ! -name 'api_keys--$(VERSION).sql' -print -delete
 
 lint:
 	cargo fmt --check

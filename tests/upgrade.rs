@@ -1,6 +1,6 @@
-//! Upgrades: a database created at any earlier release (0.1.0 from its shipped install
-//! script `sql/api_keys--0.1.0.sql`, later ones through the update chain) and brought
-//! up with `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a fresh install
+//! Upgrades: a database created at any earlier release (from that release's install
+//! script, kept as `sql/api_keys--<old>.sql`) and brought up with
+//! `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a fresh install
 //! (definitions, privileges, comments, dump configuration), and the keys issued before
 //! the update keep verifying, before and after it.
 
@@ -88,7 +88,8 @@ fn version(c: &mut Client) -> String {
 }
 
 /// Every earlier release: the `<old>` of each `sql/api_keys--<old>--<new>.sql`, so a new
-/// upgrade script brings its starting point into this test by itself.
+/// upgrade script brings its starting point into this test by itself (and fails it
+/// until that release's install script is shipped too).
 fn earlier_versions() -> Vec<String> {
     let sql = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
     let mut versions: Vec<String> = std::fs::read_dir(sql)
@@ -126,10 +127,17 @@ fn update_from_every_earlier_release_matches_a_fresh_install() {
     }
 }
 
-/// Create the extension at `old_version` (0.1.0 from its shipped install script, later
-/// ones through the update chain), issue and verify a key there, update, verify again,
-/// and compare every member object with `want`, a fresh install's description.
+/// Create the extension at `old_version` (from its install script, which must be
+/// shipped), issue and verify a key there, update, verify again, and compare every
+/// member object with `want`, a fresh install's description.
 fn update_from(cluster: &Cluster, old_version: &str, want: &BTreeSet<String>) {
+    let script = format!("sql/api_keys--{old_version}.sql");
+    assert!(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&script)
+            .exists(),
+        "{script} is not shipped: a database created at {old_version} cannot be rebuilt"
+    );
     let db = format!("at_{}", old_version.replace('.', "_"));
     cluster
         .connect("postgres")
