@@ -16,6 +16,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use crate::cidr;
 use crate::errors;
 use crate::varlena;
+use crate::verdict::KeyStatus;
 
 /// The columns verification needs, copied out of the buffer page.
 pub struct KeyRow {
@@ -24,7 +25,8 @@ pub struct KeyRow {
     pub owner: Option<pg_sys::Datum>,
     pub key_type: Option<pg_sys::Datum>,
     pub environment: Option<pg_sys::Datum>,
-    pub status: String,
+    /// None when the stored label is unknown (verification fails closed).
+    pub status: Option<KeyStatus>,
     pub expires_at: Option<pg_sys::TimestampTz>,
     /// The stored `scopes` array, copied, handed back unchanged in the result; read as
     /// strings only when a scope is asked for (`scopes()`).
@@ -179,13 +181,13 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
             owner: copy(c.owner),
             key_type: get(c.key_type),
             environment: get(c.environment),
-            status: get(c.status).map(|d| enum_label(d)).unwrap_or_default(),
+            status: get(c.status).and_then(|d| status(d)),
             expires_at: get(c.expires_at).map(|d| d.value() as pg_sys::TimestampTz),
             scopes_datum: copy(c.scopes),
             cidrs: get(c.allowed_cidrs).and_then(|d| {
                 varlena::inet_array(d)
                     .into_iter()
-                    .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, &addr)))
+                    .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))
                     .collect()
             }),
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
@@ -194,18 +196,17 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
     }
 }
 
-/// The label of an enum value (`key_status`), from the syscache.
-unsafe fn enum_label(value: pg_sys::Datum) -> String {
+/// The status an enum value (`key_status`) stands for, by its label in the syscache.
+unsafe fn status(value: pg_sys::Datum) -> Option<KeyStatus> {
     unsafe {
         let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::ENUMOID as i32, value);
         if tuple.is_null() {
-            return String::new();
+            return None;
         }
         let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_enum>(tuple);
-        let label = CStr::from_ptr((*form).enumlabel.data.as_ptr())
-            .to_string_lossy()
-            .into_owned();
+        let status =
+            KeyStatus::from_label(CStr::from_ptr((*form).enumlabel.data.as_ptr()).to_bytes());
         pg_sys::ReleaseSysCache(tuple);
-        label
+        status
     }
 }

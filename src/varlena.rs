@@ -91,21 +91,22 @@ pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
     }
 }
 
-/// An inet or cidr value's parts: (is IPv6, prefix bits, address bytes).
-pub type InetParts = (bool, u8, Vec<u8>);
+/// An inet or cidr value's parts: (is IPv6, prefix bits, address bytes), the bytes
+/// borrowed from the datum.
+pub type InetParts<'a> = (bool, u8, &'a [u8]);
 
 /// Postgres' `inet_struct`: family (PGSQL_AF_INET = 2, PGSQL_AF_INET6 = 3), bits, address.
-pub unsafe fn inet(datum: pg_sys::Datum) -> Option<InetParts> {
+pub unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
     let b = unsafe { bytes(datum) };
     match b {
-        [2, bits, addr @ ..] if addr.len() >= 4 => Some((false, *bits, addr[..4].to_vec())),
-        [3, bits, addr @ ..] if addr.len() >= 16 => Some((true, *bits, addr[..16].to_vec())),
+        [2, bits, addr @ ..] if addr.len() >= 4 => Some((false, *bits, &addr[..4])),
+        [3, bits, addr @ ..] if addr.len() >= 16 => Some((true, *bits, &addr[..16])),
         _ => None,
     }
 }
 
 /// A cidr[] datum's elements as parts; None for a NULL or unreadable element.
-pub unsafe fn inet_array(array: pg_sys::Datum) -> Vec<Option<InetParts>> {
+pub unsafe fn inet_array<'a>(array: pg_sys::Datum) -> Vec<Option<InetParts<'a>>> {
     unsafe {
         elements(array, pg_sys::CIDROID)
             .into_iter()

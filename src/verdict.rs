@@ -84,9 +84,32 @@ impl Reason {
     }
 }
 
+/// A key's `api_keys.key_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Suspended,
+    Revoked,
+    Expired,
+}
+
+impl KeyStatus {
+    /// The status an enum label names; None for one this library does not know.
+    pub fn from_label(label: &[u8]) -> Option<KeyStatus> {
+        match label {
+            b"active" => Some(Self::Active),
+            b"suspended" => Some(Self::Suspended),
+            b"revoked" => Some(Self::Revoked),
+            b"expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+
 /// What verification needs from a key row whose secret has matched.
 pub struct KeyState<'a, S: AsRef<str>> {
-    pub status: &'a str,
+    /// None when the stored label is unknown: fail closed.
+    pub status: Option<KeyStatus>,
     /// `expires_at <= now()`: expired at once, whether or not a sweep has run.
     pub past_expiry: bool,
     /// None when a stored rule does not parse: fail closed.
@@ -101,12 +124,12 @@ pub fn judge<S: AsRef<str>>(
     required_scope: Option<&str>,
 ) -> Reason {
     match key.status {
-        "revoked" => return Reason::Revoked,
-        "expired" => return Reason::Expired,
+        Some(KeyStatus::Revoked) => return Reason::Revoked,
+        Some(KeyStatus::Expired) => return Reason::Expired,
         _ if key.past_expiry => return Reason::Expired,
-        "suspended" => return Reason::Suspended,
-        "active" => {}
-        _ => return Reason::Revoked,
+        Some(KeyStatus::Suspended) => return Reason::Suspended,
+        Some(KeyStatus::Active) => {}
+        None => return Reason::Revoked,
     }
     match key.cidrs {
         Some(rules) if cidr::allows(rules, client) => {}
@@ -130,13 +153,13 @@ mod tests {
     }
 
     fn state<'a>(
-        status: &'a str,
+        status: &str,
         past: bool,
         cidrs: &'a [IpNet],
         scopes: &'a [&'a str],
     ) -> KeyState<'a, &'a str> {
         KeyState {
-            status,
+            status: KeyStatus::from_label(status.as_bytes()),
             past_expiry: past,
             cidrs: Some(cidrs),
             scopes,
@@ -212,7 +235,7 @@ mod tests {
     #[test]
     fn unparseable_rules_fail_closed() {
         let s: KeyState<'_, &str> = KeyState {
-            status: "active",
+            status: Some(KeyStatus::Active),
             past_expiry: false,
             cidrs: None,
             scopes: &[],

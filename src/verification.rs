@@ -127,7 +127,7 @@ fn judge_row(
     // The array is read only when a scope is asked for, not on every call.
     let scopes = required.map(|_| row.scopes()).unwrap_or_default();
     let state = KeyState {
-        status: &row.status,
+        status: row.status,
         past_expiry: row.expires_at.is_some_and(|at| at <= now),
         cidrs: row.cidrs.as_deref(),
         scopes: &scopes,

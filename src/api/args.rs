@@ -42,5 +42,5 @@ pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<Ip
 /// The address of an `inet` datum (the mask is ignored).
 pub unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
     let (v6, _, addr) = unsafe { varlena::inet(datum) }?;
-    cidr::client(v6, &addr)
+    cidr::client(v6, addr)
 }
