@@ -277,7 +277,9 @@ BEGIN
         UPDATE api_keys.keys SET status = 'revoked', status_reason = 'rotated to ' || fresh.prefix
          WHERE keys.id = k.id;
     ELSE
-        UPDATE api_keys.keys SET expires_at = least(k.expires_at, now() + grace)
+        -- Statement time, like every expiry check: in a transaction older than the
+        -- grace, now() + grace would already be past.
+        UPDATE api_keys.keys SET expires_at = least(k.expires_at, statement_timestamp() + grace)
          WHERE keys.id = k.id;
     END IF;
     RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
@@ -297,36 +299,32 @@ CREATE FUNCTION api_keys.api_key_update(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
-    new_scopes text[];
-    new_cidrs cidr[];
+    stored api_keys.keys;
 BEGIN
-    -- Before any validation or warning; the guard trigger checks the same on the write.
+    -- Before any validation: a terminal key says so first.
     PERFORM api_keys._check_editable(k);
-    IF scopes IS NOT NULL THEN
-        new_scopes := api_keys._check_scopes(scopes, true);
-    END IF;
-    -- The keys_guard trigger validates, normalises and warns about CIDRs on every write.
-    new_cidrs := allowed_cidrs;
-    IF (new_scopes IS DISTINCT FROM k.scopes AND new_scopes IS NOT NULL
-        OR new_cidrs IS DISTINCT FROM k.allowed_cidrs AND new_cidrs IS NOT NULL)
-       AND k.last_used_at > now() - interval '24 hours' THEN
-        RAISE WARNING 'key % was used in the last 24 hours; callers relying on its old scopes or networks may break', k.prefix
-            USING HINT = 'Check recent callers, or rotate with a grace period instead.';
-    END IF;
+    -- scopes, allowed_cidrs and expires_at are validated and normalised by the
+    -- keys_guard trigger, as on every write.
     UPDATE api_keys.keys SET
         name = CASE WHEN api_key_update.name IS NULL THEN keys.name
                     ELSE api_keys._check_name(api_key_update.name) END,
         -- '' clears the description
         description = CASE WHEN api_key_update.description IS NULL THEN keys.description
                            ELSE nullif(api_key_update.description, '') END,
-        scopes = coalesce(new_scopes, keys.scopes),
-        allowed_cidrs = coalesce(new_cidrs, keys.allowed_cidrs),
-        expires_at = CASE WHEN api_key_update.expires_at IS NULL THEN keys.expires_at
-                          ELSE api_keys._check_expiry(api_key_update.expires_at) END,
+        scopes = coalesce(api_key_update.scopes, keys.scopes),
+        allowed_cidrs = coalesce(api_key_update.allowed_cidrs, keys.allowed_cidrs),
+        expires_at = coalesce(api_key_update.expires_at, keys.expires_at),
         rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
         rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
         metadata = coalesce(api_keys._check_metadata(api_key_update.metadata), keys.metadata)
-     WHERE keys.id = k.id;
+     WHERE keys.id = k.id
+    RETURNING keys.* INTO stored;
+    -- Compared as stored: the same networks in another order are no change.
+    IF (stored.scopes, stored.allowed_cidrs) IS DISTINCT FROM (k.scopes, k.allowed_cidrs)
+       AND k.last_used_at > now() - interval '24 hours' THEN
+        RAISE WARNING 'key % was used in the last 24 hours; callers relying on its old scopes or networks may break', k.prefix
+            USING HINT = 'Check recent callers, or rotate with a grace period instead.';
+    END IF;
     RETURN api_keys._listed(k.id);
 END $$;
 
@@ -422,7 +420,7 @@ DECLARE
 BEGIN
     UPDATE api_keys.keys
        SET status = 'expired',
-           status_reason = coalesce(status_reason, 'expires_at passed')
+           status_reason = 'expires_at passed' -- not a suspension's reason
      WHERE status IN ('active', 'suspended')
        AND expires_at <= statement_timestamp();
     GET DIAGNOSTICS expired = ROW_COUNT;

@@ -274,8 +274,10 @@ BEGIN
         IF NEW.status = 'expired' AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
             NEW.expires_at := now();
         END IF;
-    ELSIF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
-        -- Ending a key goes through its status (and is audited as such), not a past date.
+    END IF;
+    -- Ending a key goes through its status (and is audited as such), not a past date,
+    -- also when the same UPDATE changes the status.
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at AND NEW.status <> 'expired' THEN
         NEW.expires_at := api_keys._check_expiry(NEW.expires_at);
     END IF;
     IF NEW.allowed_cidrs IS DISTINCT FROM OLD.allowed_cidrs THEN

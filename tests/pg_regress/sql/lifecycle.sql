@@ -169,7 +169,10 @@ SELECT valid, reason, key_id = :'n_id' AS new_id FROM api_key_verify(:'n', '10.0
 SELECT id AS g_id, key AS g FROM api_key_issue('grace', 'service', 'production') \gset
 SELECT id AS g2_id, key AS g2, expires_at IS NULL AS g2_never FROM api_key_rotate(:'g_id', '1 hour') \gset
 SELECT :'g2_never' AS new_key_never_expires;
-SELECT status, status_reason, expires_at = now() + interval '1 hour' AS expires_after_grace
+-- (grace counts from the rotating statement, which ran after this transaction began)
+SELECT status, status_reason,
+       expires_at > now() + interval '1 hour'
+       AND expires_at < statement_timestamp() + interval '1 hour' AS expires_after_grace
   FROM key_list WHERE id = :'g_id';
 SELECT rotated_from = :'g_id' AS rotated_from_old, status, expires_at FROM key_list WHERE id = :'g2_id';
 SELECT valid, reason FROM api_key_verify(:'g');
@@ -188,6 +191,9 @@ SELECT count(*) AS rotated_again FROM api_key_rotate(:'g2_id', '5 minutes');
 -- grace must be zero or positive
 SELECT regress.expect_error(format('SELECT api_keys.api_key_rotate(%L, %L)', :'h_id', '-1 minute'));
 SELECT regress.expect_error(format('SELECT api_keys.api_key_rotate(%L, NULL)', :'h_id'));
+-- a grace shorter than the transaction's age is still in the future (statement time)
+SELECT pg_sleep(0.05);
+SELECT count(*) AS rotated_late_in_a_transaction FROM api_key_rotate(:'h_id', '10 milliseconds');
 
 -- update: NULL leaves a field unchanged
 SELECT id AS u_id, prefix AS u_prefix
@@ -243,9 +249,14 @@ UPDATE keys SET last_used_at = now() - interval '1 hour' WHERE id = :'w_id';
 SELECT scopes FROM api_key_update(:'w_id', scopes => ARRAY['runs:read', 'runs:write']);
 SELECT allowed_cidrs FROM api_key_update(:'w_id', allowed_cidrs => ARRAY['10.0.0.0/8']::cidr[]);
 SELECT allowed_cidrs FROM api_key_update(:'w_id', allowed_cidrs => '{}');
--- no WARNING: other fields, or the same scopes and CIDRs again
+-- no WARNING: other fields, or the same scopes and CIDRs again (as stored: in another
+-- order, or repeated)
 SELECT name FROM api_key_update(:'w_id', name => 'still in use', expires_at => now() + interval '1 day');
 SELECT scopes, allowed_cidrs FROM api_key_update(:'w_id', scopes => ARRAY['runs:read', 'runs:write'], allowed_cidrs => '{}');
+SELECT allowed_cidrs FROM api_key_update(:'w_id', allowed_cidrs => ARRAY['10.0.0.0/8', '192.168.0.0/16']::cidr[]);
+SELECT allowed_cidrs FROM api_key_update(:'w_id', allowed_cidrs => ARRAY['192.168.0.0/16', '10.0.0.0/8', '10.0.0.0/8']::cidr[]);
+-- no WARNING when the edit is refused
+SELECT regress.expect_error(format('SELECT api_keys.api_key_update(%L, allowed_cidrs => %L)', :'w_id', '{172.16.0.0/12,NULL}'));
 -- no WARNING: last used more than 24 hours ago, or never
 UPDATE keys SET last_used_at = now() - interval '25 hours' WHERE id = :'w_id';
 SELECT scopes FROM api_key_update(:'w_id', scopes => ARRAY['runs:read']);
@@ -268,6 +279,8 @@ SELECT regress.expect_error(format('UPDATE api_keys.keys SET scopes = %L WHERE i
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = NULL WHERE id = %L', :'a_id'));
 -- a direct UPDATE cannot end a key by dating it in the past (22023), nor hold a NULL CIDR
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET expires_at = now() - interval %L WHERE id = %L', '1 day', :'a_id'));
+-- ... not even in the UPDATE that changes its status
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, expires_at = %L WHERE id = %L', 'suspended', '2000-01-01', :'a_id'));
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET allowed_cidrs = %L WHERE id = %L', '{10.0.0.0/8,NULL}', :'a_id'));
 -- a direct revoke needs a reason too (22023), like api_key_revoke
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET status = %L, status_reason = NULL WHERE id = %L', 'revoked', :'a_id'));
