@@ -43,10 +43,17 @@ fn witnesses(cluster: &Cluster, phase: i32) -> Vec<String> {
 }
 
 /// Run the mix, apply `fault` two seconds in, wait for pgbench (the fault ends its
-/// sessions), wait for the server and its worker, and check everything.
-fn under_load(cluster: &Cluster, phase: i32, what: &str, fault: impl FnOnce()) {
+/// sessions), wait for the server and its worker, and check everything, including
+/// every witness key kept so far (`kept`, which this phase adds to).
+fn under_load(
+    cluster: &Cluster,
+    phase: i32,
+    kept: &mut Vec<String>,
+    what: &str,
+    fault: impl FnOnce(),
+) {
     let worker = running_worker(cluster);
-    let kept = witnesses(cluster, phase);
+    kept.extend(witnesses(cluster, phase));
     let bench = load::spawn_pgbench(
         cluster,
         DB,
@@ -71,7 +78,7 @@ fn under_load(cluster: &Cluster, phase: i32, what: &str, fault: impl FnOnce()) {
         run.output
     );
     let mut c = recovered(cluster, worker);
-    for key in &kept {
+    for key in kept.iter() {
         let v = verify(&mut c, key, None, None);
         assert_eq!(v.reason, "ok", "{what}: a key committed before it: {v:?}");
     }
@@ -111,11 +118,13 @@ fn left_no_trace(cluster: &Cluster, id: &str) {
 fn faults_under_load_lose_no_committed_key_and_half_write_nothing() {
     let cluster = Cluster::start_with("faults", WORKER_CONF);
     drop(load::prepare(&cluster, DB, CLIENTS, SLOTS));
+    let mut kept = Vec::new();
 
     // A backend killed while api_key_issue hashes (made slow for this session only).
     under_load(
         &cluster,
         1,
+        &mut kept,
         "kill -9 of a backend inside api_key_issue",
         || {
             let mut victim = cluster.connect(DB);
@@ -165,6 +174,7 @@ fn faults_under_load_lose_no_committed_key_and_half_write_nothing() {
     under_load(
         &cluster,
         2,
+        &mut kept,
         "kill -9 of a backend before its issue commits",
         || {
             let mut victim = cluster.connect(DB);
@@ -183,11 +193,11 @@ fn faults_under_load_lose_no_committed_key_and_half_write_nothing() {
     );
     left_no_trace(&cluster, &uncommitted);
 
-    under_load(&cluster, 3, "kill -9 of the worker", || {
+    under_load(&cluster, 3, &mut kept, "kill -9 of the worker", || {
         kill_9(running_worker(&cluster));
     });
 
-    under_load(&cluster, 4, "an immediate shutdown", || {
+    under_load(&cluster, 4, &mut kept, "an immediate shutdown", || {
         cluster.restart("immediate");
     });
 }

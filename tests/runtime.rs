@@ -202,9 +202,22 @@ fn the_worker_expires_keys_and_audits_each() {
         "'short-lived', 'service', 'production', expires_at => clock_timestamp() + interval '1 second'",
     );
     let keep = issue(&mut c, "'long-lived', 'service', 'production'");
+    // Expired at once for verify, before any sweep: a REPEATABLE READ snapshot taken
+    // while the key was active keeps seeing its row unswept.
+    let mut t = c.transaction().unwrap();
+    t.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    let status: String = t
+        .query_one(
+            "SELECT status::text FROM api_keys.keys WHERE id = $1::text::uuid",
+            &[&k.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "active");
     std::thread::sleep(Duration::from_millis(1200));
-    // Expired at once for verify, before any sweep.
-    assert_eq!(verify(&mut c, &k.key, None, None).reason, "expired");
+    assert_eq!(verify(&mut t, &k.key, None, None).reason, "expired");
+    t.commit().unwrap();
     wait_for_flush(&cluster);
     let status: String = c
         .query_one(

@@ -6,6 +6,13 @@ mod common;
 
 use common::{cheap_hashing, forge_secret, issue, try_verify, Cluster, DB};
 
+/// The SQLSTATE a call raised; None when it succeeded.
+fn sqlstate<T>(result: Result<T, postgres::Error>) -> Option<String> {
+    result
+        .err()
+        .map(|e| e.code().map_or("no SQLSTATE", |c| c.code()).to_string())
+}
+
 #[test]
 fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
     let cluster = Cluster::start_with(
@@ -34,17 +41,23 @@ fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
     ] {
         try_verify(&mut c, &key, ip, scope).unwrap();
     }
-    // Refusals and errors carrying keys as parameters: PT401/PT403, a bad scope.
-    let refused = [
-        ("SELECT api_keys.login($1)", forge_secret(&b.key)),
-        ("SELECT api_keys.login($1)", a.key.clone()),
+    // Refusals and errors carrying keys as parameters (each with the SQLSTATE it must
+    // raise, so that the refusal path really ran), and one login that succeeds.
+    let logins = [
         (
-            "SELECT api_keys.login($1, '10.1.1.1') IS NOT NULL",
-            a.key.clone(),
+            "SELECT api_keys.login($1)",
+            forge_secret(&b.key),
+            Some("PT401"),
         ),
+        ("SELECT api_keys.login($1)", a.key.clone(), Some("PT403")),
+        ("SELECT api_keys.login($1, '10.1.1.1')", a.key.clone(), None),
     ];
-    for (sql, key) in &refused {
-        let _ = c.query(*sql, &[key]);
+    for (sql, key, expected) in &logins {
+        assert_eq!(
+            sqlstate(c.query(*sql, &[key])).as_deref(),
+            *expected,
+            "{sql}"
+        );
     }
     let headers = format!(r#"{{"x-api-key": "{}"}}"#, forge_secret(&a.key));
     let mut tx = c.transaction().unwrap();
@@ -53,7 +66,10 @@ fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
         &[&headers],
     )
     .unwrap();
-    assert!(tx.execute("SELECT api_keys.authenticate()", &[]).is_err());
+    assert_eq!(
+        sqlstate(tx.execute("SELECT api_keys.authenticate()", &[])).as_deref(),
+        Some("PT401")
+    );
     drop(tx);
     let rotated: String = c
         .query_one(
@@ -63,12 +79,14 @@ fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
         .unwrap()
         .get(0);
     keys.push(rotated);
-    assert!(c
-        .query(
+    assert_eq!(
+        sqlstate(c.query(
             "SELECT api_keys.api_key_revoke($1::text::uuid, NULL)",
             &[&a.id]
-        )
-        .is_err());
+        ))
+        .as_deref(),
+        Some("22023")
+    );
     c.execute(
         "SELECT api_keys.api_key_revoke($1::text::uuid, 'done')",
         &[&a.id],

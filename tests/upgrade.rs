@@ -104,6 +104,8 @@ fn earlier_versions() -> Vec<String> {
         })
         .collect();
     versions.sort();
+    // Several upgrade scripts may start from one release.
+    versions.dedup();
     versions
 }
 
