@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cheap_hashing, issue, stats, verify, Cluster};
+use common::{issue, stats, verify, with_checksum, Cluster, DB};
 use postgres::Client;
 use std::collections::HashMap;
 
@@ -24,16 +24,13 @@ fn delta(c: &mut Client, f: impl FnOnce(&mut Client)) -> HashMap<String, i64> {
 /// A key with `prefix`, a made-up secret numbered `n`, and a correct checksum: it
 /// reaches the hash check and fails it.
 fn wrong_key(prefix: &str, n: u32) -> String {
-    let body = format!("{prefix}_{n:0>43}");
-    let crc = crc32fast::hash(body.as_bytes());
-    format!("{body}{:0>6}", base62::encode(crc))
+    with_checksum(&format!("{prefix}_{n:0>43}"))
 }
 
 #[test]
 fn argon2_runs_once_per_key_and_new_sessions_are_warm() {
     let cluster = Cluster::start("memo");
-    let mut c = cluster.connect("api_keys_test");
-    cheap_hashing(&mut c);
+    let mut c = cluster.connect_fast(DB);
     let k = issue(&mut c, "'memo', 'service', 'production'");
     let d = delta(&mut c, |c| {
         for _ in 0..5 {
@@ -45,7 +42,7 @@ fn argon2_runs_once_per_key_and_new_sessions_are_warm() {
     assert_eq!(d["verify_ok"], 5, "{d:?}");
 
     // A brand-new session shares the memo: no argon2 at all.
-    let mut fresh = cluster.connect("api_keys_test");
+    let mut fresh = cluster.connect(DB);
     let d = delta(&mut c, |_| {
         assert_eq!(verify(&mut fresh, &k.key, None, None).reason, "ok");
     });
@@ -56,8 +53,7 @@ fn argon2_runs_once_per_key_and_new_sessions_are_warm() {
 #[test]
 fn garbage_costs_no_hash_and_wrong_secrets_are_remembered() {
     let cluster = Cluster::start("fails");
-    let mut c = cluster.connect("api_keys_test");
-    cheap_hashing(&mut c);
+    let mut c = cluster.connect_fast(DB);
     let k = issue(&mut c, "'fails', 'service', 'production'");
     let d = delta(&mut c, |c| {
         for input in [
@@ -92,8 +88,7 @@ fn garbage_costs_no_hash_and_wrong_secrets_are_remembered() {
 #[test]
 fn a_flood_on_one_prefix_is_throttled_while_the_real_key_keeps_working() {
     let cluster = Cluster::start("budget");
-    let mut c = cluster.connect("api_keys_test");
-    cheap_hashing(&mut c);
+    let mut c = cluster.connect_fast(DB);
     c.batch_execute("SET api_keys.argon2_budget_per_minute = 3")
         .unwrap();
     let target = issue(&mut c, "'target', 'service', 'production'");
@@ -127,8 +122,7 @@ fn a_flood_on_one_prefix_is_throttled_while_the_real_key_keeps_working() {
 #[test]
 fn a_flood_over_many_prefixes_shares_one_server_wide_allowance() {
     let cluster = Cluster::start("spread_flood");
-    let mut c = cluster.connect("api_keys_test");
-    cheap_hashing(&mut c);
+    let mut c = cluster.connect_fast(DB);
     // A per-prefix budget that would allow 20 × 50 = 1000 hashes this minute, and a
     // server-wide allowance of 1 a second for prefixes that already failed.
     c.batch_execute(
@@ -172,8 +166,7 @@ fn a_flood_over_many_prefixes_shares_one_server_wide_allowance() {
 #[test]
 fn without_preload_each_session_keeps_its_own_memo() {
     let cluster = Cluster::start_with("nomemo", &["shared_preload_libraries = ''"]);
-    let mut c = cluster.connect("api_keys_test");
-    cheap_hashing(&mut c);
+    let mut c = cluster.connect_fast(DB);
     let k = issue(&mut c, "'local', 'service', 'production'");
     let d = delta(&mut c, |c| {
         for _ in 0..3 {
@@ -183,7 +176,7 @@ fn without_preload_each_session_keeps_its_own_memo() {
     assert_eq!(d["argon2_runs"], 1, "{d:?}");
     assert_eq!(stats(&mut c)["shared_memory"], 0);
     // Another session has its own (cold) memo and its own counters, and verifies fine.
-    let mut other = cluster.connect("api_keys_test");
+    let mut other = cluster.connect(DB);
     assert_eq!(verify(&mut other, &k.key, None, None).reason, "ok");
     assert_eq!(stats(&mut other)["argon2_runs"], 1);
 }

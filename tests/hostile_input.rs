@@ -10,7 +10,7 @@ use common::{cheap_hashing, issue, stats, Cluster};
 #[test]
 fn bytes_that_are_not_utf8_are_malformed_not_errors() {
     let cluster = Cluster::start("ascii");
-    let mut admin = cluster.connect("api_keys_test");
+    let mut admin = cluster.connect(common::DB);
     admin
         .batch_execute(
             "CREATE DATABASE ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",

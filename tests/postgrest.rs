@@ -10,37 +10,30 @@ mod common;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use common::{issue, Client, Cluster, Issued, NoTls, DB};
+use common::{issue, shared_cluster, Client, Cluster, Issued, NoTls, DB};
 use postgres::IsolationLevel;
 use serde_json::{json, Value};
 
 fn shared() -> Arc<Cluster> {
     static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
-    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = slot.upgrade() {
-        return c;
-    }
-    let c = Arc::new(Cluster::start_with(
-        "pgrst",
-        &["listen_addresses = '127.0.0.1'"],
-    ));
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgrest/schema.sql");
-    c.run_tool(
-        "psql",
-        &["-X", "-q", "-d", DB, "-f", schema.to_str().unwrap()],
-    );
-    // A second authenticator, as if PostgREST sat behind a proxy on 127.0.0.1.
-    let mut admin = c.connect(DB);
-    admin
-        .batch_execute(
-            "CREATE ROLE proxied_authenticator LOGIN NOINHERIT IN ROLE web_anon; \
-             ALTER ROLE proxied_authenticator SET api_keys.trusted_proxies = '127.0.0.1'; \
-             CREATE ROLE elsewhere_authenticator LOGIN NOINHERIT IN ROLE web_anon; \
-             ALTER ROLE elsewhere_authenticator SET api_keys.trusted_proxies = '10.0.0.0/8'",
-        )
-        .unwrap();
-    *slot = Arc::downgrade(&c);
-    c
+    shared_cluster(&SHARED, || {
+        let c = Cluster::start_with("pgrst", &["listen_addresses = '127.0.0.1'"]);
+        let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgrest/schema.sql");
+        c.run_tool(
+            "psql",
+            &["-X", "-q", "-d", DB, "-f", schema.to_str().unwrap()],
+        );
+        // A second authenticator, as if PostgREST sat behind a proxy on 127.0.0.1.
+        c.connect(DB)
+            .batch_execute(
+                "CREATE ROLE proxied_authenticator LOGIN NOINHERIT IN ROLE web_anon; \
+                 ALTER ROLE proxied_authenticator SET api_keys.trusted_proxies = '127.0.0.1'; \
+                 CREATE ROLE elsewhere_authenticator LOGIN NOINHERIT IN ROLE web_anon; \
+                 ALTER ROLE elsewhere_authenticator SET api_keys.trusted_proxies = '10.0.0.0/8'",
+            )
+            .unwrap();
+        c
+    })
 }
 
 /// PostgREST's connection: TCP from 127.0.0.1, as the authenticator role.

@@ -6,19 +6,15 @@ mod common;
 
 use std::sync::{Arc, Mutex, Weak};
 
-use common::{forge_secret, issue, try_verify, verify, Client, Cluster, Issued, DB};
+use common::{
+    forge_secret, issue, shared_cluster, try_verify, verify, Client, Cluster, Issued, DB,
+};
 
 /// One cluster shared by the tests of this file that run at the same time; it stops
 /// when the last of them drops its handle.
 fn shared() -> Arc<Cluster> {
     static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
-    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = slot.upgrade() {
-        return c;
-    }
-    let c = Arc::new(Cluster::start("sess"));
-    *slot = Arc::downgrade(&c);
-    c
+    shared_cluster(&SHARED, || Cluster::start("sess"))
 }
 
 fn admin_call(c: &mut Client, sql: &str, id: &str) {

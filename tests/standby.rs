@@ -3,18 +3,14 @@
 
 mod common;
 
-use common::{issue, stats, verify, wait_for, Cluster, DB};
+use common::{
+    issue, running_worker, stats, verify, wait_for, worker_pid, Cluster, DB, WORKER_CONF,
+};
 use std::time::Duration;
 
 #[test]
 fn verify_on_a_hot_standby_sees_revocations_after_replay() {
-    let primary = Cluster::start_with(
-        "primary",
-        &[
-            "api_keys.database = 'api_keys_test'",
-            "api_keys.flush_interval = 1",
-        ],
-    );
+    let primary = Cluster::start_with("primary", WORKER_CONF);
     let mut p = primary.connect_fast(DB);
     let k = issue(
         &mut p,
@@ -63,23 +59,8 @@ fn verify_on_a_hot_standby_sees_revocations_after_replay() {
     assert_eq!(verify(&mut s, &other.key, None, None).reason, "ok");
 
     // The worker runs on the primary only; the standby has none and stays read-only.
-    let workers: i64 = s
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(workers, 0);
-    wait_for("the primary's worker", Duration::from_secs(30), || {
-        p.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-            == 1
-    });
+    assert_eq!(worker_pid(&mut s), None);
+    running_worker(&primary);
     assert!(
         !standby.server_log().contains("ERROR"),
         "{}",

@@ -313,8 +313,7 @@ pub fn issue(c: &mut impl postgres::GenericClient, args_sql: &str) -> Issued {
 /// A key with the same prefix as `key` and a different secret, with a correct checksum
 /// (CRC32 of the body, fixed-width base62): it reaches the hash check and must fail it.
 pub fn forge_secret(key: &str) -> String {
-    const CHECKSUM_LEN: usize = 6;
-    let body = &key[..key.len() - CHECKSUM_LEN];
+    let body = &key[..key.len() - 6];
     let (prefix, secret) = body.rsplit_once('_').expect("key has no secret part");
     let forged: String = secret
         .chars()
@@ -334,13 +333,29 @@ pub fn forge_secret(key: &str) -> String {
         let first = if secret.starts_with('z') { "y" } else { "z" };
         forged = format!("{first}{}", &secret[1..]);
     }
-    let new_body = format!("{prefix}_{forged}");
-    let crc = crc32fast::hash(new_body.as_bytes());
-    format!(
-        "{new_body}{:0>width$}",
-        base62::encode(crc),
-        width = CHECKSUM_LEN
-    )
+    with_checksum(&format!("{prefix}_{forged}"))
+}
+
+/// `body` followed by its checksum (CRC32 as fixed-width base62): a key that passes the
+/// format check whatever its secret.
+pub fn with_checksum(body: &str) -> String {
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{body}{:0>6}", base62::encode(crc))
+}
+
+/// One cluster for the tests of a file that run at the same time: started by `start`
+/// for the first of them, stopped when the last lets go.
+pub fn shared_cluster(
+    slot: &std::sync::Mutex<std::sync::Weak<Cluster>>,
+    start: impl FnOnce() -> Cluster,
+) -> std::sync::Arc<Cluster> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = std::sync::Arc::new(start());
+    *slot = std::sync::Arc::downgrade(&c);
+    c
 }
 
 /// `api_keys.stats()` as a map.
