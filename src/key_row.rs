@@ -7,11 +7,12 @@
 //! in read-only transactions. No privilege check happens here: `api_key_verify` is
 //! gated by EXECUTE, like a SECURITY DEFINER function would be.
 
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::ptr;
 
 use ipnet::IpNet;
-use pgrx::{pg_sys, PgSqlErrorCode};
+use pgrx::{pg_guard, pg_sys, PgSqlErrorCode};
 
 use crate::cidr;
 use crate::errors;
@@ -57,7 +58,7 @@ impl KeyRow {
 }
 
 /// Attribute numbers of the columns we read, found by name (an upgrade may add columns).
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Columns {
     id: i32,
     secret_hash: i32,
@@ -112,18 +113,87 @@ fn relation_oid(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
     oid
 }
 
+/// The key table and its prefix index as this backend last found them by name, with
+/// the table's column numbers once known: looked up once, not on every call, and
+/// forgotten whenever a relation cache invalidation may concern them (DROP or CREATE
+/// EXTENSION, ALTER TABLE, a cache reset).
+#[derive(Clone, Copy)]
+struct Relations {
+    table: pg_sys::Oid,
+    index: pg_sys::Oid,
+    columns: Option<Columns>,
+}
+
+thread_local! {
+    static RELATIONS: Cell<Option<Relations>> = const { Cell::new(None) };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if RELATIONS
+        .get()
+        .is_some_and(|r| relid == pg_sys::InvalidOid || relid == r.table || relid == r.index)
+    {
+        RELATIONS.set(None);
+    }
+}
+
+fn relations() -> Relations {
+    if let Some(known) = RELATIONS.get() {
+        return known;
+    }
+    if !WATCHING.replace(true) {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    let namespace = unsafe { pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false) };
+    let found = Relations {
+        table: relation_oid(namespace, c"keys"),
+        index: relation_oid(namespace, c"keys_prefix_key"),
+        columns: None,
+    };
+    RELATIONS.set(Some(found));
+    found
+}
+
+/// The key table and its prefix index, opened with AccessShareLock (held to the end of
+/// the transaction, as for any query), and the table's column numbers.
+unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
+    let lock = pg_sys::AccessShareLock as i32;
+    loop {
+        let known = relations();
+        let table = unsafe { pg_sys::try_relation_open(known.table, lock) };
+        // Taking the lock took in pending invalidations: is it still the table we
+        // looked up (not dropped, nor dropped and made again)?
+        let current = RELATIONS
+            .get()
+            .is_some_and(|r| (r.table, r.index) == (known.table, known.index));
+        if !table.is_null() && current {
+            unsafe {
+                // The table's lock keeps its index from being dropped meanwhile.
+                let index = pg_sys::index_open(known.index, lock);
+                let columns = known.columns.unwrap_or_else(|| {
+                    let columns = columns((*table).rd_att);
+                    RELATIONS.set(Some(Relations {
+                        columns: Some(columns),
+                        ..known
+                    }));
+                    columns
+                });
+                return (table, index, columns);
+            }
+        }
+        if !table.is_null() {
+            unsafe { pg_sys::relation_close(table, lock) };
+        }
+        RELATIONS.set(None);
+    }
+}
+
 /// The row whose prefix is `prefix`, as visible to this transaction now.
 pub fn fetch(prefix: &str) -> Option<KeyRow> {
     unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false);
-        let table = pg_sys::table_open(
-            relation_oid(namespace, c"keys"),
-            pg_sys::AccessShareLock as i32,
-        );
-        let index = pg_sys::index_open(
-            relation_oid(namespace, c"keys_prefix_key"),
-            pg_sys::AccessShareLock as i32,
-        );
+        let (table, index, columns) = open();
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
 
         let mut scan_key = pg_sys::ScanKeyData::default();
@@ -146,7 +216,7 @@ pub fn fetch(prefix: &str) -> Option<KeyRow> {
             pg_sys::ScanDirection::ForwardScanDirection,
             slot,
         ) {
-            Some(read_row(slot, &columns((*table).rd_att)))
+            Some(read_row(slot, &columns))
         } else {
             None
         };

@@ -1,6 +1,7 @@
 //! Behaviour across sessions of one server: status changes are seen at once after
-//! commit and not before, verification in read-only transactions, and the settings of
-//! a preloaded library exist in every fresh session.
+//! commit and not before, verification in read-only transactions, a warm session
+//! after the extension is dropped and created again elsewhere, and the settings of a
+//! preloaded library exist in every fresh session.
 
 mod common;
 
@@ -316,4 +317,30 @@ fn preloaded_settings_exist_in_fresh_sessions() {
         shown, "19MB",
         "known once a function has loaded the library"
     );
+}
+
+/// A session that has verified keeps the key table's oids; another session's DROP and
+/// CREATE EXTENSION must make it look them up again, not read a dropped table.
+#[test]
+fn a_warm_session_follows_the_extension_dropped_and_created_again() {
+    let cluster = Cluster::start("recreate");
+    let mut warm = cluster.connect_fast(DB);
+    let old = issue(&mut warm, "'before', 'service', 'production'");
+    assert_ok(&mut warm, &old, "before the drop");
+
+    let mut other = cluster.connect_fast(DB);
+    other
+        .batch_execute("DROP EXTENSION api_keys CASCADE; CREATE EXTENSION api_keys")
+        .unwrap();
+    let new = issue(&mut other, "'after', 'service', 'production'");
+
+    assert_ok(&mut warm, &new, "a key of the new extension");
+    assert_rejected(
+        &mut warm,
+        &old,
+        "not_found",
+        "a key of the dropped extension",
+    );
+    // And again, with the oids now cached anew.
+    assert_ok(&mut warm, &new, "a key of the new extension, again");
 }
