@@ -10,6 +10,10 @@ RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
 PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 
+# The tiers run in the order written (install before the tests that need it), also
+# under make -j.
+.NOTPARALLEL:
+
 .PHONY: run test bench fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
