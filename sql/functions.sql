@@ -1,5 +1,6 @@
 -- The SQL surface for issuing and managing keys. Every SECURITY DEFINER function pins
--- search_path; each acts for api_keys._caller(), the role that called it.
+-- search_path; each acts for api_keys._caller(), the role at the call site. The public
+-- management functions are entry points (end of this file) into their _impl_ versions.
 
 -- Field validators shared by issue and update: 22023 naming the field, with a hint.
 CREATE FUNCTION api_keys._check_name(name text) RETURNS text
@@ -42,6 +43,10 @@ DECLARE
 BEGIN
     IF allowed_cidrs IS NULL THEN
         RETURN '{}';
+    ELSIF cardinality(allowed_cidrs) > 256 THEN
+        RAISE EXCEPTION 'allowed_cidrs has % entries; a key holds at most 256', cardinality(allowed_cidrs)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits allowed_cidrs to 256 networks; a shorter prefix (e.g. 10.0.0.0/8) covers many.';
     END IF;
     FOREACH c IN ARRAY allowed_cidrs LOOP
         IF c IS NULL THEN
@@ -63,6 +68,44 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN metadata;
+END $$;
+
+-- Input bounds (README, "Input bounds"): what real keys need, with headroom, so that
+-- every key row and every audit entry of it stays small. Checked for each field that
+-- `k` sets or changes against `old` (NULL for a new key), before any costly work; rows
+-- written before the bounds existed can still change their other fields.
+CREATE FUNCTION api_keys._check_bounds(k api_keys.keys, old api_keys.keys) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF k.name IS DISTINCT FROM old.name THEN
+        PERFORM api_keys._check_length('name', k.name, 200);
+    END IF;
+    IF k.description IS DISTINCT FROM old.description THEN
+        PERFORM api_keys._check_length('description', k.description, 2000);
+    END IF;
+    IF k.owner IS DISTINCT FROM old.owner THEN
+        PERFORM api_keys._check_length('owner', k.owner, 200);
+    END IF;
+    IF k.status_reason IS DISTINCT FROM old.status_reason THEN
+        PERFORM api_keys._check_length('reason', k.status_reason, 1000);
+    END IF;
+    IF k.metadata IS DISTINCT FROM old.metadata AND octet_length(k.metadata::text) > 16384 THEN
+        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', octet_length(k.metadata::text)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits metadata to 16 KiB of JSON; keep bulky data in your own table, keyed by the key id.';
+    END IF;
+END $$;
+
+CREATE FUNCTION api_keys._check_length(field text, value text, max_characters integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- Bytes first: a huge text is refused without counting its characters.
+    IF octet_length(value) > max_characters AND
+       (octet_length(value) > 4 * max_characters OR length(value) > max_characters) THEN
+        RAISE EXCEPTION '% is too long: % bytes (at most % characters)', field, octet_length(value), max_characters
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('api_keys limits %s to %s characters.', field, max_characters);
+    END IF;
 END $$;
 
 -- The key row for a lifecycle call, locked; P0002 when it does not exist or the caller
@@ -150,18 +193,19 @@ BEGIN
     t.key_type := _issue_template.key_type;
     t.environment := _issue_template.environment;
     t.owner := coalesce(_issue_template.owner, caller);
+    t.metadata := coalesce(api_keys._check_metadata(_issue_template.metadata), '{}');
+    PERFORM api_keys._check_bounds(t, NULL);
     t.scopes := api_keys._check_scopes(_issue_template.scopes, true);
     t.allowed_cidrs := api_keys._check_cidrs(_issue_template.allowed_cidrs);
     t.expires_at := api_keys._check_expiry(_issue_template.expires_at);
     t.rate_limit_per_minute := api_keys._check_limit('rate_limit_per_minute', _issue_template.rate_limit_per_minute);
     t.rate_limit_per_hour := api_keys._check_limit('rate_limit_per_hour', _issue_template.rate_limit_per_hour);
-    t.metadata := coalesce(api_keys._check_metadata(_issue_template.metadata), '{}');
     RETURN t;
 END $$;
 
 -- SQL, not PL/pgSQL: the contract gives an input and an output column the same name
 -- (expires_at), which PL/pgSQL cannot compile.
-CREATE FUNCTION api_keys.api_key_issue(
+CREATE FUNCTION api_keys._impl_api_key_issue(
     name text,
     key_type api_keys.key_type,
     environment api_keys.environment,
@@ -203,19 +247,19 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION api_keys.api_key_suspend(key_id uuid, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT api_keys._change_status(key_id, 'suspended', reason)
 $$;
 
-CREATE FUNCTION api_keys.api_key_reactivate(key_id uuid)
+CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT api_keys._change_status(key_id, 'active', NULL)
 $$;
 
-CREATE FUNCTION api_keys.api_key_revoke(key_id uuid, reason text)
+CREATE FUNCTION api_keys._impl_api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -223,7 +267,7 @@ BEGIN
     RETURN api_keys._change_status(key_id, 'revoked', reason);
 END $$;
 
-CREATE FUNCTION api_keys.api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -233,7 +277,7 @@ BEGIN
     RETURN api_keys._change_status(key_id, status, reason);
 END $$;
 
-CREATE FUNCTION api_keys.api_key_delete(key_id uuid)
+CREATE FUNCTION api_keys._impl_api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -244,7 +288,7 @@ BEGIN
     RETURN shown;
 END $$;
 
-CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -285,7 +329,7 @@ BEGIN
     RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
 END $$;
 
-CREATE FUNCTION api_keys.api_key_update(
+CREATE FUNCTION api_keys._impl_api_key_update(
     key_id uuid,
     name text DEFAULT NULL,
     description text DEFAULT NULL,
@@ -306,17 +350,17 @@ BEGIN
     -- scopes, allowed_cidrs and expires_at are validated and normalised by the
     -- keys_guard trigger, as on every write.
     UPDATE api_keys.keys SET
-        name = CASE WHEN api_key_update.name IS NULL THEN keys.name
-                    ELSE api_keys._check_name(api_key_update.name) END,
+        name = CASE WHEN _impl_api_key_update.name IS NULL THEN keys.name
+                    ELSE api_keys._check_name(_impl_api_key_update.name) END,
         -- '' clears the description
-        description = CASE WHEN api_key_update.description IS NULL THEN keys.description
-                           ELSE nullif(api_key_update.description, '') END,
-        scopes = coalesce(api_key_update.scopes, keys.scopes),
-        allowed_cidrs = coalesce(api_key_update.allowed_cidrs, keys.allowed_cidrs),
-        expires_at = coalesce(api_key_update.expires_at, keys.expires_at),
-        rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
-        rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
-        metadata = coalesce(api_keys._check_metadata(api_key_update.metadata), keys.metadata)
+        description = CASE WHEN _impl_api_key_update.description IS NULL THEN keys.description
+                           ELSE nullif(_impl_api_key_update.description, '') END,
+        scopes = coalesce(_impl_api_key_update.scopes, keys.scopes),
+        allowed_cidrs = coalesce(_impl_api_key_update.allowed_cidrs, keys.allowed_cidrs),
+        expires_at = coalesce(_impl_api_key_update.expires_at, keys.expires_at),
+        rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', _impl_api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
+        rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', _impl_api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
+        metadata = coalesce(api_keys._check_metadata(_impl_api_key_update.metadata), keys.metadata)
      WHERE keys.id = k.id
     RETURNING keys.* INTO stored;
     -- Compared as stored: the same networks in another order are no change.
@@ -328,7 +372,7 @@ BEGIN
     RETURN api_keys._listed(k.id);
 END $$;
 
-CREATE FUNCTION api_keys.api_key_list(
+CREATE FUNCTION api_keys._impl_api_key_list(
     status api_keys.key_status DEFAULT NULL,
     environment api_keys.environment DEFAULT NULL,
     search text DEFAULT NULL,
@@ -344,9 +388,12 @@ DECLARE
         'status_reason', 'scopes', 'allowed_cidrs', 'expires_at', 'created_at', 'created_by',
         'last_used_at', 'last_used_ip', 'rotated_from', 'rate_limit_per_minute',
         'rate_limit_per_hour', 'metadata'];
-    words text[] := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
+    words text[];
     pattern text;
 BEGIN
+    PERFORM api_keys._check_length('order_by', order_by, 100);
+    PERFORM api_keys._check_length('search', search, 200);
+    words := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
     IF array_length(words, 1) NOT BETWEEN 1 AND 2 OR NOT (words[1] = ANY (sortable))
        OR coalesce(words[2], 'asc') NOT IN ('asc', 'desc') THEN
         RAISE EXCEPTION 'order_by "%" is not a column of api_keys.key_list with optional asc or desc', order_by
@@ -382,6 +429,7 @@ BEGIN
     IF resource IS NULL OR action IS NULL THEN
         RAISE EXCEPTION 'resource and action must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM api_keys._check_length('description', description, 2000);
     PERFORM api_keys._check_scopes(ARRAY[resource || ':' || action], false);
     INSERT INTO api_keys.scope_catalog AS c (resource, action, description)
     VALUES (api_key_register_scope.resource, api_key_register_scope.action, api_key_register_scope.description)
@@ -410,21 +458,131 @@ END $$;
 
 -- Records expiries that have already happened (verify treats such keys as expired at
 -- once regardless). Each key's status change goes through the guard and is audited
--- as 'expired' by the audit trigger. The background worker runs it every flush.
-CREATE FUNCTION api_keys.expire_due() RETURNS integer
+-- as 'expired' by the audit trigger. Never waits: a key a user's open transaction has
+-- locked is left for the next call (SKIP LOCKED). One key that cannot be changed does
+-- not hold up the others: when the one-statement pass fails, each key is tried in its
+-- own subtransaction and the ones that fail are returned with their errors.
+CREATE FUNCTION api_keys._expire_keys(OUT expired integer, OUT skipped uuid[], OUT errors text[])
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    due uuid;
+BEGIN
+    skipped := '{}';
+    errors := '{}';
+    BEGIN
+        WITH locked AS (
+            SELECT id FROM api_keys.keys
+             WHERE status IN ('active', 'suspended') AND expires_at <= statement_timestamp()
+               FOR UPDATE SKIP LOCKED
+        )
+        UPDATE api_keys.keys
+           SET status = 'expired',
+               status_reason = 'expires_at passed' -- not a suspension's reason
+         WHERE id IN (SELECT id FROM locked);
+        GET DIAGNOSTICS expired = ROW_COUNT;
+        RETURN;
+    EXCEPTION WHEN OTHERS THEN
+        expired := 0;
+    END;
+    FOR due IN SELECT id FROM api_keys.keys
+                WHERE status IN ('active', 'suspended') AND expires_at <= statement_timestamp()
+                  FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            UPDATE api_keys.keys SET status = 'expired', status_reason = 'expires_at passed'
+             WHERE id = due;
+            expired := expired + 1;
+        EXCEPTION WHEN OTHERS THEN
+            skipped := skipped || due;
+            errors := errors || SQLERRM;
+        END;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION api_keys._impl_expire_due() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    expired integer;
+    r record;
 BEGIN
-    UPDATE api_keys.keys
-       SET status = 'expired',
-           status_reason = 'expires_at passed' -- not a suspension's reason
-     WHERE status IN ('active', 'suspended')
-       AND expires_at <= statement_timestamp();
-    GET DIAGNOSTICS expired = ROW_COUNT;
-    RETURN expired;
+    SELECT * INTO STRICT r FROM api_keys._expire_keys();
+    FOR i IN 1 .. cardinality(r.skipped) LOOP
+        RAISE WARNING 'key % could not be marked expired: %', r.skipped[i], r.errors[i]
+            USING HINT = 'It verifies as expired all the same; the other keys were marked.';
+    END LOOP;
+    RETURN r.expired;
 END $$;
+
+-- The public management functions: each notes the role at its call site and runs its
+-- _impl_ version (src/api/as_caller.rs), so that inside anyone's SECURITY DEFINER
+-- function it acts for that function's owner, as PostgreSQL does.
+CREATE FUNCTION api_keys.api_key_issue(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[] DEFAULT ARRAY['*'],
+    description text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    owner text DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT '{}'
+) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_suspend(key_id uuid, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_reactivate(key_id uuid)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_revoke(key_id uuid, reason text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_delete(key_id uuid)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_update(
+    key_id uuid,
+    name text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes text[] DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.api_key_list(
+    status api_keys.key_status DEFAULT NULL,
+    environment api_keys.environment DEFAULT NULL,
+    search text DEFAULT NULL,
+    owner text DEFAULT NULL,
+    order_by text DEFAULT 'created_at desc',
+    page_size integer DEFAULT 50,
+    page integer DEFAULT 1
+) RETURNS SETOF api_keys.key_list
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys.expire_due() RETURNS integer
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 COMMENT ON FUNCTION api_keys.expire_due() IS
     'Marks keys past expires_at as expired (audited); returns how many.';

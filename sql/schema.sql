@@ -95,24 +95,19 @@ CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
 CREATE INDEX audit_log_key_idx ON api_keys.audit_log (key_id, at);
 CREATE INDEX audit_log_at_idx ON api_keys.audit_log (at);
 
--- The role the session acts as: SET ROLE's role, else the session user. Unlike
--- current_user it is not replaced by the owner inside SECURITY DEFINER functions, so
--- it names who called them. PostgREST switches roles with SET ROLE, so this is the
--- request's role there too.
--- Both pin search_path: the views call them with the caller's search_path in force, and
--- a caller could otherwise shadow a type or operator they use (pg_temp comes first for
--- types unless placed last).
+-- The role a call acts for: current_user at its call site, also inside the SECURITY
+-- DEFINER implementations of the management functions, which note it on entry
+-- (src/caller.rs). So inside anyone's SECURITY DEFINER function it is that function's
+-- owner, as PostgreSQL has it; under PostgREST (SET ROLE) the request's role.
+-- _caller_is_admin pins search_path: the views call it with the caller's search_path in
+-- force, and a caller could otherwise shadow a type or operator it uses (pg_temp comes
+-- first for types unless placed last).
 CREATE FUNCTION api_keys._caller() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE WHEN current_setting('role') = 'none' THEN SESSION_USER::text
-                ELSE current_setting('role')
-           END
-$$;
+LANGUAGE c STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'api_keys_caller';
 
 CREATE FUNCTION api_keys._caller_is_admin() RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_has_role(api_keys._caller()::name, 'api_keys_admin', 'MEMBER')
@@ -280,6 +275,7 @@ BEGIN
     IF NEW.expires_at IS DISTINCT FROM OLD.expires_at AND NEW.status <> 'expired' THEN
         NEW.expires_at := api_keys._check_expiry(NEW.expires_at);
     END IF;
+    PERFORM api_keys._check_bounds(NEW, OLD);
     IF NEW.allowed_cidrs IS DISTINCT FROM OLD.allowed_cidrs THEN
         NEW.allowed_cidrs := api_keys._check_cidrs(NEW.allowed_cidrs);
     END IF;
@@ -293,41 +289,83 @@ $$;
 CREATE TRIGGER keys_guard BEFORE UPDATE ON api_keys.keys
     FOR EACH ROW EXECUTE FUNCTION api_keys._keys_guard();
 
+-- An audited value. Rows written before the input bounds may hold values too large
+-- for an audit entry, or for jsonb at all: their size is recorded instead, so such a
+-- key can still be revoked, expired and edited.
+CREATE FUNCTION api_keys._audit_value(v anyelement) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bytes integer := octet_length(v::text);
+BEGIN
+    IF bytes > 65536 THEN
+        RETURN jsonb_build_object('omitted_bytes', bytes);
+    END IF;
+    RETURN to_jsonb(v);
+END
+$$;
+
+-- One edited column of an audit entry: {"<column>": {"old": ..., "new": ...}}, or '{}'
+-- when unchanged.
+CREATE FUNCTION api_keys._audit_change(col text, old_value anyelement, new_value anyelement) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN old_value IS DISTINCT FROM new_value
+                THEN jsonb_build_object(col, jsonb_build_object(
+                         'old', api_keys._audit_value(old_value), 'new', api_keys._audit_value(new_value)))
+                ELSE '{}'::jsonb
+           END
+$$;
+
 -- AFTER UPDATE/DELETE: every change is audited, whoever makes it. Inserts are audited
 -- by api_key_issue itself, so that restoring a dump does not invent 'issued' entries.
-CREATE FUNCTION api_keys._keys_audit() RETURNS trigger
+-- The trigger function is an entry point (as the management functions are) so that a
+-- direct UPDATE is audited under the role that ran it.
+CREATE FUNCTION api_keys._impl_keys_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- Usage bookkeeping and status columns are not edits; the hash is never logged.
-    quiet CONSTANT text[] := ARRAY['status', 'status_changed_at',
-                                   'last_used_at', 'last_used_ip', 'secret_hash'];
     changes jsonb;
 BEGIN
     IF TG_OP = 'DELETE' THEN
         DELETE FROM api_keys.usage WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
         PERFORM api_keys._audit('deleted', OLD, api_keys._effective_status(OLD.status, OLD.expires_at),
-                                NULL, NULL, jsonb_build_object('name', OLD.name, 'owner', OLD.owner));
+                                NULL, NULL, jsonb_build_object('name', api_keys._audit_value(OLD.name),
+                                                               'owner', api_keys._audit_value(OLD.owner)));
         RETURN OLD;
     END IF;
-    SELECT jsonb_object_agg(n.key, jsonb_build_object('old', o.value, 'new', n.value))
-      INTO changes
-      FROM jsonb_each(to_jsonb(NEW) - quiet) n
-      JOIN jsonb_each(to_jsonb(OLD) - quiet) o USING (key)
-     WHERE n.value IS DISTINCT FROM o.value;
+    -- The columns an UPDATE may change (the guard keeps the others fixed), each only
+    -- when changed. Status has its own audit columns; last use and the hash are not
+    -- edits and never logged.
+    changes := api_keys._audit_change('name', OLD.name, NEW.name)
+            || api_keys._audit_change('description', OLD.description, NEW.description)
+            || api_keys._audit_change('owner', OLD.owner, NEW.owner)
+            || api_keys._audit_change('scopes', OLD.scopes, NEW.scopes)
+            || api_keys._audit_change('allowed_cidrs', OLD.allowed_cidrs, NEW.allowed_cidrs)
+            || api_keys._audit_change('expires_at', OLD.expires_at, NEW.expires_at)
+            || api_keys._audit_change('rate_limit_per_minute', OLD.rate_limit_per_minute, NEW.rate_limit_per_minute)
+            || api_keys._audit_change('rate_limit_per_hour', OLD.rate_limit_per_hour, NEW.rate_limit_per_hour)
+            || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata);
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         -- The reason of a status change has its own column.
-        changes := nullif(changes - 'status_reason', '{}'::jsonb);
         PERFORM api_keys._audit(
             CASE NEW.status WHEN 'active' THEN 'reactivated' ELSE NEW.status::text END,
-            NEW, OLD.status, NEW.status, NEW.status_reason, changes);
-    ELSIF changes IS NOT NULL THEN
-        PERFORM api_keys._audit('updated', NEW, OLD.status, NEW.status, NULL, changes);
+            NEW, OLD.status, NEW.status, NEW.status_reason, nullif(changes, '{}'::jsonb));
+    ELSE
+        changes := changes || api_keys._audit_change('status_reason', OLD.status_reason, NEW.status_reason);
+        IF changes <> '{}'::jsonb THEN
+            PERFORM api_keys._audit('updated', NEW, OLD.status, NEW.status, NULL, changes);
+        END IF;
     END IF;
     RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION api_keys._keys_audit() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE TRIGGER keys_audit AFTER UPDATE OR DELETE ON api_keys.keys
     FOR EACH ROW EXECUTE FUNCTION api_keys._keys_audit();

@@ -1,17 +1,17 @@
 //! The request context: which key `login` or `authenticate` accepted in this
 //! transaction. It is kept in backend memory, not in a setting, so no `SET` or
 //! `set_config` by any role can forge it; transaction and savepoint callbacks end it
-//! with the transaction (see `txn_scoped`).
+//! with the transaction (see `txn_scoped`, `txn_callbacks`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use crate::key_row::KeyRow;
-use crate::scope::Scope;
-use crate::txn_scoped::TxnScoped;
+use crate::scope::{Scope, MAX_SCOPE_LEN};
+use crate::txn_callbacks;
+use crate::txn_scoped::{TxnEvent, TxnScoped};
 use crate::varlena;
 
 pub struct Context {
@@ -44,23 +44,28 @@ impl Context {
 
 thread_local! {
     static CONTEXT: RefCell<TxnScoped<Context>> = RefCell::new(TxnScoped::default());
-    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
     /// has_scope answers for the current context, by required scope text: an RLS
     /// policy asks the same few questions once per row. Emptied whenever the context
-    /// may change.
-    static ANSWERS: RefCell<HashMap<Box<str>, bool>> = RefCell::new(HashMap::new());
+    /// may change. Only texts that can be scopes are kept, so it holds at most
+    /// MAX_ANSWERS x MAX_SCOPE_LEN bytes of text (about 1 MB) whatever a session asks.
+    static ANSWERS: RefCell<HashMap<Box<[u8]>, bool>> = RefCell::new(HashMap::new());
 }
 
 /// Bounds the answers a statement with endless distinct scopes can pile up.
 const MAX_ANSWERS: usize = 4096;
 
-/// Does the current context (none: nothing) grant `required`? A text that is not a
-/// scope is granted by nothing.
-pub fn grants(required: &str) -> bool {
+/// Does the current context (none: nothing) grant `required`? Bytes that are not a
+/// scope (too long, not UTF-8, not the grammar) are granted by nothing.
+pub fn grants(required: &[u8]) -> bool {
+    if required.len() > MAX_SCOPE_LEN {
+        return false;
+    }
     if let Some(known) = ANSWERS.with_borrow(|a| a.get(required).copied()) {
         return known;
     }
-    let scope = Scope::parse(required).ok();
+    let scope = std::str::from_utf8(required)
+        .ok()
+        .and_then(|s| Scope::parse(s).ok());
     let answer = with(|c| c.zip(scope.as_ref()).is_some_and(|(c, s)| c.grants(s)));
     ANSWERS.with_borrow_mut(|a| {
         if a.len() >= MAX_ANSWERS {
@@ -78,12 +83,7 @@ fn change(f: impl FnOnce(&mut TxnScoped<Context>)) {
 
 /// Set (or, with None, clear) the context for the rest of this transaction.
 pub fn set(context: Option<Context>) {
-    if !CALLBACKS.replace(true) {
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-        }
-    }
+    txn_callbacks::register();
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     change(|c| c.set(sub, context));
 }
@@ -92,32 +92,7 @@ pub fn with<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
     CONTEXT.with_borrow(|c| f(c.get()))
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PREPARE
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PARALLEL_ABORT
-    ) {
-        change(TxnScoped::transaction_ended);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    sub: pg_sys::SubTransactionId,
-    parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::SubXactEvent::*;
-    match event {
-        SUBXACT_EVENT_ABORT_SUB => change(|c| c.subtransaction_aborted(sub)),
-        SUBXACT_EVENT_COMMIT_SUB => change(|c| c.subtransaction_committed(sub, parent)),
-        _ => {}
-    }
+/// A transaction or savepoint ended (see `txn_callbacks`).
+pub fn on_txn_event(event: TxnEvent) {
+    change(|c| c.on(event));
 }

@@ -184,14 +184,42 @@ pub fn init(preloading: bool) {
             None,
         );
     }
-    GucRegistry::define_string_guc(
-        c"api_keys.actor",
-        c"Application-level actor recorded in the audit log beside current_user.",
-        c"Set it per transaction, e.g. SET LOCAL api_keys.actor = 'jane@example.com'.",
-        &ACTOR,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: the check hook is guarded.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"api_keys.actor",
+            c"Application-level actor recorded in the audit log beside current_user (at most 200 characters).",
+            c"Set it per transaction, e.g. SET LOCAL api_keys.actor = 'jane@example.com'.",
+            &ACTOR,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_actor),
+            None,
+            None,
+        );
+    }
+}
+
+/// Longest `api_keys.actor`, in characters: it lands in every audit entry.
+const MAX_ACTOR_CHARS: usize = 200;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_actor(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { (*newval).as_ref() }.map(|p| unsafe { CStr::from_ptr(p) });
+    let chars = value.map_or(0, |v| v.to_string_lossy().chars().count());
+    if chars <= MAX_ACTOR_CHARS {
+        return true;
+    }
+    let detail = CString::new(format!(
+        "api_keys limits api_keys.actor to {MAX_ACTOR_CHARS} characters (got {chars})."
+    ))
+    .unwrap_or_default();
+    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+    false
 }
 
 #[pg_guard]

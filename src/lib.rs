@@ -1,15 +1,16 @@
 //! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
 //!
 //! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`,
-//! `key_activity`, `request_headers`, `forwarded_for`, `txn_scoped`.
+//! `key_activity`, `unwritten`, `request_headers`, `forwarded_for`, `txn_scoped`.
 //! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`,
-//! `verification`, `context`, `worker`, `api`.
+//! `verification`, `context`, `caller`, `txn_callbacks`, `worker`, `api`.
 //! Tables, views, triggers, lifecycle and grants: `sql/`.
 
 use pgrx::prelude::*;
 
 mod api;
 pub mod budget;
+mod caller;
 pub mod cidr;
 mod context;
 mod errors;
@@ -22,7 +23,9 @@ pub mod memo;
 pub mod request_headers;
 pub mod scope;
 mod shmem;
+mod txn_callbacks;
 pub mod txn_scoped;
+pub mod unwritten;
 mod varlena;
 pub mod verdict;
 mod verification;

@@ -42,7 +42,9 @@ impl Headers {
     }
 
     pub fn credential(&self, brand: &str) -> Credential {
-        if let Some(key) = self.get("x-api-key").filter(|k| !k.is_empty()) {
+        // Present, even empty or blank, is presented: a client whose key variable is
+        // unset is refused (malformed) rather than served anonymous results.
+        if let Some(key) = self.get("x-api-key") {
             return Credential::Key(key.to_owned());
         }
         self.get("authorization")
@@ -87,8 +89,16 @@ mod tests {
         assert_eq!(from_headers(None, "ak"), Ok(Credential::Anonymous));
         assert_eq!(from_headers(Some(""), "ak"), Ok(Credential::Anonymous));
         assert_eq!(from_headers(Some("{}"), "ak"), Ok(Credential::Anonymous));
-        let h = r#"{"accept":"application/json","x-api-key":"  "}"#;
+        let h = r#"{"accept":"application/json"}"#;
         assert_eq!(from_headers(Some(h), "ak"), Ok(Credential::Anonymous));
+    }
+
+    #[test]
+    fn an_empty_or_blank_x_api_key_is_presented() {
+        for blank in ["", "  ", "\t"] {
+            let h = format!(r#"{{"x-api-key":"{blank}","authorization":"Bearer ak_dev_x"}}"#);
+            assert_eq!(from_headers(Some(&h), "ak"), key(""));
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 use std::fmt;
 
-const MAX_SCOPE_LEN: usize = 200;
+/// Longest scope text, in bytes.
+pub const MAX_SCOPE_LEN: usize = 200;
+/// Most scopes one key may hold.
+pub const MAX_SCOPES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Part {

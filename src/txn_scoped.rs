@@ -64,6 +64,26 @@ impl<T> TxnScoped<T> {
         self.current = None;
         self.saved.clear();
     }
+
+    pub fn on(&mut self, event: TxnEvent) {
+        match event {
+            TxnEvent::Ended => self.transaction_ended(),
+            TxnEvent::SubAborted(sub) => self.subtransaction_aborted(sub),
+            TxnEvent::SubCommitted { sub, parent } => self.subtransaction_committed(sub, parent),
+        }
+    }
+}
+
+/// What the transaction callbacks report to every `TxnScoped` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnEvent {
+    /// Committed, aborted or prepared.
+    Ended,
+    SubAborted(SubId),
+    SubCommitted {
+        sub: SubId,
+        parent: SubId,
+    },
 }
 
 #[cfg(test)]

@@ -5,16 +5,19 @@
 //! and starts only once recovery has finished, so it never tries to write on a standby.
 //! If it dies, the postmaster starts it again.
 
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::gucs;
-use crate::key_activity::{HourUsage, LastUse};
 use crate::shmem;
+use crate::unwritten::{Unwritten, MAX_ENTRIES};
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
 pub fn register() {
@@ -50,6 +53,7 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
     let database = database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("api_keys worker started in database \"{database}\"");
+    let mut worker = Worker::default();
     loop {
         let running = BackgroundWorker::wait_latch(Some(interval()));
         if BackgroundWorker::sighup_received() {
@@ -58,36 +62,119 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
         if !running {
             // SIGTERM (clean shutdown): one last flush. Postmaster death: just go.
             if shutdown_requested() {
-                run_once();
+                worker.round();
             }
             break;
         }
-        run_once();
+        worker.round();
     }
 }
 
-/// One round: flush usage, expire keys. Usage is taken out of shared memory first, so
-/// a failed round loses at most what it took (and the worker restarts).
-fn run_once() {
-    let (usage, last) = shmem::drain_activity();
-    BackgroundWorker::transaction(|| {
+/// What the worker keeps between rounds.
+#[derive(Default)]
+struct Worker {
+    unwritten: Unwritten,
+    /// Keys whose expiry failed and was logged: each is logged once.
+    reported: HashSet<String>,
+}
+
+/// Keys not reported again, at most: beyond it the set starts afresh (a key may then
+/// be logged a second time).
+const MAX_REPORTED: usize = 10_000;
+
+impl Worker {
+    /// One round: flush usage, expire keys. A round never waits on a user's lock (rows
+    /// a user has locked wait for a later round) and an error ends the round, not the
+    /// worker: what it did not write is kept and tried again next round.
+    fn round(&mut self) {
+        let (usage, last) = shmem::drain_activity();
+        let dropped = self.unwritten.add(usage, last);
+        if dropped > 0 {
+            log!("api_keys worker: {dropped} usage counts dropped: more than {MAX_ENTRIES} wait to be written");
+        }
+        // The worker's own state is consistent at every point an error can stop it.
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
+            BackgroundWorker::transaction(AssertUnwindSafe(|| self.write()));
+            Ok(())
+        }))
+        .catch_others(|e| Err(message(&e)))
+        .execute();
+        if let Err(message) = outcome {
+            // SAFETY: the failed round's transaction is still open; end it as Postgres'
+            // own error recovery does before the next one starts.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            log!("api_keys worker: round failed, retried next round: {message}");
+        }
+        shmem::count_flush();
+    }
+
+    fn write(&mut self) {
         let installed = Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_keys')",
         );
         if installed != Ok(Some(true)) {
-            return; // nothing to maintain in this database (yet)
+            // Nothing to maintain in this database (yet); counts of another database's
+            // keys have nowhere to go.
+            self.unwritten = Unwritten::default();
+            return;
         }
+        // Triggers off for the flush (superuser-only setting): writing last use is not an
+        // edit to guard or audit, and no row's content can then fail it.
         Spi::run(
             "SET LOCAL search_path = pg_catalog, pg_temp; \
-             SET LOCAL api_keys.actor = 'api_keys worker'",
+             SET LOCAL api_keys.actor = 'api_keys worker'; \
+             SET LOCAL lock_timeout = '5s'; \
+             SET LOCAL session_replication_role = replica",
         )
         .expect("worker settings");
-        flush(&usage, &last);
-        Spi::get_one::<i32>("SELECT api_keys.expire_due()").expect("expire_due");
-    });
-    shmem::count_flush();
+        let left = flush(&self.unwritten);
+        self.unwritten.retain_keys(&left);
+        Spi::run("SET LOCAL session_replication_role = origin").expect("triggers back on");
+        self.expire();
+    }
+
+    fn expire(&mut self) {
+        // Before 0.4.0's SQL (until ALTER EXTENSION api_keys UPDATE): its expire_due().
+        let current = Spi::get_one::<bool>(
+            "SELECT pg_catalog.to_regprocedure('api_keys._expire_keys()') IS NOT NULL",
+        );
+        if current != Ok(Some(true)) {
+            Spi::get_one::<i32>("SELECT api_keys.expire_due()").expect("expire_due");
+            return;
+        }
+        let failed: Vec<(String, String)> = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT s::text, e FROM api_keys._expire_keys() x, \
+                     ROWS FROM (pg_catalog.unnest(x.skipped), pg_catalog.unnest(x.errors)) AS f(s, e)",
+                    None,
+                    &[],
+                )
+                .expect("expire keys")
+                .filter_map(|row| Some((row.get::<String>(1).ok()??, row.get::<String>(2).ok()??)))
+                .collect()
+        });
+        if self.reported.len() > MAX_REPORTED {
+            self.reported.clear();
+        }
+        for (key_id, error) in failed {
+            if self.reported.insert(key_id.clone()) {
+                log!("api_keys worker: key {key_id} could not be marked expired, skipped (it verifies as expired regardless): {error}");
+            }
+        }
+    }
 }
 
+fn message(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+    }
+}
+
+/// Write usage and last use of every key whose row no user has locked, in one
+/// statement that waits for no row lock (SKIP LOCKED); counts of keys that no longer
+/// exist go. Returns the keys it left for a later round.
 const FLUSH: &str = "\
 WITH batch AS (
     SELECT b.key_id::uuid AS key_id,
@@ -96,51 +183,76 @@ WITH batch AS (
       FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::int8[]),
                       pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::int8[]))
            AS b(key_id, hour_us, verified, rejected)
+), used AS (
+    SELECT l.key_id::uuid AS key_id,
+           pg_catalog.to_timestamp(946684800 + l.at_us / 1000000.0) AS at,
+           l.ip::inet AS ip
+      FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::int8[]),
+                      pg_catalog.unnest($7::text[])) AS l(key_id, at_us, ip)
+), wanted AS (
+    SELECT key_id FROM batch UNION SELECT key_id FROM used
+), locked AS (
+    SELECT k.id FROM api_keys.keys k
+     WHERE k.id IN (SELECT key_id FROM wanted)
+       FOR NO KEY UPDATE OF k SKIP LOCKED
 ), counted AS (
     INSERT INTO api_keys.usage AS u (key_id, hour, verified, rejected)
     SELECT b.key_id, b.hour, b.verified, b.rejected
       FROM batch b
-     WHERE EXISTS (SELECT FROM api_keys.keys k WHERE k.id OPERATOR(pg_catalog.=) b.key_id)
+     WHERE b.key_id IN (SELECT id FROM locked)
     ON CONFLICT (key_id, hour) DO UPDATE
        SET verified = u.verified OPERATOR(pg_catalog.+) EXCLUDED.verified,
            rejected = u.rejected OPERATOR(pg_catalog.+) EXCLUDED.rejected
+), touched AS (
+    UPDATE api_keys.keys k
+       SET last_used_at = l.at, last_used_ip = l.ip
+      FROM used l
+     WHERE k.id OPERATOR(pg_catalog.=) l.key_id
+       AND k.id IN (SELECT id FROM locked)
+       AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.at)
 )
-UPDATE api_keys.keys k
-   SET last_used_at = l.at, last_used_ip = l.ip
-  FROM (SELECT l.key_id::uuid AS key_id,
-               pg_catalog.to_timestamp(946684800 + l.at_us / 1000000.0) AS at,
-               l.ip::inet AS ip
-          FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::int8[]),
-                          pg_catalog.unnest($7::text[])) AS l(key_id, at_us, ip)) l
- WHERE k.id OPERATOR(pg_catalog.=) l.key_id
-   AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.at)";
+SELECT k.id::text FROM api_keys.keys k
+ WHERE k.id IN (SELECT key_id FROM wanted) AND k.id NOT IN (SELECT id FROM locked)";
 
 fn uuid_text(id: &[u8; 16]) -> String {
     pgrx::datum::Uuid::from_bytes(*id).to_string()
 }
 
-fn flush(usage: &[HourUsage], last: &[LastUse]) {
-    if usage.is_empty() && last.is_empty() {
-        return;
+fn flush(unwritten: &Unwritten) -> HashSet<[u8; 16]> {
+    if unwritten.is_empty() {
+        return HashSet::new();
     }
-    let ids: Vec<String> = usage.iter().map(|u| uuid_text(&u.key_id)).collect();
-    let hours: Vec<i64> = usage.iter().map(|u| u.hour_start).collect();
-    let verified: Vec<i64> = usage.iter().map(|u| i64::from(u.verified)).collect();
-    let rejected: Vec<i64> = usage.iter().map(|u| i64::from(u.rejected)).collect();
-    let last_ids: Vec<String> = last.iter().map(|l| uuid_text(&l.key_id)).collect();
-    let last_at: Vec<i64> = last.iter().map(|l| l.at).collect();
-    let last_ip: Vec<Option<String>> = last.iter().map(|l| l.ip.map(|ip| ip.to_string())).collect();
-    Spi::run_with_args(
-        FLUSH,
-        &[
-            ids.into(),
-            hours.into(),
-            verified.into(),
-            rejected.into(),
-            last_ids.into(),
-            last_at.into(),
-            last_ip.into(),
-        ],
-    )
-    .expect("flush usage");
+    let (mut ids, mut hours, mut verified, mut rejected) = (vec![], vec![], vec![], vec![]);
+    for (key, hour, v, r) in unwritten.usage() {
+        ids.push(uuid_text(&key));
+        hours.push(hour);
+        verified.push(v);
+        rejected.push(r);
+    }
+    let (mut last_ids, mut last_at, mut last_ip) = (vec![], vec![], vec![]);
+    for (key, at, ip) in unwritten.last_uses() {
+        last_ids.push(uuid_text(&key));
+        last_at.push(at);
+        last_ip.push(ip.map(|ip| ip.to_string()));
+    }
+    Spi::connect(|client| {
+        client
+            .select(
+                FLUSH,
+                None,
+                &[
+                    ids.into(),
+                    hours.into(),
+                    verified.into(),
+                    rejected.into(),
+                    last_ids.into(),
+                    last_at.into(),
+                    last_ip.into(),
+                ],
+            )
+            .expect("flush usage")
+            .filter_map(|row| row.get::<pgrx::datum::Uuid>(1).ok().flatten())
+            .map(|id| *id.as_bytes())
+            .collect()
+    })
 }

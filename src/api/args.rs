@@ -34,6 +34,25 @@ pub unsafe fn key(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'static [u8] {
     }
 }
 
+/// A text argument longer than the caller's limit.
+pub struct TooLong;
+
+/// A text argument's bytes, None when NULL; `TooLong` when over `max` bytes, found out
+/// without detoasting it.
+pub unsafe fn short_text<'a>(
+    fcinfo: pg_sys::FunctionCallInfo,
+    i: usize,
+    max: usize,
+) -> Result<Option<&'a [u8]>, TooLong> {
+    unsafe {
+        match arg(fcinfo, i) {
+            None => Ok(None),
+            Some(d) if varlena::raw_size(d) > max + pg_sys::VARHDRSZ => Err(TooLong),
+            Some(d) => Ok(Some(varlena::bytes(d))),
+        }
+    }
+}
+
 /// An `inet` argument's address (the mask is ignored).
 pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
     unsafe { arg(fcinfo, i).and_then(|d| inet_address(d)) }

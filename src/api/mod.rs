@@ -2,6 +2,7 @@
 //! Lifecycle, listing and audit are set-based table work and live in sql/.
 
 mod args;
+mod as_caller;
 pub(crate) mod fmgr;
 mod issue;
 mod pattern;

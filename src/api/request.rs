@@ -17,8 +17,7 @@ use crate::forwarded_for;
 use crate::gucs;
 use crate::key_row::KeyRow;
 use crate::request_headers::{Credential, Headers};
-use crate::scope::Scope;
-use crate::varlena;
+use crate::scope::{Scope, MAX_SCOPE_LEN};
 use crate::verdict::Reason;
 use crate::verification;
 
@@ -35,6 +34,12 @@ LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'api_keys_login';
 COMMENT ON FUNCTION api_keys.login(text, inet) IS
     'Verifies a key and makes it this transaction''s context; returns its id, or raises PT401/PT403/PT429.';
+
+CREATE FUNCTION api_keys.has_scope(required text) RETURNS boolean
+LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'api_keys_has_scope';
+COMMENT ON FUNCTION api_keys.has_scope(text) IS
+    'For RLS policies: does the key authenticated in this transaction grant the scope? False when none, for NULL and for any text that is not a scope.';
 
 CREATE FUNCTION api_keys.require_scope(required text) RETURNS void
 LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL RESTRICTED
@@ -89,12 +94,17 @@ unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refus
 }
 
 unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
-    let Some(text) = (unsafe { args::arg(fcinfo, 0) }).map(|d| unsafe { varlena::text_string(d) })
-    else {
-        errors::invalid_parameter("required scope must not be NULL", None)
+    let required = match unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) } {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => errors::invalid_parameter("required scope must not be NULL", None),
+        Err(args::TooLong) => errors::invalid_parameter(
+            format!("required scope is not valid: a scope is at most {MAX_SCOPE_LEN} bytes"),
+            Some(SCOPE_HINT.into()),
+        ),
     };
+    let text = String::from_utf8_lossy(required);
     check_required_scope(&text);
-    let granted = context::grants(&text);
+    let granted = context::grants(required);
     context::with(|context| match context {
         None => Err(Refusal::new(
             "PT401",
@@ -110,14 +120,38 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     })
 }
 
-/// Does the key authenticated in this transaction grant `required`? False when none,
-/// and for a text that is not a scope: a policy that builds the scope from row data
+fmgr::finfo_v1!(pg_finfo_api_keys_has_scope);
+
+/// `has_scope(required)`: does the key authenticated in this transaction grant
+/// `required`? False when none, for NULL, and for any text that is not a scope (in any
+/// server encoding): a policy that builds the scope from row data
 /// (`format('projects/%s/runs:read', project_id)`) denies an odd row instead of failing
 /// the whole query. Wrap a check that does not depend on the row as
 /// `(SELECT api_keys.has_scope('…'))` to have it evaluated once per statement.
-#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
-fn has_scope(required: &str) -> bool {
-    context::grants(required)
+///
+/// # Safety
+/// Called by the function manager with a valid `fcinfo`.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn api_keys_has_scope(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // Over MAX_SCOPE_LEN: not a scope, and never detoasted.
+    let required = unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) };
+    pg_sys::Datum::from(matches!(required, Ok(Some(r)) if context::grants(r)))
+}
+
+// The entry point 0.3.1's catalog names (STRICT there). A database still at 0.3.1
+// keeps its policies working with this library until ALTER EXTENSION api_keys UPDATE.
+fmgr::finfo_v1!(pg_finfo_has_scope_wrapper);
+
+/// # Safety
+/// Called by the function manager with a valid `fcinfo`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn has_scope_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe { api_keys_has_scope(fcinfo) }
 }
 
 /// The id of the key authenticated in this transaction, or NULL.
@@ -148,13 +182,15 @@ fn refusal(reason: Reason) -> Refusal {
     )
 }
 
+const SCOPE_HINT: &str = "A scope is \"*\" or \"<resource>:<action>\", e.g. projects/42/runs:read.";
+
 /// `require_scope` is an explicit check in code: a mistake in its scope raises 22023
 /// rather than answering PT403.
 fn check_required_scope(text: &str) {
     Scope::parse(text).unwrap_or_else(|e| {
         errors::invalid_parameter(
             format!("required scope \"{text}\" is not valid: {e}"),
-            Some("A scope is \"*\" or \"<resource>:<action>\", e.g. projects/42/runs:read.".into()),
+            Some(SCOPE_HINT.into()),
         )
     });
 }

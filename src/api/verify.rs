@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 use super::{args, fmgr};
 use crate::errors;
 use crate::key_row::KeyRow;
+use crate::scope::MAX_SCOPE_LEN;
 use crate::varlena;
 use crate::verdict::Reason;
 use crate::verification;
@@ -52,7 +53,8 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
     unsafe {
         let key = args::key(fcinfo, 0);
         let client = args::client_ip(fcinfo, 1);
-        let required_scope = args::arg(fcinfo, 2).map(|d| varlena::bytes(d));
+        // Longer than any scope: one nobody holds, found out without reading it.
+        let required_scope = args::short_text(fcinfo, 2, MAX_SCOPE_LEN).unwrap_or(Some(b"\0"));
         result_row(fcinfo, &verification::verify(key, client, required_scope))
     }
 }
