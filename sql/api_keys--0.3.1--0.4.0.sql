@@ -27,7 +27,7 @@ BEGIN
     -- Bytes first: a huge text is refused without counting its characters.
     IF octet_length(value) > max_characters AND
        (octet_length(value) > 4 * max_characters OR length(value) > max_characters) THEN
-        RAISE EXCEPTION '% is too long: % bytes (at most % characters)', field, octet_length(value), max_characters
+        RAISE EXCEPTION '% is longer than % characters', field, max_characters
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format('api_keys limits %s to %s characters.', field, max_characters);
     END IF;

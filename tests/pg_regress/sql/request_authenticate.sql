@@ -23,7 +23,8 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
--- no headers at all, and headers without a key: anonymous
+-- no headers at all, and headers without a key: anonymous; a present but empty or blank
+-- x-api-key is presented (malformed), so a client whose key variable is unset gets 401
 SELECT authenticate(), current_owner();
 SELECT label, pg_temp.request(h) AS outcome FROM (VALUES
     ('empty', ''),
@@ -32,6 +33,7 @@ SELECT label, pg_temp.request(h) AS outcome FROM (VALUES
     ('x-api-key first', format('{"x-api-key": "%s", "authorization": "Bearer %s"}', :'a', :'b')),
     ('bearer key', format('{"authorization": "Bearer %s"}', :'b')),
     ('bearer, any case', format('{"authorization": "bearer  %s"}', :'b')),
+    ('empty x-api-key', '{"x-api-key": ""}'),
     ('blank x-api-key', '{"x-api-key": "  "}'),
     ('jwt', '{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoid2ViX2Fub24ifQ.c2ln"}'),
     ('basic auth', '{"authorization": "Basic YWxhZGRpbjpvcGVuc2VzYW1l"}'),
