@@ -70,7 +70,11 @@ EXT_DIR = $$($(PG_CONFIG) --sharedir)/extension
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 $(if $(VERSION),,$(error could not read the version from Cargo.toml))
 RELEASED_INSTALL_SCRIPTS := $(shell ls sql/api_keys--*.sql | grep -v -e '--.*--')
+# The library is moved aside first, so the install writes a new file: a running server
+# keeps the one it has mapped instead of crashing on a library overwritten in place.
+PKGLIB_DIR = $$($(PG_CONFIG) --pkglibdir)
 install:
+	sudo mv -f $(PKGLIB_DIR)/api_keys.so $(PKGLIB_DIR)/api_keys.so.replaced 2>/dev/null || true
 	cargo pgrx install --pg-config $(PG_CONFIG)
 	sudo cp $(RELEASED_INSTALL_SCRIPTS) $(EXT_DIR)/
 	sudo find $(EXT_DIR) -name 'api_keys--*.sql' ! -name 'api_keys--*--*' \
