@@ -151,7 +151,10 @@ impl Worker {
                     &[],
                 )
                 .expect("expire keys")
-                .filter_map(|row| Some((row.get::<String>(1).ok()??, row.get::<String>(2).ok()??)))
+                .map(|row| {
+                    let text = |i| row.get::<String>(i).expect("text").unwrap_or_default();
+                    (text(1), text(2))
+                })
                 .collect()
         });
         if self.reported.len() > MAX_REPORTED {
@@ -211,7 +214,7 @@ WITH batch AS (
        AND k.id IN (SELECT id FROM locked)
        AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.at)
 )
-SELECT k.id::text FROM api_keys.keys k
+SELECT k.id FROM api_keys.keys k
  WHERE k.id IN (SELECT key_id FROM wanted) AND k.id NOT IN (SELECT id FROM locked)";
 
 fn uuid_text(id: &[u8; 16]) -> String {
@@ -251,8 +254,10 @@ fn flush(unwritten: &Unwritten) -> HashSet<[u8; 16]> {
                 ],
             )
             .expect("flush usage")
-            .filter_map(|row| row.get::<pgrx::datum::Uuid>(1).ok().flatten())
-            .map(|id| *id.as_bytes())
+            .map(|row| {
+                let id = row.get::<pgrx::datum::Uuid>(1).expect("a key id");
+                *id.expect("not NULL").as_bytes()
+            })
             .collect()
     })
 }
