@@ -32,8 +32,9 @@ pub struct KeyRow {
     /// The stored `scopes` array, copied, handed back unchanged in the result; read as
     /// strings only when a scope is asked for (`scopes()`).
     pub scopes_datum: Option<pg_sys::Datum>,
-    /// None when a rule cannot be read: fail closed.
-    pub cidrs: Option<Vec<IpNet>>,
+    /// The stored `allowed_cidrs` array, copied; read as rules only once the secret
+    /// matched (`cidrs()`), so a wrong secret never pays for a long list.
+    pub cidrs_datum: Option<pg_sys::Datum>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_per_hour: Option<i32>,
 }
@@ -43,6 +44,17 @@ impl KeyRow {
     pub fn key_id(&self) -> [u8; 16] {
         self.id
             .map_or([0; 16], |d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
+    }
+
+    /// The key's network rules; None when the column or a rule cannot be read (fail
+    /// closed).
+    pub fn cidrs(&self) -> Option<Vec<IpNet>> {
+        self.cidrs_datum.and_then(|d| {
+            unsafe { varlena::inet_array(d) }
+                .into_iter()
+                .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))
+                .collect()
+        })
     }
 
     /// The key's scopes. NULL elements (forbidden by a table constraint) are dropped:
@@ -254,12 +266,7 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
             status: get(c.status).and_then(|d| status(d)),
             expires_at: get(c.expires_at).map(|d| d.value() as pg_sys::TimestampTz),
             scopes_datum: copy(c.scopes),
-            cidrs: get(c.allowed_cidrs).and_then(|d| {
-                varlena::inet_array(d)
-                    .into_iter()
-                    .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))
-                    .collect()
-            }),
+            cidrs_datum: copy(c.allowed_cidrs),
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
         }

@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_blank_x_api_key_is_presented() {
-        for blank in ["", "  ", "\t"] {
+        for blank in ["", "  ", "\\t"] {
             let h = format!(r#"{{"x-api-key":"{blank}","authorization":"Bearer ak_dev_x"}}"#);
             assert_eq!(from_headers(Some(&h), "ak"), key(""));
         }

@@ -126,10 +126,11 @@ fn judge_row(
     let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));
     // The array is read only when a scope is asked for, not on every call.
     let scopes = required.map(|_| row.scopes()).unwrap_or_default();
+    let cidrs = row.cidrs();
     let state = KeyState {
         status: row.status,
         past_expiry: row.expires_at.is_some_and(|at| at <= now),
-        cidrs: row.cidrs.as_deref(),
+        cidrs: cidrs.as_deref(),
         scopes: &scopes,
     };
     verdict::judge(&state, client, required)

@@ -65,8 +65,20 @@ fmgr::refusable_entry!(
 
 const VOID: pg_sys::Datum = pg_sys::Datum::null();
 
+/// The most of `request.headers` authenticate() parses.
+const MAX_HEADERS_BYTES: usize = 1024 * 1024;
+
 unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
     let text = setting(c"request.headers");
+    if text.as_ref().is_some_and(|t| t.len() > MAX_HEADERS_BYTES) {
+        errors::invalid_parameter(
+            format!("request.headers is larger than {MAX_HEADERS_BYTES} bytes"),
+            Some(
+                "HTTP servers refuse headers far smaller; api_keys reads at most 1 MiB of them."
+                    .into(),
+            ),
+        )
+    }
     let headers = Headers::parse(text.as_deref()).unwrap_or_else(|_| {
         errors::invalid_parameter(
             "request.headers is not a JSON object",
