@@ -203,42 +203,46 @@ pub fn init(preloading: bool) {
 /// Longest `api_keys.actor`, in characters: it lands in every audit entry.
 const MAX_ACTOR_CHARS: usize = 200;
 
-#[pg_guard]
-unsafe extern "C-unwind" fn check_actor(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    let value = unsafe { (*newval).as_ref() }.map(|p| unsafe { CStr::from_ptr(p) });
-    let chars = value.map_or(0, |v| v.to_string_lossy().chars().count());
-    if chars <= MAX_ACTOR_CHARS {
-        return true;
-    }
-    let detail = CString::new(format!(
-        "api_keys limits api_keys.actor to {MAX_ACTOR_CHARS} characters (got {chars})."
-    ))
-    .unwrap_or_default();
-    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
-    false
+fn checked_actor(text: &str) -> Result<(), String> {
+    let chars = text.chars().count();
+    (chars <= MAX_ACTOR_CHARS).then_some(()).ok_or_else(|| {
+        format!("api_keys limits api_keys.actor to {MAX_ACTOR_CHARS} characters (got {chars}).")
+    })
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn check_trusted_proxies(
-    newval: *mut *mut c_char,
-    _extra: *mut *mut c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    let value = unsafe { (*newval).as_ref() }.map(|p| unsafe { CStr::from_ptr(p) });
-    let text = value.map(|v| v.to_string_lossy()).unwrap_or_default();
-    match parse_proxies(&text) {
-        Ok(_) => true,
-        Err(detail) => {
-            let detail = CString::new(detail).unwrap_or_default();
-            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
-            false
-        }
-    }
+fn checked_proxies(text: &str) -> Result<(), String> {
+    parse_proxies(text).map(|_| ())
 }
+
+/// A string setting's check hook over `check`, which says in its error why a value is
+/// refused (the DETAIL of Postgres' "invalid value for parameter", 22023).
+macro_rules! string_check_hook {
+    ($hook:ident, $check:path) => {
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $hook(
+            newval: *mut *mut c_char,
+            _extra: *mut *mut c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            // SAFETY: Postgres hands the hook the proposed value, NULL or a C string.
+            let value = unsafe { (*newval).as_ref() }.map(|p| unsafe { CStr::from_ptr(p) });
+            let text = value.map(|v| v.to_string_lossy()).unwrap_or_default();
+            match $check(&text) {
+                Ok(()) => true,
+                Err(detail) => {
+                    let detail = CString::new(detail).unwrap_or_default();
+                    // SAFETY: Postgres reads and frees the palloc'd detail after the hook.
+                    unsafe {
+                        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr())
+                    };
+                    false
+                }
+            }
+        }
+    };
+}
+string_check_hook!(check_actor, checked_actor);
+string_check_hook!(check_trusted_proxies, checked_proxies);
 
 /// `api_keys.trusted_proxies`, parsed (the check hook has refused anything else).
 pub fn trusted_proxies() -> Vec<IpNet> {
