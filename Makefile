@@ -44,6 +44,7 @@ test: deps lint install regress isolation pgrx-test
 ## make bench: pgbench against a preloaded cluster with a release build; writes
 ## tests/bench/REPORT.md (see README, Performance).
 bench: deps
+	sudo mv -f $(PKGLIB_DIR)/api_keys.so $(PKGLIB_DIR)/api_keys.so.replaced 2>/dev/null || true
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 	PATH=$(PG_BIN):$$PATH tests/bench/run.sh
 
