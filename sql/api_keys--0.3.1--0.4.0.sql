@@ -8,10 +8,10 @@
 -- * expire_due() and the worker skip keys a user has locked and keys that fail.
 -- * has_scope(): NULL and any text answer true or false, never an error.
 -- CREATE OR REPLACE keeps every existing function's oid, privileges and comment.
+
 CREATE OR REPLACE FUNCTION api_keys._caller() RETURNS text
 LANGUAGE c STABLE PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'api_keys_caller';
-
 
 CREATE OR REPLACE FUNCTION api_keys._caller_is_admin() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED
@@ -19,7 +19,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_has_role(api_keys._caller()::name, 'api_keys_admin', 'MEMBER')
 $$;
-
 
 CREATE FUNCTION api_keys._check_length(field text, value text, max_characters integer) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -33,9 +32,10 @@ BEGIN
     END IF;
 END $$;
 
-
 CREATE FUNCTION api_keys._check_bounds(k api_keys.keys, old api_keys.keys) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    metadata_bytes integer;
 BEGIN
     IF k.name IS DISTINCT FROM old.name THEN
         PERFORM api_keys._check_length('name', k.name, 200);
@@ -49,13 +49,26 @@ BEGIN
     IF k.status_reason IS DISTINCT FROM old.status_reason THEN
         PERFORM api_keys._check_length('reason', k.status_reason, 1000);
     END IF;
-    IF k.metadata IS DISTINCT FROM old.metadata AND octet_length(k.metadata::text) > 16384 THEN
-        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', octet_length(k.metadata::text)
+    IF k.metadata IS DISTINCT FROM old.metadata THEN
+        metadata_bytes := octet_length(k.metadata::text);
+    END IF;
+    IF metadata_bytes > 16384 THEN
+        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', metadata_bytes
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'api_keys limits metadata to 16 KiB of JSON; keep bulky data in your own table, keyed by the key id.';
     END IF;
 END $$;
 
+CREATE OR REPLACE FUNCTION api_keys._check_name(name text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- The bound first: a huge name is refused before it is trimmed (copied).
+    PERFORM api_keys._check_length('name', name, 200);
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN btrim(name);
+END $$;
 
 CREATE OR REPLACE FUNCTION api_keys._check_cidrs(allowed_cidrs cidr[]) RETURNS cidr[]
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -80,7 +93,6 @@ BEGIN
     END LOOP;
     RETURN ARRAY(SELECT DISTINCT x FROM unnest(allowed_cidrs) x ORDER BY x);
 END $$;
-
 
 CREATE OR REPLACE FUNCTION api_keys._issue_template(
     name text,
@@ -128,7 +140,6 @@ BEGIN
     t.rate_limit_per_hour := api_keys._check_limit('rate_limit_per_hour', _issue_template.rate_limit_per_hour);
     RETURN t;
 END $$;
-
 
 CREATE OR REPLACE FUNCTION api_keys._keys_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -183,7 +194,6 @@ BEGIN
 END
 $$;
 
-
 CREATE FUNCTION api_keys._audit_value(v anyelement) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -198,7 +208,6 @@ BEGIN
 END
 $$;
 
-
 CREATE FUNCTION api_keys._audit_change(col text, old_value anyelement, new_value anyelement) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -209,7 +218,6 @@ AS $$
                 ELSE '{}'::jsonb
            END
 $$;
-
 
 CREATE FUNCTION api_keys._impl_keys_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -252,10 +260,8 @@ BEGIN
 END
 $$;
 
-
 CREATE OR REPLACE FUNCTION api_keys._keys_audit() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'api_keys_as_caller';
-
 
 CREATE FUNCTION api_keys._impl_api_key_issue(
     name text,
@@ -277,20 +283,17 @@ AS $$
         api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11))
 $$;
 
-
 CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT api_keys._change_status(key_id, 'suspended', reason)
 $$;
 
-
 CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT api_keys._change_status(key_id, 'active', NULL)
 $$;
-
 
 CREATE FUNCTION api_keys._impl_api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
@@ -299,7 +302,6 @@ BEGIN
     PERFORM api_keys._require_reason(reason);
     RETURN api_keys._change_status(key_id, 'revoked', reason);
 END $$;
-
 
 CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
@@ -311,7 +313,6 @@ BEGIN
     RETURN api_keys._change_status(key_id, status, reason);
 END $$;
 
-
 CREATE FUNCTION api_keys._impl_api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -322,7 +323,6 @@ BEGIN
     DELETE FROM api_keys.keys WHERE id = k.id;  -- audited by the trigger
     RETURN shown;
 END $$;
-
 
 CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
@@ -364,7 +364,6 @@ BEGIN
     END IF;
     RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
 END $$;
-
 
 CREATE FUNCTION api_keys._impl_api_key_update(
     key_id uuid,
@@ -408,7 +407,6 @@ BEGIN
     END IF;
     RETURN api_keys._listed(k.id);
 END $$;
-
 
 CREATE FUNCTION api_keys._impl_api_key_list(
     status api_keys.key_status DEFAULT NULL,
@@ -458,7 +456,6 @@ BEGIN
     USING status, environment, pattern, owner, page_size, (page::bigint - 1) * page_size;
 END $$;
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_register_scope(resource text, action text, description text DEFAULT NULL)
 RETURNS api_keys.scope_catalog
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -476,7 +473,6 @@ BEGIN
     RETURNING c.* INTO entry;
     RETURN entry;
 END $$;
-
 
 CREATE FUNCTION api_keys._expire_keys(OUT expired integer, OUT skipped uuid[], OUT errors text[])
 LANGUAGE plpgsql VOLATILE
@@ -517,7 +513,6 @@ BEGIN
     END LOOP;
 END $$;
 
-
 CREATE FUNCTION api_keys._impl_expire_due() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -532,7 +527,6 @@ BEGIN
     END LOOP;
     RETURN r.expired;
 END $$;
-
 
 CREATE OR REPLACE FUNCTION api_keys.api_key_issue(
     name text,
@@ -549,36 +543,29 @@ CREATE OR REPLACE FUNCTION api_keys.api_key_issue(
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_suspend(key_id uuid, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
-
 
 CREATE OR REPLACE FUNCTION api_keys.api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
-
 
 CREATE OR REPLACE FUNCTION api_keys.api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
-
 
 CREATE OR REPLACE FUNCTION api_keys.api_key_update(
     key_id uuid,
@@ -593,7 +580,6 @@ CREATE OR REPLACE FUNCTION api_keys.api_key_update(
 ) RETURNS api_keys.key_list
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.api_key_list(
     status api_keys.key_status DEFAULT NULL,
     environment api_keys.environment DEFAULT NULL,
@@ -605,17 +591,14 @@ CREATE OR REPLACE FUNCTION api_keys.api_key_list(
 ) RETURNS SETOF api_keys.key_list
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-
 CREATE OR REPLACE FUNCTION api_keys.expire_due() RETURNS integer
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
-
 
 CREATE OR REPLACE FUNCTION api_keys.has_scope(required text) RETURNS boolean
 LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'api_keys_has_scope';
 COMMENT ON FUNCTION api_keys.has_scope(text) IS
     'For RLS policies: does the key authenticated in this transaction grant the scope? False when none, for NULL and for any text that is not a scope.';
-
 
 -- New functions are for the extension's own use only, as in a fresh install.
 REVOKE ALL ON FUNCTION

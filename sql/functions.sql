@@ -6,6 +6,8 @@
 CREATE FUNCTION api_keys._check_name(name text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- The bound first: a huge name is refused before it is trimmed (copied).
+    PERFORM api_keys._check_length('name', name, 200);
     IF name IS NULL OR btrim(name) = '' THEN
         RAISE EXCEPTION 'name must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -76,6 +78,8 @@ END $$;
 -- written before the bounds existed can still change their other fields.
 CREATE FUNCTION api_keys._check_bounds(k api_keys.keys, old api_keys.keys) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    metadata_bytes integer;
 BEGIN
     IF k.name IS DISTINCT FROM old.name THEN
         PERFORM api_keys._check_length('name', k.name, 200);
@@ -89,8 +93,11 @@ BEGIN
     IF k.status_reason IS DISTINCT FROM old.status_reason THEN
         PERFORM api_keys._check_length('reason', k.status_reason, 1000);
     END IF;
-    IF k.metadata IS DISTINCT FROM old.metadata AND octet_length(k.metadata::text) > 16384 THEN
-        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', octet_length(k.metadata::text)
+    IF k.metadata IS DISTINCT FROM old.metadata THEN
+        metadata_bytes := octet_length(k.metadata::text);
+    END IF;
+    IF metadata_bytes > 16384 THEN
+        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', metadata_bytes
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'api_keys limits metadata to 16 KiB of JSON; keep bulky data in your own table, keyed by the key id.';
     END IF;

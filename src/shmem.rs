@@ -48,6 +48,8 @@ struct Counters {
 struct Header {
     counters: Counters,
     argon2_running: AtomicU32,
+    /// When a verification last waited for an argon2 slot (µs): issuing yields to it.
+    verifier_waiting_at: AtomicI64,
     /// The server-wide allowance of `budget` (GCRA state); guarded by the budget lock.
     after_failure_tat: AtomicI64,
     memo_slots: usize,
@@ -339,20 +341,43 @@ pub fn count_flush() {
     bump(|c| &c.flushes);
 }
 
+/// What an argon2 computation is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Argon2For {
+    Verifying,
+    /// Hashing a new secret (issue, rotate): yields to waiting verifications, so that
+    /// issuing in bulk delays a verification by at most the hashes already running.
+    Issuing,
+}
+
+/// How recently a verification must have waited for issuing to yield: a waiting one
+/// looks again every millisecond.
+const VERIFIER_WAITING_US: i64 = 10_000;
+
 /// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others
 /// run server-wide. The wait answers cancel requests; the computation itself calls no
 /// Postgres function, so the slot is always given back.
-pub fn argon2<R>(compute: impl FnOnce() -> R) -> R {
+pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
     bump(|c| &c.argon2_runs);
     let Some(header) = shared() else {
         return compute();
     };
     let cap = gucs::MAX_CONCURRENT_ARGON2.get().max(1) as u32;
     let running = &header.argon2_running;
-    while running
-        .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
-        .is_err()
-    {
+    loop {
+        let now = now();
+        let yields = purpose == Argon2For::Issuing
+            && now - header.verifier_waiting_at.load(Relaxed) < VERIFIER_WAITING_US;
+        if !yields
+            && running
+                .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+                .is_ok()
+        {
+            break;
+        }
+        if purpose == Argon2For::Verifying {
+            header.verifier_waiting_at.store(now, Relaxed);
+        }
         unsafe { pg_sys::pg_usleep(1000) };
         pgrx::check_for_interrupts!();
     }

@@ -81,6 +81,19 @@ unsafe fn elements(array: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Optio
     }
 }
 
+/// How many elements an array datum holds, from its header: no element is read.
+pub unsafe fn array_len(array: pg_sys::Datum) -> usize {
+    unsafe {
+        let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
+        // ARR_DIMS: the dimensions follow the fixed header.
+        let dims = array
+            .cast::<u8>()
+            .add(std::mem::size_of::<pg_sys::ArrayType>())
+            .cast::<i32>();
+        pg_sys::ArrayGetNItems((*array).ndim, dims).max(0) as usize
+    }
+}
+
 /// A text[] datum as strings (not UTF-8: replaced characters, which match no scope).
 pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
     unsafe {

@@ -12,7 +12,7 @@ use crate::key::{format, hash};
 use crate::key_activity::Limits;
 use crate::key_row::{self, KeyRow};
 use crate::memo::{self, Fact};
-use crate::shmem;
+use crate::shmem::{self, Argon2For};
 use crate::verdict::{self, KeyState, Reason};
 
 /// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
@@ -33,7 +33,9 @@ fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str
     if !shmem::spend_budget(prefix) {
         return false;
     }
-    let matches = shmem::argon2(|| hash::verify_secret(secret, secret_hash));
+    let matches = shmem::argon2(Argon2For::Verifying, || {
+        hash::verify_secret(secret, secret_hash)
+    });
     let known = if matches {
         Fact::Matches
     } else {

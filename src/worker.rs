@@ -145,15 +145,19 @@ impl Worker {
         let failed: Vec<(String, String)> = Spi::connect(|client| {
             client
                 .select(
-                    "SELECT s::text, e FROM api_keys._expire_keys() x, \
-                     ROWS FROM (pg_catalog.unnest(x.skipped), pg_catalog.unnest(x.errors)) AS f(s, e)",
+                    // The error as bytes: in a SQL_ASCII or LATIN1 database it need not
+                    // be UTF-8.
+                    "SELECT s::text, pg_catalog.convert_to(e, 'SQL_ASCII') \
+                       FROM api_keys._expire_keys() x, \
+                            ROWS FROM (pg_catalog.unnest(x.skipped), pg_catalog.unnest(x.errors)) AS f(s, e)",
                     None,
                     &[],
                 )
                 .expect("expire keys")
                 .map(|row| {
-                    let text = |i| row.get::<String>(i).expect("text").unwrap_or_default();
-                    (text(1), text(2))
+                    let key_id = row.get::<String>(1).expect("a key id").unwrap_or_default();
+                    let error = row.get::<Vec<u8>>(2).expect("bytes").unwrap_or_default();
+                    (key_id, String::from_utf8_lossy(&error).into_owned())
                 })
                 .collect()
         });

@@ -138,6 +138,9 @@ fn has_scope_memory_is_bounded_and_the_server_survives() {
             .get(0)
     };
     let started = postmaster_started(&mut admin);
+    // A crashed backend makes the postmaster end every session (its start time stays):
+    // one opened before must still answer after.
+    let mut witness = cluster.connect_fast(DB);
     let mut c = connect_as(&cluster, DB, "plain");
     let pid = backend_pid(&mut c);
     // Loads the library and its caches before the baseline.
@@ -185,6 +188,11 @@ fn has_scope_memory_is_bounded_and_the_server_survives() {
         "the server restarted\n{}",
         cluster.server_log()
     );
+    assert_eq!(
+        count(&mut witness, "SELECT 1::int8"),
+        1,
+        "a session opened before survives"
+    );
 }
 
 /// has_scope's answers in `db` for texts that are no scope there, NULL, and a per-row
@@ -213,6 +221,29 @@ fn check_texts(c: &mut impl GenericClient, db: &str, logged_in: bool) {
     assert_eq!(granted, i64::from(logged_in), "{db}: per-row check");
 }
 
+/// Issue, update and register_scope with scopes holding bytes that are not UTF-8 (0.4.0
+/// before the review aborted the whole server on `\xff`): 22023, and the session lives.
+fn scopes_that_are_not_utf8_are_refused(c: &mut Client, db: &str, own: &str) {
+    for scopes in [
+        "ARRAY[E'ab\\xff:read']",
+        "ARRAY['runs:read', E'r\\xe9:read']",
+    ] {
+        for sql in [
+            format!(
+                "SELECT id FROM api_keys.api_key_issue('x', 'service', 'production', {scopes})"
+            ),
+            format!("SELECT id FROM api_keys.api_key_update('{own}', scopes => {scopes})"),
+        ] {
+            let (code, message) = refusal(&sql, c.query(&sql, &[]));
+            assert_eq!(code, "22023", "{db}: {sql}: {message}");
+        }
+    }
+    let sql = "SELECT api_keys.api_key_register_scope(E'r\\xff', 'read')";
+    let (code, message) = refusal(sql, c.query(sql, &[]));
+    assert_eq!(code, "22023", "{db}: {sql}: {message}");
+    assert_eq!(count(c, "SELECT 1::int8"), 1, "{db}: the session lives");
+}
+
 /// In SQL_ASCII and LATIN1 databases, has_scope answers false (never an error) for
 /// texts that are not UTF-8 or not scopes, false for NULL, and a per-row policy over such
 /// rows runs, granting only the real scope once a key is logged in.
@@ -233,6 +264,7 @@ fn has_scope_in_sql_ascii_and_latin1() {
             "'encoded', 'service', 'production', ARRAY['runs:read']",
         );
         check_texts(&mut c, db, false);
+        scopes_that_are_not_utf8_are_refused(&mut c, db, &k.id);
         let mut t = c.transaction().unwrap();
         t.query_one("SELECT api_keys.login($1::text)::text", &[&k.key])
             .unwrap_or_else(|e| panic!("{db}: login: {e:?}"));
@@ -245,6 +277,7 @@ fn has_scope_in_sql_ascii_and_latin1() {
 /// table built before the timeout is set, so only the call itself is timed.
 const OVERSIZED: &[(&str, &str)] = &[
     ("scope", "scopes => (SELECT scopes FROM big)"),
+    ("scope", "scopes => (SELECT many_scopes FROM big)"),
     ("scope", "scopes => ARRAY[rpad('r', 196, 'x') || ':read']"),
     ("cidr", "allowed_cidrs => (SELECT cidrs FROM big)"),
     (
@@ -257,14 +290,17 @@ const OVERSIZED: &[(&str, &str)] = &[
 const BIG_INPUTS: &str = "\
 CREATE TEMP TABLE big AS SELECT
     (SELECT array_agg(format('r%s:read', g)) FROM generate_series(1, 120000) g) AS scopes,
+    array_fill('*'::text, ARRAY[10000000]) AS many_scopes,
+    repeat('n', 140000000) AS name,
     (SELECT array_agg(('10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255))::cidr)
        FROM generate_series(1, 1000000) g) AS cidrs,
     repeat('d', 300000) AS description,
     jsonb_build_object('blob', repeat('m', 100000)) AS metadata";
 
-/// A plain role's issue and update of its own key with 120,000 scopes, a 201-byte scope,
-/// 1,000,000 CIDR rules, a 300,000-character description or 100 kB of metadata: each
-/// is 22023 naming the field, within a 2 s statement_timeout.
+/// A plain role's issue and update of its own key with 120,000 scopes, 10,000,000
+/// scopes, a 201-byte scope, a 140,000,000-character name, 1,000,000 CIDR rules, a
+/// 300,000-character description or 100 kB of metadata: each is 22023 naming the field,
+/// within a 2 s statement_timeout.
 fn oversized_inputs_are_refused(cluster: &Cluster) {
     cluster
         .connect(DB)
@@ -276,20 +312,34 @@ fn oversized_inputs_are_refused(cluster: &Cluster) {
     c.batch_execute("SET statement_timeout = '2s'").unwrap();
     for (field, arg) in OVERSIZED {
         for sql in [
-            format!("SELECT id FROM api_keys.api_key_issue('big', 'service', 'production', {arg})"),
+            format!("SELECT id FROM api_keys.api_key_issue(name => 'big', key_type => 'service', environment => 'production', {arg})"),
             format!(
                 "SELECT id FROM api_keys.api_key_update('{}', {arg})",
                 own.id
             ),
         ] {
-            let (code, message) = refusal(&sql, c.query(&sql, &[]));
-            assert_eq!(code, "22023", "{sql}: {message}");
-            assert!(
-                message.to_lowercase().contains(field),
-                "{sql}: the message names the field: {message}"
-            );
+            refused_naming(&mut c, &sql, field);
         }
     }
+    for sql in [
+        "SELECT id FROM api_keys.api_key_issue((SELECT name FROM big), 'service', 'production')"
+            .to_string(),
+        format!(
+            "SELECT id FROM api_keys.api_key_update('{}', name => (SELECT name FROM big))",
+            own.id
+        ),
+    ] {
+        refused_naming(&mut c, &sql, "name");
+    }
+}
+
+fn refused_naming(c: &mut Client, sql: &str, field: &str) {
+    let (code, message) = refusal(sql, c.query(sql, &[]));
+    assert_eq!(code, "22023", "{sql}: {message}");
+    assert!(
+        message.to_lowercase().contains(field),
+        "{sql}: the message names the field: {message}"
+    );
 }
 
 const ISSUE_WAITER: &str =
@@ -648,4 +698,59 @@ fn empty_x_api_key_is_unauthorized() {
             "x-api-key {value:?}: {message}"
         );
     }
+}
+
+/// Issuing shares the server's argon2 slots with verification but yields them: with
+/// max_concurrent_argon2 = 1 and four sessions issuing slow keys without pause, each
+/// first verification of a key (an argon2 run) waits for at most about the hash that is
+/// running, never for the queue of issuers.
+#[test]
+fn issuing_in_bulk_yields_argon2_slots_to_verification() {
+    let cluster = Cluster::start_with("yield", &["api_keys.max_concurrent_argon2 = 1"]);
+    let mut verifier = cluster.connect_fast(DB);
+    let keys: Vec<_> = (0..6)
+        .map(|i| {
+            issue(
+                &mut verifier,
+                &format!("'fresh {i}', 'service', 'production'"),
+            )
+        })
+        .collect();
+    let mut calibration = cluster.connect(DB);
+    slow_hashing(&mut calibration, Duration::from_millis(500));
+    let one_hash = Instant::now();
+    issue(&mut calibration, "'timed', 'service', 'production'");
+    let one_hash = one_hash.elapsed();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let issued = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = cluster.connect(DB);
+                slow_hashing(&mut c, Duration::from_millis(500));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    issue(&mut c, "'bulk', 'service', 'production'");
+                    issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        wait_for("the issuers to start", Duration::from_secs(60), || {
+            issued.load(std::sync::atomic::Ordering::Relaxed) >= 4
+        });
+        let waits: Vec<Duration> = keys
+            .iter()
+            .map(|k| {
+                let start = Instant::now();
+                assert_eq!(verify(&mut verifier, &k.key, None, None).reason, "ok");
+                start.elapsed()
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bound = one_hash * 5 / 2 + Duration::from_millis(300);
+        assert!(
+            waits.iter().all(|w| *w < bound),
+            "first verifications took {waits:?}; one slow hash takes about {one_hash:?}"
+        );
+    });
+    assert!(stats(&mut verifier)["argon2_runs"] > 6);
 }

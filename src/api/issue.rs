@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use pgrx::prelude::*;
 
 use super::pattern::configured_brand;
+use super::{args, fmgr};
 use crate::errors;
 use crate::gucs;
 use crate::key::{format, hash, secret};
 use crate::scope::{Scope, MAX_SCOPES, MAX_SCOPE_LEN};
-use crate::shmem;
+use crate::shmem::{self, Argon2For};
+use crate::varlena;
 
 /// A fresh key for `environment`: its prefix, the full key (shown once) and the argon2id
 /// hash of its secret (stored).
@@ -32,38 +34,75 @@ fn _mint_key(
     let secret = secret::secret();
     let new = format::compose(&brand, env, &secret::public_id(), &secret);
     let settings = gucs::argon2_settings();
-    // Under the server-wide cap like every argon2 run: issuing in bulk cannot take more
-    // of the machine than verifying can, and a call waiting for a slot can be cancelled.
-    let secret_hash = shmem::argon2(|| hash::hash_secret(&secret, settings)).unwrap_or_else(|e| {
-        errors::invalid_parameter(
-            format!("argon2 settings are not usable: {e}"),
-            Some(
-                "api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism"
-                    .into(),
-            ),
-        )
-    });
+    // Under the server-wide cap like every argon2 run, yielding to verifications:
+    // issuing in bulk takes no more of the machine than the cap and delays no
+    // verification by more than the hashes running; a call waiting can be cancelled.
+    let secret_hash = shmem::argon2(Argon2For::Issuing, || hash::hash_secret(&secret, settings))
+        .unwrap_or_else(|e| {
+            errors::invalid_parameter(
+                format!("argon2 settings are not usable: {e}"),
+                Some(
+                    "api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism"
+                        .into(),
+                ),
+            )
+        });
     TableIterator::once((new.prefix, new.full, secret_hash))
 }
 
-/// Validate and normalise a scope list: count first, then grammar; with
-/// `against_catalog`, each scope must overlap an entry of `api_keys.scope_catalog` when
-/// it has any. Raises 22023 naming the offending scope, with the valid ones in the HINT.
-/// Duplicates go (first one kept) in one pass.
-#[pg_extern(stable, requires = ["schema"])]
-fn _check_scopes(scopes: Option<Vec<Option<String>>>, against_catalog: bool) -> Vec<String> {
+extension_sql!(
+    r#"
+CREATE FUNCTION api_keys._check_scopes(scopes text[], against_catalog boolean) RETURNS text[]
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', '_check_scopes_wrapper';
+"#,
+    name = "check_scopes",
+    requires = ["schema"]
+);
+
+fmgr::finfo_v1!(pg_finfo__check_scopes_wrapper);
+
+/// `api_keys._check_scopes(scopes, against_catalog)`: validate and normalise a scope
+/// list (see `check_scopes`). Its fmgr glue is written by hand so that the array is
+/// counted from its header before any element is read, and elements are read as bytes:
+/// text that is not UTF-8 (SQL_ASCII, LATIN1 databases) is a malformed scope, never a
+/// conversion failure. The symbol is the one earlier releases' catalogs name.
+///
+/// # Safety
+/// Called by the function manager with a valid `fcinfo`.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo comes from the function manager; arguments are read as declared.
+    let (scopes, against_catalog) = unsafe { (args::arg(fcinfo, 0), args::arg(fcinfo, 1)) };
     let Some(scopes) = scopes else {
         errors::invalid_parameter(
             "scopes must not be NULL",
             Some("Use ARRAY['*'] for full access or '{}' for none.".into()),
         )
     };
-    if scopes.len() > MAX_SCOPES {
+    // SAFETY: a text[] datum.
+    let count = unsafe { varlena::array_len(scopes) };
+    if count > MAX_SCOPES {
         errors::invalid_parameter(
-            format!("scopes has {} entries; a key holds at most {MAX_SCOPES}", scopes.len()),
+            format!("scopes has {count} entries; a key holds at most {MAX_SCOPES}"),
             Some(format!("api_keys allows at most {MAX_SCOPES} scopes per key; a wildcard such as \"projects/*:read\" covers many.")),
         )
     }
+    // SAFETY: a text[] datum of at most MAX_SCOPES elements.
+    let texts: Vec<Option<String>> = unsafe { varlena::text_array(scopes) };
+    let against_catalog = against_catalog.is_some_and(|d| d.value() != 0);
+    check_scopes(texts, against_catalog)
+        .into_datum()
+        .expect("a text[]")
+}
+
+/// Grammar, then, with `against_catalog`, each scope must overlap an entry of
+/// `api_keys.scope_catalog` when it has any. Raises 22023 naming the offending scope,
+/// with the valid ones in the HINT. Duplicates go (first one kept) in one pass.
+fn check_scopes(scopes: Vec<Option<String>>, against_catalog: bool) -> Vec<String> {
     let catalog: Vec<String> = if against_catalog {
         Spi::connect(|client| {
             client
