@@ -155,9 +155,11 @@ BEGIN
     t.created_by := api_keys._caller();
     INSERT INTO api_keys.keys SELECT t.*;
     PERFORM api_keys._audit('issued', t, NULL, 'active', NULL,
+        -- (a key rotated from one written before the input bounds may be large)
         jsonb_strip_nulls(jsonb_build_object(
-            'name', t.name, 'owner', t.owner, 'key_type', t.key_type,
-            'environment', t.environment, 'scopes', t.scopes, 'expires_at', t.expires_at,
+            'name', api_keys._audit_value(t.name), 'owner', api_keys._audit_value(t.owner),
+            'key_type', t.key_type, 'environment', t.environment,
+            'scopes', api_keys._audit_value(t.scopes), 'expires_at', t.expires_at,
             'rotated_from', t.rotated_from)));
     RETURN QUERY SELECT t.id, minted.key, t.prefix, t.expires_at;
 END $$;
@@ -181,6 +183,8 @@ DECLARE
     caller text := api_keys._caller();
     t api_keys.keys;
 BEGIN
+    -- Before the owner is trimmed or named in a message.
+    PERFORM api_keys._check_length('owner', owner, 200);
     IF key_type IS NULL THEN
         RAISE EXCEPTION 'key_type must not be NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'One of: service, user.';
@@ -400,6 +404,7 @@ DECLARE
 BEGIN
     PERFORM api_keys._check_length('order_by', order_by, 100);
     PERFORM api_keys._check_length('search', search, 200);
+    PERFORM api_keys._check_length('owner', owner, 200);
     words := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
     IF array_length(words, 1) NOT BETWEEN 1 AND 2 OR NOT (words[1] = ANY (sortable))
        OR coalesce(words[2], 'asc') NOT IN ('asc', 'desc') THEN
@@ -436,6 +441,8 @@ BEGIN
     IF resource IS NULL OR action IS NULL THEN
         RAISE EXCEPTION 'resource and action must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM api_keys._check_length('resource', resource, 200);
+    PERFORM api_keys._check_length('action', action, 200);
     PERFORM api_keys._check_length('description', description, 2000);
     PERFORM api_keys._check_scopes(ARRAY[resource || ':' || action], false);
     INSERT INTO api_keys.scope_catalog AS c (resource, action, description)
@@ -474,38 +481,44 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    due uuid;
+    -- Locked here for the rest of the transaction; rows a user holds are left out.
+    due uuid[] := ARRAY(SELECT id FROM api_keys.keys
+                         WHERE status IN ('active', 'suspended')
+                           AND expires_at <= statement_timestamp()
+                           FOR UPDATE SKIP LOCKED);
+    one uuid;
 BEGIN
     skipped := '{}';
     errors := '{}';
     BEGIN
-        WITH locked AS (
-            SELECT id FROM api_keys.keys
-             WHERE status IN ('active', 'suspended') AND expires_at <= statement_timestamp()
-               FOR UPDATE SKIP LOCKED
-        )
-        UPDATE api_keys.keys
-           SET status = 'expired',
-               status_reason = 'expires_at passed' -- not a suspension's reason
-         WHERE id IN (SELECT id FROM locked);
-        GET DIAGNOSTICS expired = ROW_COUNT;
+        expired := api_keys._mark_expired(due);
         RETURN;
     EXCEPTION WHEN OTHERS THEN
         expired := 0;
     END;
-    FOR due IN SELECT id FROM api_keys.keys
-                WHERE status IN ('active', 'suspended') AND expires_at <= statement_timestamp()
-                  FOR UPDATE SKIP LOCKED
-    LOOP
+    FOREACH one IN ARRAY due LOOP
         BEGIN
-            UPDATE api_keys.keys SET status = 'expired', status_reason = 'expires_at passed'
-             WHERE id = due;
-            expired := expired + 1;
+            expired := expired + api_keys._mark_expired(ARRAY[one]);
         EXCEPTION WHEN OTHERS THEN
-            skipped := skipped || due;
+            skipped := skipped || one;
             errors := errors || SQLERRM;
         END;
     END LOOP;
+END $$;
+
+CREATE FUNCTION api_keys._mark_expired(ids uuid[]) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    marked integer;
+BEGIN
+    UPDATE api_keys.keys
+       SET status = 'expired',
+           status_reason = 'expires_at passed' -- not a suspension's reason
+     WHERE id = ANY (ids);
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    RETURN marked;
 END $$;
 
 CREATE FUNCTION api_keys._impl_expire_due() RETURNS integer

@@ -293,7 +293,7 @@ CREATE TRIGGER keys_guard BEFORE UPDATE ON api_keys.keys
 -- for an audit entry, or for jsonb at all: their size is recorded instead, so such a
 -- key can still be revoked, expired and edited.
 CREATE FUNCTION api_keys._audit_value(v anyelement) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -309,7 +309,7 @@ $$;
 -- One edited column of an audit entry: {"<column>": {"old": ..., "new": ...}}, or '{}'
 -- when unchanged.
 CREATE FUNCTION api_keys._audit_change(col text, old_value anyelement, new_value anyelement) RETURNS jsonb
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN old_value IS DISTINCT FROM new_value

@@ -206,7 +206,7 @@ const MAX_ACTOR_CHARS: usize = 200;
 fn checked_actor(text: &str) -> Result<(), String> {
     let chars = text.chars().count();
     (chars <= MAX_ACTOR_CHARS).then_some(()).ok_or_else(|| {
-        format!("api_keys limits api_keys.actor to {MAX_ACTOR_CHARS} characters (got {chars}).")
+        format!("api_keys.actor is at most {MAX_ACTOR_CHARS} characters (got {chars}).")
     })
 }
 
@@ -215,9 +215,10 @@ fn checked_proxies(text: &str) -> Result<(), String> {
 }
 
 /// A string setting's check hook over `check`, which says in its error why a value is
-/// refused (the DETAIL of Postgres' "invalid value for parameter", 22023).
+/// refused: `$why` is Postgres' GUC_check_errdetail_string or GUC_check_errhint_string,
+/// the DETAIL or HINT of its "invalid value for parameter" (22023).
 macro_rules! string_check_hook {
-    ($hook:ident, $check:path) => {
+    ($hook:ident, $check:path, $why:ident) => {
         #[pg_guard]
         unsafe extern "C-unwind" fn $hook(
             newval: *mut *mut c_char,
@@ -229,20 +230,24 @@ macro_rules! string_check_hook {
             let text = value.map(|v| v.to_string_lossy()).unwrap_or_default();
             match $check(&text) {
                 Ok(()) => true,
-                Err(detail) => {
-                    let detail = CString::new(detail).unwrap_or_default();
-                    // SAFETY: Postgres reads and frees the palloc'd detail after the hook.
-                    unsafe {
-                        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr())
-                    };
+                Err(why) => {
+                    let why = CString::new(why).unwrap_or_default();
+                    // SAFETY: Postgres reads the palloc'd text after the hook returns.
+                    unsafe { pg_sys::$why = pg_sys::pstrdup(why.as_ptr()) };
                     false
                 }
             }
         }
     };
 }
-string_check_hook!(check_actor, checked_actor);
-string_check_hook!(check_trusted_proxies, checked_proxies);
+// The limit is advice on what to send (a HINT); a proxy that is no address is a fact
+// about the value (a DETAIL).
+string_check_hook!(check_actor, checked_actor, GUC_check_errhint_string);
+string_check_hook!(
+    check_trusted_proxies,
+    checked_proxies,
+    GUC_check_errdetail_string
+);
 
 /// `api_keys.trusted_proxies`, parsed (the check hook has refused anything else).
 pub fn trusted_proxies() -> Vec<IpNet> {
@@ -269,5 +274,21 @@ pub fn argon2_settings() -> Argon2Settings {
         memory_kib: ARGON2_MEMORY_KIB.get() as u32,
         iterations: ARGON2_ITERATIONS.get() as u32,
         parallelism: ARGON2_PARALLELISM.get() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_is_at_most_200_characters() {
+        assert_eq!(checked_actor(""), Ok(()));
+        assert_eq!(checked_actor(&"é".repeat(200)), Ok(()));
+        let refused = checked_actor(&"a".repeat(201)).unwrap_err();
+        assert!(
+            refused.contains("at most 200 characters (got 201)"),
+            "{refused}"
+        );
     }
 }

@@ -50,6 +50,7 @@ impl KeyRow {
     /// closed).
     pub fn cidrs(&self) -> Option<Vec<IpNet>> {
         self.cidrs_datum.and_then(|d| {
+            // SAFETY: a cidr[] copied into this call's memory by `fetch`.
             unsafe { varlena::inet_array(d) }
                 .into_iter()
                 .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))

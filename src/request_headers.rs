@@ -42,10 +42,11 @@ impl Headers {
     }
 
     pub fn credential(&self, brand: &str) -> Credential {
-        // Present, even empty or blank, is presented: a client whose key variable is
-        // unset is refused (malformed) rather than served anonymous results.
-        if let Some(key) = self.get("x-api-key") {
-            return Credential::Key(key.to_owned());
+        // Present, even empty, blank or not a string, is presented: a client whose key
+        // variable is unset is refused (malformed) rather than served anonymous results.
+        let named = |(k, _): &(&String, &Value)| k.eq_ignore_ascii_case("x-api-key");
+        if let Some((_, value)) = self.0.iter().find(named) {
+            return Credential::Key(value.as_str().map_or("", str::trim).to_owned());
         }
         self.get("authorization")
             .and_then(bearer_token)
@@ -95,9 +96,9 @@ mod tests {
 
     #[test]
     fn an_empty_or_blank_x_api_key_is_presented() {
-        for blank in ["", "  ", "\\t"] {
-            let h = format!(r#"{{"x-api-key":"{blank}","authorization":"Bearer ak_dev_x"}}"#);
-            assert_eq!(from_headers(Some(&h), "ak"), key(""));
+        for blank in ["\"\"", "\"  \"", "\"\\t\"", "null", "42"] {
+            let h = format!(r#"{{"x-api-key":{blank},"authorization":"Bearer ak_dev_x"}}"#);
+            assert_eq!(from_headers(Some(&h), "ak"), key(""), "{h}");
         }
     }
 

@@ -76,7 +76,7 @@ impl Scope {
         }
         if s.len() > MAX_SCOPE_LEN {
             return Err(ScopeError(format!(
-                "a scope is at most {MAX_SCOPE_LEN} characters"
+                "a scope is at most {MAX_SCOPE_LEN} bytes"
             )));
         }
         let Some((resource, act)) = s.split_once(':') else {

@@ -366,8 +366,9 @@ pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
     let running = &header.argon2_running;
     loop {
         let now = now();
+        // A range, not a bound: a clock stepped back must not hold issuing up.
         let yields = purpose == Argon2For::Issuing
-            && now - header.verifier_waiting_at.load(Relaxed) < VERIFIER_WAITING_US;
+            && (0..VERIFIER_WAITING_US).contains(&(now - header.verifier_waiting_at.load(Relaxed)));
         if !yields
             && running
                 .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))

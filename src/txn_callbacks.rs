@@ -29,6 +29,8 @@ fn dispatch(event: TxnEvent) {
     caller::on_txn_event(event);
 }
 
+/// # Safety
+/// Called by Postgres at the end of a transaction.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
@@ -44,6 +46,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
+/// # Safety
+/// Called by Postgres at the end of a subtransaction.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
     event: pg_sys::SubXactEvent::Type,

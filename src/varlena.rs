@@ -82,7 +82,11 @@ unsafe fn elements(array: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Optio
 }
 
 /// How many elements an array datum holds, from its header: no element is read.
+///
+/// # Safety
+/// `array` is an array datum.
 pub unsafe fn array_len(array: pg_sys::Datum) -> usize {
+    // SAFETY: a detoasted array starts with ArrayType, its dimensions right after it.
     unsafe {
         let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
         // ARR_DIMS: the dimensions follow the fixed header.
@@ -91,6 +95,20 @@ pub unsafe fn array_len(array: pg_sys::Datum) -> usize {
             .add(std::mem::size_of::<pg_sys::ArrayType>())
             .cast::<i32>();
         pg_sys::ArrayGetNItems((*array).ndim, dims).max(0) as usize
+    }
+}
+
+/// A text[] datum's elements as bytes (None for NULL), borrowed from its memory.
+///
+/// # Safety
+/// `array` is a text[] datum that outlives the result.
+pub unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'a [u8]>> {
+    // SAFETY: text elements are varlenas; each is detoasted into the current context.
+    unsafe {
+        elements(array, pg_sys::TEXTOID)
+            .into_iter()
+            .map(|e| e.map(|d| bytes(d)))
+            .collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The background worker (preloaded library only). Every `api_keys.flush_interval` it
 //! writes the usage counted in shared memory (`api_keys.usage`, `last_used_at`,
-//! `last_used_ip`) in one statement and runs `api_keys.expire_due()`; at a clean
-//! shutdown it flushes once more. It works in the database named by `api_keys.database`
+//! `last_used_ip`) in one statement, then marks keys past `expires_at` as expired
+//! (`api_keys._expire_keys()`), each in a transaction of its own; at a clean shutdown it
+//! flushes once more. It works in the database named by `api_keys.database`
 //! and starts only once recovery has finished, so it never tries to write on a standby.
 //! If it dies, the postmaster starts it again.
 
@@ -83,57 +84,53 @@ struct Worker {
 const MAX_REPORTED: usize = 10_000;
 
 impl Worker {
-    /// One round: flush usage, expire keys. A round never waits on a user's lock (rows
-    /// a user has locked wait for a later round) and an error ends the round, not the
-    /// worker: what it did not write is kept and tried again next round.
+    /// One round: flush usage, then expire keys, each in its own transaction. A round
+    /// never waits on a user's lock (rows a user has locked wait for a later round), and
+    /// an error ends its step, not the worker: counts are forgotten only once their
+    /// flush has committed, so what a failed step did not write is tried next round.
     fn round(&mut self) {
         let (usage, last) = shmem::drain_activity();
         let dropped = self.unwritten.add(usage, last);
         if dropped > 0 {
             log!("api_keys worker: {dropped} usage counts dropped: more than {MAX_ENTRIES} wait to be written");
         }
-        // The worker's own state is consistent at every point an error can stop it.
-        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
-            BackgroundWorker::transaction(AssertUnwindSafe(|| self.write()));
-            Ok(())
-        }))
-        .catch_others(|e| Err(message(&e)))
-        .execute();
-        if let Err(message) = outcome {
-            // SAFETY: the failed round's transaction is still open; end it as Postgres'
-            // own error recovery does before the next one starts.
-            unsafe { pg_sys::AbortCurrentTransaction() };
-            log!("api_keys worker: round failed, retried next round: {message}");
+        match step("usage flush", || self.flush()) {
+            Some(Some(left)) => self.unwritten.retain_keys(&left),
+            // No api_keys here: counts of another database's keys have nowhere to go.
+            Some(None) => self.unwritten = Unwritten::default(),
+            None => {}
         }
+        step("expiry", || self.expire());
         shmem::count_flush();
     }
 
-    fn write(&mut self) {
-        let installed = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_keys')",
-        );
-        if installed != Ok(Some(true)) {
-            // Nothing to maintain in this database (yet); counts of another database's
-            // keys have nowhere to go.
-            self.unwritten = Unwritten::default();
-            return;
+    /// The keys it could not write this round (locked by a user); None when the
+    /// extension is not installed in this database, so there is nowhere to write.
+    fn flush(&self) -> Option<HashSet<[u8; 16]>> {
+        if !installed() {
+            return None;
         }
         // Triggers off for the flush (superuser-only setting): writing last use is not an
         // edit to guard or audit, and no row's content can then fail it.
         Spi::run(
             "SET LOCAL search_path = pg_catalog, pg_temp; \
-             SET LOCAL api_keys.actor = 'api_keys worker'; \
              SET LOCAL lock_timeout = '5s'; \
              SET LOCAL session_replication_role = replica",
         )
-        .expect("worker settings");
-        let left = flush(&self.unwritten);
-        self.unwritten.retain_keys(&left);
-        Spi::run("SET LOCAL session_replication_role = origin").expect("triggers back on");
-        self.expire();
+        .expect("flush settings");
+        Some(flush(&self.unwritten))
     }
 
     fn expire(&mut self) {
+        if !installed() {
+            return;
+        }
+        Spi::run(
+            "SET LOCAL search_path = pg_catalog, pg_temp; \
+             SET LOCAL lock_timeout = '5s'; \
+             SET LOCAL api_keys.actor = 'api_keys worker'",
+        )
+        .expect("expiry settings");
         // Before 0.4.0's SQL (until ALTER EXTENSION api_keys UPDATE): its expire_due().
         let current = Spi::get_one::<bool>(
             "SELECT pg_catalog.to_regprocedure('api_keys._expire_keys()') IS NOT NULL",
@@ -170,6 +167,31 @@ impl Worker {
             }
         }
     }
+}
+
+fn installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_keys')",
+    ) == Ok(Some(true))
+}
+
+/// Run `work` in a transaction of its own; on an error, roll it back, log it and answer
+/// None.
+fn step<R>(what: &str, work: impl FnOnce() -> R) -> Option<R> {
+    // The worker's own state is consistent at every point an error can stop `work`.
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
+        Ok(BackgroundWorker::transaction(AssertUnwindSafe(work)))
+    }))
+    .catch_others(|e| Err(message(&e)))
+    .execute();
+    outcome
+        .map_err(|message| {
+            // SAFETY: the failed step's transaction is still open; end it as Postgres'
+            // own error recovery does before the next one starts.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            log!("api_keys worker: {what} failed, tried again next round: {message}");
+        })
+        .ok()
 }
 
 fn message(e: &CaughtError) -> String {

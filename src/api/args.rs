@@ -39,11 +39,17 @@ pub struct TooLong;
 
 /// A text argument's bytes, None when NULL; `TooLong` when over `max` bytes, found out
 /// without detoasting it.
+///
+/// # Safety
+/// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
+/// long as the call's memory.
 pub unsafe fn short_text<'a>(
     fcinfo: pg_sys::FunctionCallInfo,
     i: usize,
     max: usize,
 ) -> Result<Option<&'a [u8]>, TooLong> {
+    // SAFETY: as the function's contract says; the size is read from the varlena header
+    // (or the toast pointer) before anything is detoasted.
     unsafe {
         match arg(fcinfo, i) {
             None => Ok(None),

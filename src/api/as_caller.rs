@@ -31,9 +31,10 @@ pub unsafe extern "C-unwind" fn api_keys_as_caller(
     // Not under pgrx's guard: an error in the implementation jumps back into Postgres
     // through this frame, which holds nothing to drop; the transaction callbacks then
     // forget the caller (see `caller`).
-    // SAFETY: `prepare` resolved the implementation into the copy's flinfo.
+    // SAFETY: `prepare` resolved the implementation into the copy's flinfo and checked
+    // that it has an address (nothing here may panic: no guard would catch it).
     let datum = unsafe {
-        let call = (*(*inner).flinfo).fn_addr.expect("resolved by fmgr_info");
+        let call = (*(*inner).flinfo).fn_addr.unwrap_unchecked();
         call(inner)
     };
     // SAFETY: both are the live call infos of this call.
@@ -43,6 +44,9 @@ pub unsafe extern "C-unwind" fn api_keys_as_caller(
 
 /// A copy of `fcinfo` aimed at the implementation (resolved once per call site and
 /// kept in `fn_extra`), with the caller noted.
+///
+/// # Safety
+/// `fcinfo` is the live call info of one of this extension's entry points.
 #[pg_guard]
 unsafe extern "C-unwind" fn prepare(
     fcinfo: pg_sys::FunctionCallInfo,
@@ -59,11 +63,20 @@ unsafe extern "C-unwind" fn prepare(
         let inner = pg_sys::palloc(size).cast::<pg_sys::FunctionCallInfoBaseData>();
         std::ptr::copy_nonoverlapping(fcinfo.cast::<u8>(), inner.cast::<u8>(), size);
         (*inner).flinfo = (*flinfo).fn_extra.cast();
+        if (*(*inner).flinfo).fn_addr.is_none() {
+            errors::raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+                "an api_keys implementation function has no address".into(),
+                Some("ALTER EXTENSION api_keys UPDATE".into()),
+            );
+        }
         *entered = caller::enter();
         inner
     }
 }
 
+/// # Safety
+/// `fcinfo` is the live call info `inner` was copied from by `prepare`.
 #[pg_guard]
 unsafe extern "C-unwind" fn finish(
     fcinfo: pg_sys::FunctionCallInfo,
@@ -86,6 +99,8 @@ unsafe extern "C-unwind" fn finish(
 /// # Safety
 /// `flinfo` is a valid FmgrInfo of one of this extension's functions.
 unsafe fn implementation(flinfo: *mut pg_sys::FmgrInfo) -> *mut pg_sys::FmgrInfo {
+    // SAFETY: catalog lookups of a function that exists (it is being called); the
+    // FmgrInfo is allocated in, and lives as long as, the caller's flinfo context.
     unsafe {
         let public = (*flinfo).fn_oid;
         let name = CStr::from_ptr(pg_sys::get_func_name(public)).to_string_lossy();

@@ -91,8 +91,24 @@ pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
             Some(format!("api_keys allows at most {MAX_SCOPES} scopes per key; a wildcard such as \"projects/*:read\" covers many.")),
         )
     }
-    // SAFETY: a text[] datum of at most MAX_SCOPES elements.
-    let texts: Vec<Option<String>> = unsafe { varlena::text_array(scopes) };
+    // SAFETY: a text[] datum of at most MAX_SCOPES elements; the bytes live as long as
+    // this call's memory.
+    let elements = unsafe { varlena::text_array_bytes(scopes) };
+    let texts: Vec<Option<String>> = elements
+        .into_iter()
+        .map(|e| {
+            e.map(|bytes| {
+                // Refused before it is copied: a scope is short.
+                if bytes.len() > MAX_SCOPE_LEN {
+                    errors::invalid_parameter(
+                        format!("scopes: an entry of {} bytes is no scope: a scope is at most {MAX_SCOPE_LEN} bytes", bytes.len()),
+                        Some(format!("A scope is at most {MAX_SCOPE_LEN} bytes.")),
+                    )
+                }
+                String::from_utf8_lossy(bytes).into_owned()
+            })
+        })
+        .collect();
     let against_catalog = against_catalog.is_some_and(|d| d.value() != 0);
     check_scopes(texts, against_catalog)
         .into_datum()
@@ -131,7 +147,7 @@ fn check_scopes(scopes: Vec<Option<String>>, against_catalog: bool) -> Vec<Strin
         };
         let parsed = Scope::parse(&scope).unwrap_or_else(|e| {
             errors::invalid_parameter(
-                format!("scopes: \"{}\" is malformed: {e}", shown(&scope)),
+                format!("scopes: \"{scope}\" is malformed: {e}"),
                 Some("A scope is \"*\" or \"<resource>:<action>\", e.g. \"runs:read\" or \"projects/42/*:write\".".into()),
             )
         });
@@ -147,14 +163,6 @@ fn check_scopes(scopes: Vec<Option<String>>, against_catalog: bool) -> Vec<Strin
         }
     }
     normalised
-}
-
-/// A scope as an error message shows it: cut after MAX_SCOPE_LEN bytes.
-fn shown(scope: &str) -> String {
-    match scope.char_indices().nth(MAX_SCOPE_LEN) {
-        Some((cut, _)) => format!("{}…", &scope[..cut]),
-        None => scope.to_owned(),
-    }
 }
 
 /// The first catalog entries, for a hint of bounded length.

@@ -69,8 +69,7 @@ const VOID: pg_sys::Datum = pg_sys::Datum::null();
 const MAX_HEADERS_BYTES: usize = 1024 * 1024;
 
 unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
-    let text = setting(c"request.headers");
-    if text.as_ref().is_some_and(|t| t.len() > MAX_HEADERS_BYTES) {
+    let text = setting(c"request.headers", MAX_HEADERS_BYTES).unwrap_or_else(|_| {
         errors::invalid_parameter(
             format!("request.headers is larger than {MAX_HEADERS_BYTES} bytes"),
             Some(
@@ -78,7 +77,7 @@ unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
                     .into(),
             ),
         )
-    }
+    });
     let headers = Headers::parse(text.as_deref()).unwrap_or_else(|_| {
         errors::invalid_parameter(
             "request.headers is not a JSON object",
@@ -106,12 +105,13 @@ unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refus
 }
 
 unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    // SAFETY: require_scope(required text).
     let required = match unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) } {
         Ok(Some(bytes)) => bytes,
         Ok(None) => errors::invalid_parameter("required scope must not be NULL", None),
         Err(args::TooLong) => errors::invalid_parameter(
             format!("required scope is not valid: a scope is at most {MAX_SCOPE_LEN} bytes"),
-            Some(SCOPE_HINT.into()),
+            Some(format!("A scope is at most {MAX_SCOPE_LEN} bytes.")),
         ),
     };
     let text = String::from_utf8_lossy(required);
@@ -149,6 +149,7 @@ pub unsafe extern "C-unwind" fn api_keys_has_scope(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     // Over MAX_SCOPE_LEN: not a scope, and never detoasted.
+    // SAFETY: has_scope(required text).
     let required = unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) };
     pg_sys::Datum::from(matches!(required, Ok(Some(r)) if context::grants(r)))
 }
@@ -163,6 +164,7 @@ fmgr::finfo_v1!(pg_finfo_has_scope_wrapper);
 pub unsafe extern "C-unwind" fn has_scope_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: the same declaration but for STRICT.
     unsafe { api_keys_has_scope(fcinfo) }
 }
 
@@ -207,14 +209,21 @@ fn check_required_scope(text: &str) {
     });
 }
 
-/// A setting's current value; None when it was never set.
-fn setting(name: &CStr) -> Option<String> {
+/// A setting's current value, None when it was never set; `TooLong` over `max` bytes,
+/// found out before the value is copied.
+fn setting(name: &CStr, max: usize) -> Result<Option<String>, args::TooLong> {
+    // SAFETY: a valid setting name; missing_ok, so NULL when it was never set. The value
+    // is a palloc'd copy in the current context.
     let value = unsafe { pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true) };
-    (!value.is_null()).then(|| {
-        unsafe { CStr::from_ptr(value) }
-            .to_string_lossy()
-            .into_owned()
-    })
+    if value.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a NUL-terminated string from Postgres.
+    let value = unsafe { CStr::from_ptr(value) };
+    if value.to_bytes().len() > max {
+        return Err(args::TooLong);
+    }
+    Ok(Some(value.to_string_lossy().into_owned()))
 }
 
 /// `inet_client_addr()`: None over a Unix socket.

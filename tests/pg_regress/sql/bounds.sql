@@ -28,7 +28,10 @@ SELECT label, regress.expect_error(stmt) FROM (VALUES
     ('metadata', format('SELECT api_key_issue(''k'', ''service'', ''development'', metadata => %L)', jsonb_build_object('k', repeat('m', 16384 - 8)))),
     ('scopes', 'SELECT api_key_issue(''k'', ''service'', ''development'', scopes => (SELECT array_agg(format(''r%s:read'', g)) FROM generate_series(1, 257) g))'),
     ('120,000 scopes', 'SELECT api_key_issue(''k'', ''service'', ''development'', scopes => (SELECT array_agg(format(''r%s:read'', g)) FROM generate_series(1, 120000) g))'),
-    ('allowed_cidrs', 'SELECT api_key_issue(''k'', ''service'', ''development'', allowed_cidrs => (SELECT array_agg(format(''10.%s.%s.0/24'', g / 256, g % 256)::cidr) FROM generate_series(1, 257) g))')
+    ('allowed_cidrs', 'SELECT api_key_issue(''k'', ''service'', ''development'', allowed_cidrs => (SELECT array_agg(format(''10.%s.%s.0/24'', g / 256, g % 256)::cidr) FROM generate_series(1, 257) g))'),
+    ('a long scope', format('SELECT api_key_issue(''k'', ''service'', ''development'', scopes => ARRAY[%L])', repeat('a', 100000) || ':read')),
+    ('owner, bounded before it is named', format('SELECT api_key_issue(''k'', ''service'', ''development'', owner => %L)', repeat('o', 201))),
+    ('list owner', format('SELECT api_key_list(owner => %L)', repeat('o', 201)))
   ) AS t(label, stmt);
 
 -- updates and status changes of the role's own key
@@ -59,6 +62,7 @@ RESET ROLE;
 -- admins: register_scope's description, and direct UPDATEs of api_keys.keys
 SET ROLE regress_admin;
 SELECT regress.expect_error(format('SELECT api_key_register_scope(''runs'', ''read'', %L)', repeat('d', 2001)));
+SELECT regress.expect_error(format('SELECT api_key_register_scope(%L, ''read'')', repeat('r', 201)));
 SELECT regress.expect_error(format('SELECT api_key_issue(''k'', ''service'', ''development'', owner => %L)', repeat('o', 201)));
 SELECT count(*) AS owner_at_limit FROM api_key_issue('k', 'service', 'development', owner => repeat('o', 200));
 SELECT label, regress.expect_error(stmt) FROM (VALUES
