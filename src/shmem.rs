@@ -8,6 +8,7 @@
 //! verification stays correct, only colder.
 
 use std::cell::RefCell;
+use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::mem::{align_of, size_of};
 use std::ptr;
@@ -48,6 +49,8 @@ struct Counters {
 struct Header {
     counters: Counters,
     argon2_running: AtomicU32,
+    /// Broadcast when an argon2 slot is given back; waiters sleep on it.
+    argon2_released: UnsafeCell<pg_sys::ConditionVariable>,
     /// When a verification last waited for an argon2 slot (µs): issuing yields to it.
     verifier_waiting_at: AtomicI64,
     /// The server-wide allowance of `budget` (GCRA state); guarded by the budget lock.
@@ -138,6 +141,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
         if !found {
             // All-zero is a valid empty state for every part (empty slots, zero counters).
             ptr::write_bytes(header.cast::<u8>(), 0, size);
+            pg_sys::ConditionVariableInit((*header).argon2_released.get());
             (*header).memo_slots = slots;
             (*header).key_slots = keys;
         }
@@ -355,8 +359,10 @@ pub enum Argon2For {
 const VERIFIER_WAITING_US: i64 = 10_000;
 
 /// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others
-/// run server-wide. The wait answers cancel requests; the computation itself calls no
-/// Postgres function, so the slot is always given back.
+/// run server-wide. Waiting sleeps on a condition variable, woken when a slot is given
+/// back (verifications also every millisecond, to keep their claim fresh), and answers
+/// cancel requests; the computation itself calls no Postgres function, so the slot is
+/// always given back.
 pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
     bump(|c| &c.argon2_runs);
     let Some(header) = shared() else {
@@ -364,6 +370,8 @@ pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
     };
     let cap = gucs::MAX_CONCURRENT_ARGON2.get().max(1) as u32;
     let running = &header.argon2_running;
+    let released = header.argon2_released.get();
+    let mut slept = false;
     loop {
         let now = now();
         // A range, not a bound: a clock stepped back must not hold issuing up.
@@ -376,19 +384,33 @@ pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
         {
             break;
         }
-        if purpose == Argon2For::Verifying {
-            header.verifier_waiting_at.store(now, Relaxed);
-        }
-        unsafe { pg_sys::pg_usleep(1000) };
-        pgrx::check_for_interrupts!();
+        let timeout_ms = match purpose {
+            Argon2For::Verifying => {
+                header.verifier_waiting_at.store(now, Relaxed);
+                1
+            }
+            Argon2For::Issuing => 10,
+        };
+        // SAFETY: the condition variable lives in shared memory as long as the server;
+        // the sleep answers interrupts, and an error ends it with the transaction.
+        unsafe {
+            pg_sys::ConditionVariableTimedSleep(released, timeout_ms, pg_sys::PG_WAIT_EXTENSION)
+        };
+        slept = true;
     }
-    struct Release<'a>(&'a AtomicU32);
+    if slept {
+        // SAFETY: ends this backend's sleep on the condition variable.
+        unsafe { pg_sys::ConditionVariableCancelSleep() };
+    }
+    struct Release<'a>(&'a AtomicU32, *mut pg_sys::ConditionVariable);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
             self.0.fetch_sub(1, Relaxed);
+            // SAFETY: the shared condition variable; waking waiters raises no error.
+            unsafe { pg_sys::ConditionVariableBroadcast(self.1) };
         }
     }
-    let _release = Release(running);
+    let _release = Release(running, released);
     compute()
 }
 

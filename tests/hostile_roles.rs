@@ -754,3 +754,52 @@ fn issuing_in_bulk_yields_argon2_slots_to_verification() {
     });
     assert!(stats(&mut verifier)["argon2_runs"] > 6);
 }
+
+/// An expiry that fails as a whole takes no usage with it: the flush commits on its own.
+/// Here the database is still at 0.3.1's SQL (the library is updated, ALTER EXTENSION
+/// not yet run), whose expire_due() waits on a user's row lock until the worker's
+/// lock_timeout, every round; the use of another key is written all the same.
+#[test]
+fn a_failing_expiry_loses_no_usage() {
+    let cluster = Cluster::start_with(
+        "oldsql",
+        &["api_keys.database = 'old'", "api_keys.flush_interval = 1"],
+    );
+    let mut admin = cluster.connect(DB);
+    admin
+        .batch_execute("CREATE DATABASE old; CREATE ROLE plain LOGIN")
+        .unwrap();
+    let mut old = cluster.connect_fast("old");
+    old.batch_execute("CREATE EXTENSION api_keys VERSION '0.3.1'")
+        .unwrap();
+    let used = issue(&mut old, "'used', 'service', 'production'");
+    let mut user = connect_as(&cluster, "old", "plain");
+    let due = issue(
+        &mut user,
+        "'due', 'service', 'production', expires_at => now() + interval '2 seconds'",
+    );
+    let mut held = user.transaction().unwrap();
+    held.query_one(
+        "SELECT name FROM api_keys.api_key_update($1::text::uuid, name => 'held')",
+        &[&due.id],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..5 {
+        assert_eq!(verify(&mut old, &used.key, None, None).reason, "ok");
+    }
+    wait_for(
+        "the use written while every expiry fails",
+        Duration::from_secs(40),
+        || recorded_use(&mut old, &used.id) == (5, true),
+    );
+    assert!(
+        cluster.server_log().contains("expiry failed"),
+        "the expiry did fail meanwhile\n{}",
+        cluster.server_log()
+    );
+    held.commit().unwrap();
+    wait_for("the due key expired", Duration::from_secs(30), || {
+        status(&mut old, &due.id) == "expired"
+    });
+}

@@ -83,7 +83,16 @@ pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
             Some("Use ARRAY['*'] for full access or '{}' for none.".into()),
         )
     };
-    // SAFETY: a text[] datum.
+    // Too many bytes for MAX_SCOPES scopes of MAX_SCOPE_LEN: refused before the array
+    // is decompressed. SAFETY: a varlena datum; only its header or toast pointer is read.
+    let bytes = unsafe { varlena::raw_size(scopes) };
+    if bytes > MAX_SCOPES * (MAX_SCOPE_LEN + 8) + 1024 {
+        errors::invalid_parameter(
+            format!("scopes is {bytes} bytes; a key holds at most {MAX_SCOPES} scopes of at most {MAX_SCOPE_LEN} bytes"),
+            Some(format!("api_keys allows at most {MAX_SCOPES} scopes per key, each at most {MAX_SCOPE_LEN} bytes.")),
+        )
+    }
+    // SAFETY: a text[] datum, now of a bounded size.
     let count = unsafe { varlena::array_len(scopes) };
     if count > MAX_SCOPES {
         errors::invalid_parameter(

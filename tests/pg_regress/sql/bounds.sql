@@ -29,7 +29,8 @@ SELECT label, regress.expect_error(stmt) FROM (VALUES
     ('scopes', 'SELECT api_key_issue(''k'', ''service'', ''development'', scopes => (SELECT array_agg(format(''r%s:read'', g)) FROM generate_series(1, 257) g))'),
     ('120,000 scopes', 'SELECT api_key_issue(''k'', ''service'', ''development'', scopes => (SELECT array_agg(format(''r%s:read'', g)) FROM generate_series(1, 120000) g))'),
     ('allowed_cidrs', 'SELECT api_key_issue(''k'', ''service'', ''development'', allowed_cidrs => (SELECT array_agg(format(''10.%s.%s.0/24'', g / 256, g % 256)::cidr) FROM generate_series(1, 257) g))'),
-    ('a long scope', format('SELECT api_key_issue(''k'', ''service'', ''development'', scopes => ARRAY[%L])', repeat('a', 100000) || ':read')),
+    ('a long scope', format('SELECT api_key_issue(''k'', ''service'', ''development'', scopes => ARRAY[%L])', repeat('a', 1000) || ':read')),
+    ('a huge scope', format('SELECT api_key_issue(''k'', ''service'', ''development'', scopes => ARRAY[%L])', repeat('a', 100000) || ':read')),
     ('owner, bounded before it is named', format('SELECT api_key_issue(''k'', ''service'', ''development'', owner => %L)', repeat('o', 201))),
     ('list owner', format('SELECT api_key_list(owner => %L)', repeat('o', 201)))
   ) AS t(label, stmt);
