@@ -1,35 +1,20 @@
 //! api_keys: issue, verify, scope, rotate and revoke API keys inside PostgreSQL.
 //!
-//! Pure rooms (no pgrx): `key`, `scope`, `cidr`, `verdict`, `memo`, `budget`,
-//! `key_activity`, `unwritten`, `request_headers`, `forwarded_for`, `txn_scoped`.
-//! Postgres-facing rooms: `gucs`, `errors`, `shmem`, `key_row`, `varlena`,
-//! `verification`, `context`, `caller`, `txn_callbacks`, `worker`, `api`.
+//! Three layers, each using only the ones below it (ARCHITECTURE.md):
+//! - `core`: pure logic, no pgrx and no unsafe code (key format, secrets, hashing,
+//!   scopes, CIDRs, verdict, memo, argon2 budget, rate-limit windows, request headers,
+//!   X-Forwarded-For, transaction scoping);
+//! - `postgres`: the glue (settings, errors, datums, key rows, shared memory, the
+//!   request context and the caller, the background worker);
+//! - `sql_api`: the thin entry points SQL calls.
+//!
 //! Tables, views, triggers, lifecycle and grants: `sql/`.
 
 use pgrx::prelude::*;
 
-mod api;
-pub mod budget;
-mod caller;
-pub mod cidr;
-mod context;
-mod errors;
-pub mod forwarded_for;
-mod gucs;
-pub mod key;
-pub mod key_activity;
-mod key_row;
-pub mod memo;
-pub mod request_headers;
-pub mod scope;
-mod shmem;
-mod txn_callbacks;
-pub mod txn_scoped;
-pub mod unwritten;
-mod varlena;
-pub mod verdict;
-mod verification;
-mod worker;
+mod core;
+mod postgres;
+mod sql_api;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -43,11 +28,12 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a flag Postgres sets while it loads shared_preload_libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
-    gucs::init(preloading);
+    postgres::gucs::init(preloading);
     if preloading {
-        shmem::install_hooks();
-        worker::register();
+        postgres::shmem::install_hooks();
+        postgres::worker::register();
     }
 }
 

@@ -5,7 +5,7 @@
 mod tests {
     use pgrx::prelude::*;
 
-    use crate::key::format;
+    use crate::core::key::format;
 
     fn cheap_hashing() {
         Spi::run("SET api_keys.argon2_memory_kib = 64; SET api_keys.argon2_iterations = 1")

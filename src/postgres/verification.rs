@@ -7,13 +7,13 @@ use std::net::IpAddr;
 
 use pgrx::pg_sys;
 
-use crate::gucs;
-use crate::key::{format, hash};
-use crate::key_activity::Limits;
-use crate::key_row::{self, KeyRow};
-use crate::memo::{self, Fact};
-use crate::shmem::{self, Argon2For};
-use crate::verdict::{self, KeyState, Reason};
+use crate::core::key::{format, hash};
+use crate::core::memo::{self, Fact};
+use crate::core::rate_limit::Limits;
+use crate::core::verdict::{self, KeyState, Reason};
+use crate::postgres::gucs;
+use crate::postgres::key_row::{self, KeyRow};
+use crate::postgres::shmem::{self, Argon2For};
 
 /// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
 /// a scope that is not UTF-8 is one nobody holds.
@@ -123,6 +123,7 @@ fn judge_row(
     if !secret_ok {
         return Reason::InvalidSecret;
     }
+    // SAFETY: reads the statement's start time.
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     // Not UTF-8: a scope nobody holds.
     let required = required_scope.map(|s| std::str::from_utf8(s).unwrap_or("\u{0}"));

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 
 use pgrx::pg_sys;
 
-use crate::txn_callbacks;
-use crate::txn_scoped::{TxnEvent, TxnScoped};
+use crate::core::txn_scoped::{TxnEvent, TxnScoped};
+use crate::postgres::txn_callbacks;
 
 thread_local! {
     static ACTING_FOR: RefCell<TxnScoped<pg_sys::Oid>> = RefCell::new(TxnScoped::default());

@@ -20,28 +20,36 @@ macro_rules! finfo_v1 {
 /// dropped all it held.
 macro_rules! refusable_entry {
     ($symbol:ident, $finfo:ident, $body:path) => {
-        $crate::api::fmgr::finfo_v1!($finfo);
+        $crate::sql_api::fmgr::finfo_v1!($finfo);
 
+        /// # Safety
+        /// Called by the function manager with a valid `fcinfo`.
         #[unsafe(no_mangle)]
         pub unsafe extern "C-unwind" fn $symbol(
             fcinfo: pgrx::pg_sys::FunctionCallInfo,
         ) -> pgrx::pg_sys::Datum {
+            /// # Safety
+            /// `fcinfo` as for the entry point; `refusal` points to a live Option.
             #[pgrx::pg_guard]
             unsafe extern "C-unwind" fn guarded(
                 fcinfo: pgrx::pg_sys::FunctionCallInfo,
-                refusal: *mut Option<$crate::errors::Refusal>,
+                refusal: *mut Option<$crate::postgres::errors::Refusal>,
             ) -> pgrx::pg_sys::Datum {
+                // SAFETY: the body is written for this entry point's declaration.
                 match unsafe { $body(fcinfo) } {
                     Ok(datum) => datum,
                     Err(r) => {
+                        // SAFETY: the caller's local, alive until we return.
                         unsafe { *refusal = Some(r) };
                         pgrx::pg_sys::Datum::from(0)
                     }
                 }
             }
             let mut refusal = None;
+            // SAFETY: as this entry point's contract says.
             let datum = unsafe { guarded(fcinfo, &mut refusal) };
             if let Some(r) = refusal {
+                // SAFETY: this frame holds nothing to drop and is outside pgrx's guard.
                 unsafe { r.raise() }
             }
             datum

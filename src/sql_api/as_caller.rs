@@ -12,8 +12,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::fmgr;
-use crate::caller;
-use crate::errors;
+use crate::postgres::caller;
+use crate::postgres::errors;
 
 fmgr::finfo_v1!(pg_finfo_api_keys_as_caller);
 
@@ -131,6 +131,9 @@ fmgr::finfo_v1!(pg_finfo_api_keys_caller);
 
 /// `api_keys._caller()`: the role the current management call acts for, else
 /// `current_user`.
+///
+/// # Safety
+/// Called by the function manager.
 #[unsafe(no_mangle)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn api_keys_caller(

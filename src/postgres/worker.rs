@@ -16,9 +16,9 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::gucs;
-use crate::shmem;
-use crate::unwritten::{Unwritten, MAX_ENTRIES};
+use crate::core::unwritten::{Unwritten, MAX_ENTRIES};
+use crate::postgres::gucs;
+use crate::postgres::shmem;
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
 pub fn register() {
@@ -44,6 +44,7 @@ fn interval() -> Duration {
 }
 
 fn shutdown_requested() -> bool {
+    // SAFETY: a flag the signal handler sets; read without tearing as a sig_atomic_t.
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
@@ -58,6 +59,7 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
     loop {
         let running = BackgroundWorker::wait_latch(Some(interval()));
         if BackgroundWorker::sighup_received() {
+            // SAFETY: rereading postgresql.conf, as a SIGHUP asks, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !running {

@@ -11,15 +11,15 @@ use pgrx::prelude::*;
 
 use super::pattern::configured_brand;
 use super::{args, fmgr};
-use crate::context::{self, Context};
-use crate::errors::{self, Refusal};
-use crate::forwarded_for;
-use crate::gucs;
-use crate::key_row::KeyRow;
-use crate::request_headers::{Credential, Headers};
-use crate::scope::{Scope, MAX_SCOPE_LEN};
-use crate::verdict::Reason;
-use crate::verification;
+use crate::core::forwarded_for;
+use crate::core::request_headers::{Credential, Headers};
+use crate::core::scope::{Scope, MAX_SCOPE_LEN};
+use crate::core::verdict::Reason;
+use crate::postgres::errors::{self, Refusal};
+use crate::postgres::gucs;
+use crate::postgres::key_row::KeyRow;
+use crate::postgres::request_context::{self, Context};
+use crate::postgres::verification;
 
 extension_sql!(
     r#"
@@ -68,6 +68,8 @@ const VOID: pg_sys::Datum = pg_sys::Datum::null();
 /// The most of `request.headers` authenticate() parses.
 const MAX_HEADERS_BYTES: usize = 1024 * 1024;
 
+/// # Safety
+/// The body of `api_keys_authenticate` (`refusable_entry!`).
 unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
     let text = setting(c"request.headers", MAX_HEADERS_BYTES).unwrap_or_else(|_| {
         errors::invalid_parameter(
@@ -85,7 +87,7 @@ unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
         )
     });
     let Credential::Key(key) = headers.credential(&configured_brand()) else {
-        context::set(None);
+        request_context::set(None);
         return Ok(VOID);
     };
     let client = forwarded_for::client_address(
@@ -96,7 +98,10 @@ unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     accept(key.as_bytes(), client).map(|_| VOID)
 }
 
+/// # Safety
+/// The body of `api_keys_login`: `fcinfo` of login(key text, client_ip inet).
 unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    // SAFETY: login(key text, client_ip inet).
     let (key, client) = unsafe { (args::key(fcinfo, 0), args::client_ip(fcinfo, 1)) };
     let row = accept(key, client)?;
     Ok(pgrx::Uuid::from_bytes(row.key_id())
@@ -104,6 +109,8 @@ unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refus
         .unwrap_or(VOID))
 }
 
+/// # Safety
+/// The body of `api_keys_require_scope`: `fcinfo` of require_scope(required text).
 unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
     // SAFETY: require_scope(required text).
     let required = match unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) } {
@@ -116,8 +123,8 @@ unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
     };
     let text = String::from_utf8_lossy(required);
     check_required_scope(&text);
-    let granted = context::grants(required);
-    context::with(|context| match context {
+    let granted = request_context::grants(required);
+    request_context::with(|context| match context {
         None => Err(Refusal::new(
             "PT401",
             "no API key is authenticated in this transaction",
@@ -151,7 +158,7 @@ pub unsafe extern "C-unwind" fn api_keys_has_scope(
     // Over MAX_SCOPE_LEN: not a scope, and never detoasted.
     // SAFETY: has_scope(required text).
     let required = unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) };
-    pg_sys::Datum::from(matches!(required, Ok(Some(r)) if context::grants(r)))
+    pg_sys::Datum::from(matches!(required, Ok(Some(r)) if request_context::grants(r)))
 }
 
 // The entry point 0.3.1's catalog names (STRICT there). A database still at 0.3.1
@@ -171,19 +178,19 @@ pub unsafe extern "C-unwind" fn has_scope_wrapper(
 /// The id of the key authenticated in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted, requires = ["schema"])]
 fn current_key_id() -> Option<pgrx::Uuid> {
-    context::with(|c| c.map(|c| pgrx::Uuid::from_bytes(c.key_id)))
+    request_context::with(|c| c.map(|c| pgrx::Uuid::from_bytes(c.key_id)))
 }
 
 /// The owner of the key authenticated in this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted, requires = ["schema"])]
 fn current_owner() -> Option<String> {
-    context::with(|c| c.map(|c| c.owner.clone()))
+    request_context::with(|c| c.map(|c| c.owner.clone()))
 }
 
 /// Verify and, when valid, make the key this transaction's context.
 fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow, Refusal> {
     let row = verification::verify(key, client, None).map_err(refusal)?;
-    context::set(Some(Context::of(&row)));
+    request_context::set(Some(Context::of(&row)));
     Ok(row)
 }
 
@@ -228,6 +235,7 @@ fn setting(name: &CStr, max: usize) -> Result<Option<String>, args::TooLong> {
 
 /// `inet_client_addr()`: None over a Unix socket.
 fn peer_address() -> Option<IpAddr> {
+    // SAFETY: inet_client_addr() takes no argument and returns an inet or NULL.
     unsafe {
         let datum = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
         args::inet_address(datum)

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::key::format::Environment;
+use crate::core::key::format::Environment;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credential {

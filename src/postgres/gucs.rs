@@ -6,10 +6,10 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::{pg_guard, pg_sys};
 use std::ffi::{c_char, c_void, CStr, CString};
 
-use crate::forwarded_for::parse_proxies;
+use crate::core::forwarded_for::parse_proxies;
 
-use crate::key::format::is_valid_brand;
-use crate::key::hash::Argon2Settings;
+use crate::core::key::format::is_valid_brand;
+use crate::core::key::hash::Argon2Settings;
 
 pub static BRAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"ak"));
 pub static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
@@ -219,6 +219,8 @@ fn checked_proxies(text: &str) -> Result<(), String> {
 /// the DETAIL or HINT of its "invalid value for parameter" (22023).
 macro_rules! string_check_hook {
     ($hook:ident, $check:path, $why:ident) => {
+        /// # Safety
+        /// Called by Postgres with the proposed value of the setting.
         #[pg_guard]
         unsafe extern "C-unwind" fn $hook(
             newval: *mut *mut c_char,

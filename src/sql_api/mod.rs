@@ -1,6 +1,7 @@
 //! The SQL surface written in Rust. Thin: parse arguments, call the rooms, answer.
 //! Lifecycle, listing and audit are set-based table work and live in sql/.
 
+mod api_key_verify;
 mod args;
 mod as_caller;
 pub(crate) mod fmgr;
@@ -8,4 +9,3 @@ mod issue;
 mod pattern;
 mod request;
 mod stats;
-mod verify;

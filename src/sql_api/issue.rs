@@ -7,12 +7,12 @@ use pgrx::prelude::*;
 
 use super::pattern::configured_brand;
 use super::{args, fmgr};
-use crate::errors;
-use crate::gucs;
-use crate::key::{format, hash, secret};
-use crate::scope::{Scope, MAX_SCOPES, MAX_SCOPE_LEN};
-use crate::shmem::{self, Argon2For};
-use crate::varlena;
+use crate::core::key::{format, hash, secret};
+use crate::core::scope::{Scope, MAX_SCOPES, MAX_SCOPE_LEN};
+use crate::postgres::datum;
+use crate::postgres::errors;
+use crate::postgres::gucs;
+use crate::postgres::shmem::{self, Argon2For};
 
 /// A fresh key for `environment`: its prefix, the full key (shown once) and the argon2id
 /// hash of its secret (stored).
@@ -85,7 +85,7 @@ pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
     };
     // Too many bytes for MAX_SCOPES scopes of MAX_SCOPE_LEN: refused before the array
     // is decompressed. SAFETY: a varlena datum; only its header or toast pointer is read.
-    let bytes = unsafe { varlena::raw_size(scopes) };
+    let bytes = unsafe { datum::raw_size(scopes) };
     if bytes > MAX_SCOPES * (MAX_SCOPE_LEN + 8) + 1024 {
         errors::invalid_parameter(
             format!("scopes is {bytes} bytes; a key holds at most {MAX_SCOPES} scopes of at most {MAX_SCOPE_LEN} bytes"),
@@ -93,7 +93,7 @@ pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
         )
     }
     // SAFETY: a text[] datum, now of a bounded size.
-    let count = unsafe { varlena::array_len(scopes) };
+    let count = unsafe { datum::array_len(scopes) };
     if count > MAX_SCOPES {
         errors::invalid_parameter(
             format!("scopes has {count} entries; a key holds at most {MAX_SCOPES}"),
@@ -102,7 +102,7 @@ pub unsafe extern "C-unwind" fn _check_scopes_wrapper(
     }
     // SAFETY: a text[] datum of at most MAX_SCOPES elements; the bytes live as long as
     // this call's memory.
-    let elements = unsafe { varlena::text_array_bytes(scopes) };
+    let elements = unsafe { datum::text_array_bytes(scopes) };
     let texts: Vec<Option<String>> = elements
         .into_iter()
         .map(|e| {

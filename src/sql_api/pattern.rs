@@ -1,6 +1,6 @@
 use pgrx::prelude::*;
 
-use crate::{errors, gucs, key::format};
+use crate::{core::key::format, postgres::errors, postgres::gucs};
 
 /// A regex that matches every key this installation issues, under any brand, for
 /// secret scanners.

@@ -4,9 +4,14 @@
 
 use pgrx::pg_sys;
 
-/// The bytes of a text (or any varlena) datum, detoasted if needed. Valid as long as
-/// the datum's memory is.
+/// The bytes of a text (or any varlena) datum, detoasted if needed.
+///
+/// # Safety
+/// `datum` is a varlena; the bytes are valid while the datum's (or the detoasted
+/// copy's) memory context lives, which the caller's `'a` must not outlast.
 pub unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    // SAFETY: a detoasted, possibly short-header varlena: its data and length are read
+    // with the macros made for that.
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
         std::slice::from_raw_parts(
@@ -18,16 +23,26 @@ pub unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
 
 /// The size a varlena datum has once detoasted, read without detoasting it, so a huge
 /// argument can be refused before it is decompressed or fetched.
+///
+/// # Safety
+/// `datum` is a varlena.
 pub unsafe fn raw_size(datum: pg_sys::Datum) -> usize {
+    // SAFETY: reads the header or toast pointer of a varlena.
     unsafe { pg_sys::toast_raw_datum_size(datum) }
 }
 
+/// A text datum as a string (bytes that are not UTF-8 become replacement characters).
+///
+/// # Safety
+/// `datum` is a text.
 pub unsafe fn text_string(datum: pg_sys::Datum) -> String {
+    // SAFETY: a text is a varlena; the bytes are copied before the call returns.
     unsafe { String::from_utf8_lossy(bytes(datum)).into_owned() }
 }
 
 /// A new text datum in the current memory context.
 pub fn text_datum(s: &[u8]) -> pg_sys::Datum {
+    // SAFETY: copies `s` (pointer and length of a live slice) into a palloc'd text.
     unsafe {
         pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
             s.as_ptr().cast(),
@@ -37,12 +52,20 @@ pub fn text_datum(s: &[u8]) -> pg_sys::Datum {
 }
 
 /// A detoasted, flat copy of a varlena datum in the current memory context.
+///
+/// # Safety
+/// `datum` is a varlena.
 pub unsafe fn copy(datum: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: copies a varlena into the current memory context.
     unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())) }
 }
 
 /// A copy of a fixed-length by-reference datum (uuid: 16 bytes).
+///
+/// # Safety
+/// `datum` points to at least `len` readable bytes.
 pub unsafe fn copy_fixed(datum: pg_sys::Datum, len: usize) -> pg_sys::Datum {
+    // SAFETY: `len` bytes from the datum into as many freshly palloc'd ones.
     unsafe {
         let to = pg_sys::palloc(len);
         std::ptr::copy_nonoverlapping(datum.cast_mut_ptr::<u8>(), to.cast::<u8>(), len);
@@ -51,7 +74,12 @@ pub unsafe fn copy_fixed(datum: pg_sys::Datum, len: usize) -> pg_sys::Datum {
 }
 
 /// The elements of a one-type array of varlenas, None for NULL elements.
+///
+/// # Safety
+/// `array` is an array of `element_type`, a varlena type aligned on int (text, cidr).
 unsafe fn elements(array: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Option<pg_sys::Datum>> {
+    // SAFETY: deconstruct_array with the element type's own length, byval and alignment
+    // fills `n` values and nulls, palloc'd in the current context.
     unsafe {
         let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
         let mut values = std::ptr::null_mut();
@@ -113,7 +141,11 @@ pub unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'a [u8]>
 }
 
 /// A text[] datum as strings (not UTF-8: replaced characters, which match no scope).
+///
+/// # Safety
+/// `array` is a text[].
 pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
+    // SAFETY: the elements of a text[] are texts.
     unsafe {
         elements(array, pg_sys::TEXTOID)
             .into_iter()
@@ -127,7 +159,11 @@ pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
 pub type InetParts<'a> = (bool, u8, &'a [u8]);
 
 /// Postgres' `inet_struct`: family (PGSQL_AF_INET = 2, PGSQL_AF_INET6 = 3), bits, address.
+///
+/// # Safety
+/// `datum` is an inet or cidr that outlives `'a`.
 pub unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
+    // SAFETY: inet and cidr are varlenas; the length is checked before each read.
     let b = unsafe { bytes(datum) };
     match b {
         [2, bits, addr @ ..] if addr.len() >= 4 => Some((false, *bits, &addr[..4])),
@@ -137,7 +173,11 @@ pub unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
 }
 
 /// A cidr[] datum's elements as parts; None for a NULL or unreadable element.
+///
+/// # Safety
+/// `array` is a cidr[] that outlives `'a`.
 pub unsafe fn inet_array<'a>(array: pg_sys::Datum) -> Vec<Option<InetParts<'a>>> {
+    // SAFETY: the elements of a cidr[] are cidrs.
     unsafe {
         elements(array, pg_sys::CIDROID)
             .into_iter()

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 
 use pgrx::pg_sys;
 
-use crate::key_row::KeyRow;
-use crate::scope::{Scope, MAX_SCOPE_LEN};
-use crate::txn_callbacks;
-use crate::txn_scoped::{TxnEvent, TxnScoped};
-use crate::varlena;
+use crate::core::scope::{Scope, MAX_SCOPE_LEN};
+use crate::core::txn_scoped::{TxnEvent, TxnScoped};
+use crate::postgres::datum;
+use crate::postgres::key_row::KeyRow;
+use crate::postgres::txn_callbacks;
 
 pub struct Context {
     pub key_id: [u8; 16],
@@ -27,7 +27,8 @@ impl Context {
             key_id: row.key_id(),
             owner: row
                 .owner
-                .map(|d| unsafe { varlena::text_string(d) })
+                // SAFETY: the owner column is a text.
+                .map(|d| unsafe { datum::text_string(d) })
                 .unwrap_or_default(),
             scopes: row
                 .scopes()
@@ -84,6 +85,7 @@ fn change(f: impl FnOnce(&mut TxnScoped<Context>)) {
 /// Set (or, with None, clear) the context for the rest of this transaction.
 pub fn set(context: Option<Context>) {
     txn_callbacks::register();
+    // SAFETY: called inside a transaction (by login or authenticate).
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     change(|c| c.set(sub, context));
 }

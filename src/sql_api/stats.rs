@@ -1,6 +1,6 @@
 use pgrx::prelude::*;
 
-use crate::shmem;
+use crate::postgres::shmem;
 
 /// Counters since server start (per session without shared_preload_libraries):
 /// verifications by reason, memo hits and misses, argon2 computations and throttled

@@ -14,10 +14,10 @@ use std::ptr;
 use ipnet::IpNet;
 use pgrx::{pg_guard, pg_sys, PgSqlErrorCode};
 
-use crate::cidr;
-use crate::errors;
-use crate::varlena;
-use crate::verdict::KeyStatus;
+use crate::core::cidr;
+use crate::core::verdict::KeyStatus;
+use crate::postgres::datum;
+use crate::postgres::errors;
 
 /// The columns verification needs, copied out of the buffer page.
 pub struct KeyRow {
@@ -43,6 +43,7 @@ impl KeyRow {
     /// The key's uuid bytes (the nil uuid if the column could not be read).
     pub fn key_id(&self) -> [u8; 16] {
         self.id
+            // SAFETY: a uuid datum copied by `read_row`: 16 bytes.
             .map_or([0; 16], |d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
     }
 
@@ -51,7 +52,7 @@ impl KeyRow {
     pub fn cidrs(&self) -> Option<Vec<IpNet>> {
         self.cidrs_datum.and_then(|d| {
             // SAFETY: a cidr[] copied into this call's memory by `fetch`.
-            unsafe { varlena::inet_array(d) }
+            unsafe { datum::inet_array(d) }
                 .into_iter()
                 .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))
                 .collect()
@@ -62,7 +63,8 @@ impl KeyRow {
     /// they grant nothing.
     pub fn scopes(&self) -> Vec<String> {
         self.scopes_datum
-            .map(|d| unsafe { varlena::text_array(d) })
+            // SAFETY: a text[] copied into this call's memory by `fetch`.
+            .map(|d| unsafe { datum::text_array(d) })
             .unwrap_or_default()
             .into_iter()
             .flatten()
@@ -86,8 +88,11 @@ struct Columns {
     rate_limit_per_hour: i32,
 }
 
+/// # Safety
+/// `desc` is the key table's live tuple descriptor.
 unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
     let mut c = Columns::default();
+    // SAFETY: a tuple descriptor has `natts` attributes, each with a NUL-terminated name.
     unsafe {
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
         for (i, attr) in attrs.iter().enumerate() {
@@ -115,6 +120,7 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
 }
 
 fn relation_oid(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
+    // SAFETY: a catalog lookup by a NUL-terminated name.
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
     if oid == pg_sys::InvalidOid {
         errors::raise(
@@ -142,6 +148,8 @@ thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// # Safety
+/// Called by Postgres on a relation cache invalidation.
 #[pg_guard]
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if RELATIONS
@@ -157,8 +165,10 @@ fn relations() -> Relations {
         return known;
     }
     if !WATCHING.replace(true) {
+        // SAFETY: registers a callback that lives as long as the library.
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
     }
+    // SAFETY: a catalog lookup by name; a missing schema raises an error.
     let namespace = unsafe { pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false) };
     let found = Relations {
         table: relation_oid(namespace, c"keys"),
@@ -171,10 +181,14 @@ fn relations() -> Relations {
 
 /// The key table and its prefix index, opened with AccessShareLock (held to the end of
 /// the transaction, as for any query), and the table's column numbers.
+///
+/// # Safety
+/// Call inside a transaction; close both relations before it ends.
 unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
     let lock = pg_sys::AccessShareLock as i32;
     loop {
         let known = relations();
+        // SAFETY: NULL when the table is gone, checked below.
         let table = unsafe { pg_sys::try_relation_open(known.table, lock) };
         // Taking the lock took in pending invalidations: is it still the table we
         // looked up (not dropped, nor dropped and made again)?
@@ -182,6 +196,7 @@ unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
             .get()
             .is_some_and(|r| (r.table, r.index) == (known.table, known.index));
         if !table.is_null() && current {
+            // SAFETY: the table is open and locked; its descriptor is live.
             unsafe {
                 // The table's lock keeps its index from being dropped meanwhile.
                 let index = pg_sys::index_open(known.index, lock);
@@ -197,6 +212,7 @@ unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
             }
         }
         if !table.is_null() {
+            // SAFETY: opened above with this lock.
             unsafe { pg_sys::relation_close(table, lock) };
         }
         RELATIONS.set(None);
@@ -205,6 +221,9 @@ unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
 
 /// The row whose prefix is `prefix`, as visible to this transaction now.
 pub fn fetch(prefix: &str) -> Option<KeyRow> {
+    // SAFETY: one index scan, as the executor would do it: relations opened and locked,
+    // a registered snapshot, a slot of the table's type; each released in turn, the
+    // row copied out first.
     unsafe {
         let (table, index, columns) = open();
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
@@ -219,7 +238,7 @@ pub fn fetch(prefix: &str) -> Option<KeyRow> {
             // Compare under the index's collation, or the btree descent could go astray.
             *(*index).rd_indcollation,
             pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            varlena::text_datum(prefix.as_bytes()),
+            datum::text_datum(prefix.as_bytes()),
         );
         let slot = pg_sys::table_slot_create(table, ptr::null_mut());
         let scan = pg_sys::index_beginscan(table, index, snapshot, 1, 0);
@@ -244,7 +263,12 @@ pub fn fetch(prefix: &str) -> Option<KeyRow> {
 }
 
 /// Copy what verification needs out of the slot, whose page is released afterwards.
+///
+/// # Safety
+/// `slot` holds a row of the key table; `c` are its column numbers.
 unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
+    // SAFETY: after slot_getallattrs the slot's values and nulls have `natts` entries;
+    // each column is read as its declared type.
     unsafe {
         pg_sys::slot_getallattrs(slot);
         let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
@@ -255,11 +279,11 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
             (!nulls[i]).then(|| values[i])
         };
         // By-reference columns are copied into the current memory context.
-        let copy = |attnum: i32| get(attnum).map(|d| varlena::copy(d));
+        let copy = |attnum: i32| get(attnum).map(|d| datum::copy(d));
         KeyRow {
-            id: get(c.id).map(|d| varlena::copy_fixed(d, 16)),
+            id: get(c.id).map(|d| datum::copy_fixed(d, 16)),
             secret_hash: get(c.secret_hash)
-                .map(|d| varlena::text_string(d))
+                .map(|d| datum::text_string(d))
                 .unwrap_or_default(),
             owner: copy(c.owner),
             key_type: get(c.key_type),
@@ -275,7 +299,11 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
 }
 
 /// The status an enum value (`key_status`) stands for, by its label in the syscache.
+///
+/// # Safety
+/// `value` is an enum datum (an oid).
 unsafe fn status(value: pg_sys::Datum) -> Option<KeyStatus> {
+    // SAFETY: a syscache lookup, released before returning; the label is NUL-terminated.
     unsafe {
         let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::ENUMOID as i32, value);
         if tuple.is_null() {

@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-use crate::{cidr, scope};
+use crate::{core::cidr, core::scope};
 
 /// Every `reason` that `api_key_verify` can return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

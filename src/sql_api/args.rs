@@ -6,15 +6,19 @@ use std::net::IpAddr;
 
 use pgrx::pg_sys;
 
-use crate::cidr;
-use crate::varlena;
+use crate::core::cidr;
+use crate::postgres::datum;
 
 /// Longer than any key this extension issues, by a wide margin; larger input is
 /// `malformed` without being detoasted.
 const MAX_KEY_BYTES: usize = 1024;
 
 /// Argument `i`, None when SQL NULL (or absent).
+///
+/// # Safety
+/// `fcinfo` is a live call info.
 pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
+    // SAFETY: a call info holds `nargs` arguments.
     unsafe {
         let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
         args.get(i).filter(|a| !a.isnull).map(|a| a.value)
@@ -22,13 +26,18 @@ pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::
 }
 
 /// A presented key's bytes; NULL and oversized input read as empty (malformed).
-pub unsafe fn key(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'static [u8] {
+///
+/// # Safety
+/// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
+/// long as the call's memory, which `'a` must not outlast.
+pub unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a [u8] {
+    // SAFETY: as the function's contract says; the size is read before detoasting.
     unsafe {
         arg(fcinfo, i).map_or(&[][..], |d| {
-            if varlena::raw_size(d) > MAX_KEY_BYTES {
+            if datum::raw_size(d) > MAX_KEY_BYTES {
                 &[]
             } else {
-                varlena::bytes(d)
+                datum::bytes(d)
             }
         })
     }
@@ -53,19 +62,27 @@ pub unsafe fn short_text<'a>(
     unsafe {
         match arg(fcinfo, i) {
             None => Ok(None),
-            Some(d) if varlena::raw_size(d) > max + pg_sys::VARHDRSZ => Err(TooLong),
-            Some(d) => Ok(Some(varlena::bytes(d))),
+            Some(d) if datum::raw_size(d) > max + pg_sys::VARHDRSZ => Err(TooLong),
+            Some(d) => Ok(Some(datum::bytes(d))),
         }
     }
 }
 
 /// An `inet` argument's address (the mask is ignored).
+///
+/// # Safety
+/// `fcinfo` is a live call info whose argument `i` (if any) is an inet.
 pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
+    // SAFETY: as the function's contract says.
     unsafe { arg(fcinfo, i).and_then(|d| inet_address(d)) }
 }
 
 /// The address of an `inet` datum (the mask is ignored).
+///
+/// # Safety
+/// `datum` is an inet.
 pub unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
-    let (v6, _, addr) = unsafe { varlena::inet(datum) }?;
+    // SAFETY: as the function's contract says; the address is copied out.
+    let (v6, _, addr) = unsafe { datum::inet(datum) }?;
     cidr::client(v6, addr)
 }

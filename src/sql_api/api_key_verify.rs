@@ -18,12 +18,12 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::{args, fmgr};
-use crate::errors;
-use crate::key_row::KeyRow;
-use crate::scope::MAX_SCOPE_LEN;
-use crate::varlena;
-use crate::verdict::Reason;
-use crate::verification;
+use crate::core::scope::MAX_SCOPE_LEN;
+use crate::core::verdict::Reason;
+use crate::postgres::datum;
+use crate::postgres::errors;
+use crate::postgres::key_row::KeyRow;
+use crate::postgres::verification;
 
 extension_sql!(
     r#"
@@ -47,9 +47,12 @@ COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text) IS
 
 fmgr::finfo_v1!(pg_finfo_api_key_verify);
 
+/// # Safety
+/// Called by the function manager with a valid `fcinfo`.
 #[unsafe(no_mangle)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the function manager's call info for api_key_verify(text, inet, text).
     unsafe {
         let key = args::key(fcinfo, 0);
         let client = args::client_ip(fcinfo, 1);
@@ -64,10 +67,13 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
 // 0.1.0, which the upgrade test does); the declaration is the same.
 fmgr::finfo_v1!(pg_finfo_api_key_verify_wrapper);
 
+/// # Safety
+/// Called by the function manager with a valid `fcinfo`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn api_key_verify_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: 0.1.0 declares the same arguments.
     unsafe { api_key_verify(fcinfo) }
 }
 
@@ -76,7 +82,11 @@ thread_local! {
     static RESULT_DESC: Cell<Option<(pg_sys::Oid, pg_sys::TupleDesc)>> = const { Cell::new(None) };
 }
 
+/// # Safety
+/// `fcinfo` is api_key_verify's live call info.
 unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    // SAFETY: the declared result type, copied into TopMemoryContext and blessed once per
+    // backend (per function oid), so the cached descriptor outlives every call.
     unsafe {
         let fn_oid = (*(*fcinfo).flinfo).fn_oid;
         if let Some((_, desc)) = RESULT_DESC.get().filter(|(oid, _)| *oid == fn_oid) {
@@ -100,16 +110,22 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
 }
 
 /// (valid, reason, key_id, owner, key_type, environment, scopes, expires_at)
+///
+/// # Safety
+/// `fcinfo` is api_key_verify's live call info; the row's datums live in this call's
+/// memory.
 unsafe fn result_row(
     fcinfo: pg_sys::FunctionCallInfo,
     outcome: &Result<KeyRow, Reason>,
 ) -> pg_sys::Datum {
+    // SAFETY: eight values and nulls for the eight columns of the blessed descriptor,
+    // each of its column's type.
     unsafe {
         let mut values = [pg_sys::Datum::from(0); 8];
         let mut nulls = [true; 8];
         let reason = *outcome.as_ref().err().unwrap_or(&Reason::Ok);
         values[0] = pg_sys::Datum::from(outcome.is_ok());
-        values[1] = varlena::text_datum(reason.as_str().as_bytes());
+        values[1] = datum::text_datum(reason.as_str().as_bytes());
         nulls[..2].fill(false);
         // Identity columns only when valid.
         if let Ok(row) = outcome {

@@ -41,6 +41,7 @@ impl Refusal {
         let sqlstate = sqlstate.bytes().rev().fold(0, |code, ch| {
             (code << 6) | ((ch as c_int - b'0' as c_int) & 0x3F)
         });
+        // SAFETY: copies `s` (pointer and length of a live str) into palloc'd memory.
         let palloc_text = |s: &str| unsafe { pgrx::pg_sys::pnstrdup(s.as_ptr().cast(), s.len()) };
         Refusal {
             sqlstate,
@@ -49,8 +50,11 @@ impl Refusal {
         }
     }
 
-    /// Raise it (`errfinish` jumps back into Postgres). Call only from a frame that
-    /// holds nothing to drop and outside pgrx's guard; see `refusable_entry!`.
+    /// Raise it (`errfinish` jumps back into Postgres).
+    ///
+    /// # Safety
+    /// Call only from a frame that holds nothing to drop and outside pgrx's guard (the
+    /// jump skips Rust frames); see `refusable_entry!`.
     pub unsafe fn raise(self) -> ! {
         unsafe extern "C-unwind" {
             fn errstart(elevel: c_int, domain: *const c_char) -> bool;
@@ -59,6 +63,9 @@ impl Refusal {
             fn errhint(fmt: *const c_char, ...) -> c_int;
             fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
         }
+        // SAFETY: ereport(ERROR) spelled out; the texts are palloc'd, NUL-terminated and
+        // passed through "%s", and errfinish jumps back into Postgres, as the caller
+        // has arranged (see `raise`'s contract).
         unsafe {
             if errstart(pgrx::PgLogLevel::ERROR as c_int, std::ptr::null()) {
                 errcode(self.sqlstate);

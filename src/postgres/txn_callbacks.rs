@@ -6,8 +6,8 @@ use std::cell::Cell;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::txn_scoped::TxnEvent;
-use crate::{caller, context};
+use crate::core::txn_scoped::TxnEvent;
+use crate::{postgres::caller, postgres::request_context};
 
 thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
@@ -25,7 +25,7 @@ pub fn register() {
 }
 
 fn dispatch(event: TxnEvent) {
-    context::on_txn_event(event);
+    request_context::on_txn_event(event);
     caller::on_txn_event(event);
 }
 

@@ -6,7 +6,7 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-use crate::cidr;
+use crate::core::cidr;
 
 /// `api_keys.trusted_proxies`: CIDRs or bare addresses, separated by commas or spaces.
 pub fn parse_proxies(setting: &str) -> Result<Vec<IpNet>, String> {

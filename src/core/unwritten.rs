@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::key_activity::{HourUsage, LastUse};
+use crate::core::rate_limit::{HourUsage, LastUse};
 
 /// Most (key, hour) counts and last uses held at once (about 100 bytes each).
 pub const MAX_ENTRIES: usize = 1_000_000;

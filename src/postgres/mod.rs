@@ -1,0 +1,13 @@
+//! The glue between the pure `core` and PostgreSQL: settings, errors, datums, key rows,
+//! shared memory, the request context and the caller, the background worker.
+
+pub(crate) mod caller;
+pub(crate) mod datum;
+pub(crate) mod errors;
+pub(crate) mod gucs;
+pub(crate) mod key_row;
+pub(crate) mod request_context;
+pub(crate) mod shmem;
+pub(crate) mod txn_callbacks;
+pub(crate) mod verification;
+pub(crate) mod worker;

@@ -1,0 +1,79 @@
+//! The server-wide cap on concurrent argon2 computations (`api_keys.max_concurrent_argon2`),
+//! with verifications served before issues.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use pgrx::pg_sys;
+
+use super::counters::bump;
+use super::{now, shared};
+use crate::postgres::gucs;
+
+/// What an argon2 computation is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Argon2For {
+    Verifying,
+    /// Hashing a new secret (issue, rotate): yields to waiting verifications, so that
+    /// issuing in bulk delays a verification by at most the hashes already running.
+    Issuing,
+}
+
+/// How recently a verification must have waited for issuing to yield: a waiting one
+/// looks again every millisecond.
+const VERIFIER_WAITING_US: i64 = 10_000;
+
+/// Run one argon2 computation, waiting while `api_keys.max_concurrent_argon2` others
+/// run server-wide. Waiting sleeps on a condition variable, woken when a slot is given
+/// back (verifications also every millisecond, to keep their claim fresh), and answers
+/// cancel requests; the computation itself calls no Postgres function, so the slot is
+/// always given back.
+pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
+    bump(|c| &c.argon2_runs);
+    let Some(header) = shared() else {
+        return compute();
+    };
+    let cap = gucs::MAX_CONCURRENT_ARGON2.get().max(1) as u32;
+    let running = &header.argon2_running;
+    let released = header.argon2_released.get();
+    let mut slept = false;
+    loop {
+        let now = now();
+        // A range, not a bound: a clock stepped back must not hold issuing up.
+        let yields = purpose == Argon2For::Issuing
+            && (0..VERIFIER_WAITING_US).contains(&(now - header.verifier_waiting_at.load(Relaxed)));
+        if !yields
+            && running
+                .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+                .is_ok()
+        {
+            break;
+        }
+        let timeout_ms = match purpose {
+            Argon2For::Verifying => {
+                header.verifier_waiting_at.store(now, Relaxed);
+                1
+            }
+            Argon2For::Issuing => 10,
+        };
+        // SAFETY: the condition variable lives in shared memory as long as the server;
+        // the sleep answers interrupts, and an error ends it with the transaction.
+        unsafe {
+            pg_sys::ConditionVariableTimedSleep(released, timeout_ms, pg_sys::PG_WAIT_EXTENSION)
+        };
+        slept = true;
+    }
+    if slept {
+        // SAFETY: ends this backend's sleep on the condition variable.
+        unsafe { pg_sys::ConditionVariableCancelSleep() };
+    }
+    struct Release<'a>(&'a AtomicU32, *mut pg_sys::ConditionVariable);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+            // SAFETY: the shared condition variable; waking waiters raises no error.
+            unsafe { pg_sys::ConditionVariableBroadcast(self.1) };
+        }
+    }
+    let _release = Release(running, released);
+    compute()
+}
