@@ -18,12 +18,33 @@ mod sql_api;
 
 ::pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// The SQL by concern, in the order each builds on the ones before (no forward references):
+// tables, views, validation (with _check_scopes from Rust), audit, lifecycle, issue,
+// listing, grants. The Rust-declared functions (verify, the request context, _mint_key,
+// stats) need only the tables.
+extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
+extension_sql_file!("../sql/views.sql", name = "views", requires = ["tables"]);
 extension_sql_file!(
-    "../sql/functions.sql",
-    name = "functions",
-    requires = ["schema"]
+    "../sql/validation.sql",
+    name = "validation",
+    requires = ["views", "check_scopes"]
 );
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = ["validation"]
+);
+extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
+    requires = ["audit"]
+);
+extension_sql_file!(
+    "../sql/issue.sql",
+    name = "issue",
+    requires = ["lifecycle", sql_api::issue::_mint_key]
+);
+extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["issue"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -42,7 +42,7 @@ COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text) IS
     'One row for any input: valid, reason and, when valid, the key''s identity.';
 "#,
     name = "api_key_verify",
-    requires = ["schema"]
+    requires = ["tables"]
 );
 
 fmgr::finfo_v1!(pg_finfo_api_key_verify);

@@ -1,4 +1,4 @@
-//! Helpers that api_key_issue / api_key_rotate / api_key_update (sql/functions.sql) call:
+//! Helpers that api_key_issue / api_key_rotate / api_key_update (sql/issue.sql) call:
 //! minting a key and validating scopes. Not granted to PUBLIC.
 
 use std::collections::HashSet;
@@ -16,8 +16,8 @@ use crate::postgres::shmem::{self, Argon2For};
 
 /// A fresh key for `environment`: its prefix, the full key (shown once) and the argon2id
 /// hash of its secret (stored).
-#[pg_extern(volatile, requires = ["schema"])]
-fn _mint_key(
+#[pg_extern(volatile, requires = ["tables"])]
+pub(crate) fn _mint_key(
     environment: &str,
 ) -> TableIterator<
     'static,
@@ -57,7 +57,7 @@ LANGUAGE c STABLE
 AS 'MODULE_PATHNAME', '_check_scopes_wrapper';
 "#,
     name = "check_scopes",
-    requires = ["schema"]
+    requires = ["tables"]
 );
 
 fmgr::finfo_v1!(pg_finfo__check_scopes_wrapper);

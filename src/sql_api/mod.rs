@@ -5,7 +5,7 @@ mod api_key_verify;
 mod args;
 mod as_caller;
 pub(crate) mod fmgr;
-mod issue;
+pub(crate) mod issue;
 mod pattern;
 mod request;
 mod stats;

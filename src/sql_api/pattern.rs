@@ -4,7 +4,7 @@ use crate::{core::key::format, postgres::errors, postgres::gucs};
 
 /// A regex that matches every key this installation issues, under any brand, for
 /// secret scanners.
-#[pg_extern(immutable, parallel_safe, requires = ["schema"])]
+#[pg_extern(immutable, parallel_safe, requires = ["tables"])]
 fn key_pattern() -> String {
     format::key_pattern()
 }

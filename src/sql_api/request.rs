@@ -48,7 +48,7 @@ COMMENT ON FUNCTION api_keys.require_scope(text) IS
     'Raises PT401 when no key is authenticated in this transaction, PT403 when it lacks the scope.';
 "#,
     name = "request_context",
-    requires = ["schema"]
+    requires = ["tables"]
 );
 
 fmgr::refusable_entry!(
@@ -176,13 +176,13 @@ pub unsafe extern "C-unwind" fn has_scope_wrapper(
 }
 
 /// The id of the key authenticated in this transaction, or NULL.
-#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
+#[pg_extern(stable, parallel_restricted, requires = ["tables"])]
 fn current_key_id() -> Option<pgrx::Uuid> {
     request_context::with(|c| c.map(|c| pgrx::Uuid::from_bytes(c.key_id)))
 }
 
 /// The owner of the key authenticated in this transaction, or NULL.
-#[pg_extern(stable, parallel_restricted, requires = ["schema"])]
+#[pg_extern(stable, parallel_restricted, requires = ["tables"])]
 fn current_owner() -> Option<String> {
     request_context::with(|c| c.map(|c| c.owner.clone()))
 }

@@ -1,0 +1,109 @@
+-- api_keys: roles, types, tables and indexes. Everything else builds on these.
+-- Objects are schema-qualified and operators pinned (OPERATOR(pg_catalog.=)) so no
+-- caller's search_path can redirect them.
+
+-- Roles are cluster-wide: create them once and keep them across DROP EXTENSION.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_keys_admin') THEN
+        CREATE ROLE api_keys_admin NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_keys_verifier') THEN
+        CREATE ROLE api_keys_verifier NOLOGIN;
+    END IF;
+END
+$roles$;
+
+CREATE TYPE api_keys.key_type AS ENUM ('service', 'user');
+
+CREATE TYPE api_keys.environment AS ENUM ('production', 'staging', 'development');
+
+CREATE TYPE api_keys.key_status AS ENUM ('active', 'suspended', 'revoked', 'expired');
+
+CREATE TABLE api_keys.keys (
+    id                    uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    prefix                text NOT NULL UNIQUE,
+    secret_hash           text NOT NULL,
+    name                  text NOT NULL CHECK (pg_catalog.btrim(name) <> ''),
+    description           text,
+    key_type              api_keys.key_type NOT NULL,
+    environment           api_keys.environment NOT NULL,
+    owner                 text NOT NULL CHECK (owner <> ''),
+    status                api_keys.key_status NOT NULL DEFAULT 'active',
+    status_reason         text,
+    status_changed_at     timestamptz,
+    scopes                text[] NOT NULL DEFAULT ARRAY['*']
+                          CHECK (pg_catalog.array_position(scopes, NULL) IS NULL),
+    allowed_cidrs         cidr[] NOT NULL DEFAULT '{}'
+                          CHECK (pg_catalog.array_position(allowed_cidrs, NULL) IS NULL),
+    expires_at            timestamptz,
+    created_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by            text NOT NULL,
+    last_used_at          timestamptz,
+    last_used_ip          inet,
+    -- No foreign key: a rotated-from key may be deleted; the audit log keeps its story.
+    rotated_from          uuid,
+    rate_limit_per_minute integer CHECK (rate_limit_per_minute > 0),
+    rate_limit_per_hour   integer CHECK (rate_limit_per_hour > 0),
+    metadata              jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
+);
+
+COMMENT ON TABLE api_keys.keys IS
+    'API keys. secret_hash is an argon2id PHC string; only superusers can read it.';
+
+CREATE INDEX keys_owner_idx ON api_keys.keys (owner);
+
+CREATE INDEX keys_expires_at_idx ON api_keys.keys (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE api_keys.scope_catalog (
+    resource    text NOT NULL,
+    action      text NOT NULL,
+    description text,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (resource, action)
+);
+
+COMMENT ON TABLE api_keys.scope_catalog IS
+    'When it has rows, issued scopes must match one of them.';
+
+CREATE TABLE api_keys.audit_log (
+    id         bigserial PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    key_id     uuid,
+    prefix     text,
+    action     text NOT NULL CHECK (action IN ('issued', 'updated', 'suspended', 'reactivated',
+                                              'revoked', 'expired', 'rotated', 'deleted')),
+    actor      text NOT NULL,
+    app_actor  text,
+    old_status api_keys.key_status,
+    new_status api_keys.key_status,
+    reason     text,
+    details    jsonb NOT NULL DEFAULT '{}'
+);
+
+COMMENT ON TABLE api_keys.audit_log IS
+    'Append-only history of every key change; api_keys.audit_prune() is the only way out.';
+
+COMMENT ON COLUMN api_keys.audit_log.actor IS 'The role that made the change.';
+
+COMMENT ON COLUMN api_keys.audit_log.app_actor IS 'Setting api_keys.actor at the time, when an application set it.';
+
+CREATE INDEX audit_log_key_idx ON api_keys.audit_log (key_id, at);
+
+CREATE INDEX audit_log_at_idx ON api_keys.audit_log (at);
+
+-- Hourly verification counts per key, written by the background worker from shared
+-- memory (never by the verifying transaction). No foreign key: a key deleted while its
+-- counts are in flight must not fail the flush; deleting a key removes its rows.
+CREATE TABLE api_keys.usage (
+    key_id   uuid NOT NULL,
+    hour     timestamptz NOT NULL,
+    verified bigint NOT NULL DEFAULT 0 CHECK (verified >= 0),
+    rejected bigint NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    PRIMARY KEY (key_id, hour)
+);
+
+COMMENT ON TABLE api_keys.usage IS
+    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check). Kept current within api_keys.flush_interval.';
+
+CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
