@@ -62,15 +62,16 @@ deps:
 	    cargo pgrx init --pg15 $(PG_CONFIG); \
 	fi
 
-# cargo pgrx installs the current version's script and the upgrade scripts. The install
-# scripts of earlier releases are kept in sql/ (as each release generated them), so that
-# `CREATE EXTENSION api_keys VERSION '<old>'` builds what that release built; the
-# upgrade test starts from each. Any other install script, left by an earlier install
-# on this machine, is removed: PostgreSQL would take it instead of the real thing.
+# cargo pgrx installs the current version's script and the upgrade scripts (sql/). The
+# install scripts of earlier releases are kept, frozen, in sql/released/ (as each release
+# generated them; SHA256SUMS, checked by make lint), so that `CREATE EXTENSION api_keys
+# VERSION '<old>'` builds what that release built; the upgrade test starts from each.
+# Any other install script, left by an earlier install on this machine, is removed:
+# PostgreSQL would take it instead of the real thing.
 EXT_DIR = $$($(PG_CONFIG) --sharedir)/extension
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 $(if $(VERSION),,$(error could not read the version from Cargo.toml))
-RELEASED_INSTALL_SCRIPTS := $(shell ls sql/api_keys--*.sql | grep -v -e '--.*--')
+RELEASED_INSTALL_SCRIPTS := $(wildcard sql/released/api_keys--*.sql)
 # The library is moved aside first, so the install writes a new file: a running server
 # keeps the one it has mapped instead of crashing on a library overwritten in place.
 PKGLIB_DIR = $$($(PG_CONFIG) --pkglibdir)
@@ -82,9 +83,13 @@ install:
 	    $(foreach f,$(RELEASED_INSTALL_SCRIPTS),! -name '$(notdir $(f))') \
 	    ! -name 'api_keys--$(VERSION).sql' -print -delete
 
+# Also: a released install script is never edited, and none is left unlisted.
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cd sql/released && sha256sum --check --quiet SHA256SUMS
+	@diff <(cd sql/released && ls api_keys--*.sql) <(cut -d' ' -f3 sql/released/SHA256SUMS) >/dev/null || \
+	    { echo "sql/released/SHA256SUMS does not list exactly the released install scripts" >&2; exit 1; }
 
 regress:
 	PATH=$(PG_BIN):$$PATH tests/run_pg_regress.sh

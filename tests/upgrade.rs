@@ -1,5 +1,5 @@
 //! Upgrades: a database created at any earlier release (from that release's install
-//! script, kept as `sql/api_keys--<old>.sql`) and brought up with
+//! script, kept as `sql/released/api_keys--<old>.sql`) and brought up with
 //! `ALTER EXTENSION api_keys UPDATE` has exactly the objects of a fresh install
 //! (definitions, privileges, comments, dump configuration), and the keys issued before
 //! the update keep verifying, before and after it.
@@ -133,7 +133,7 @@ fn update_from_every_earlier_release_matches_a_fresh_install() {
 /// shipped), issue and verify a key there, update, verify again, and compare every
 /// member object with `want`, a fresh install's description.
 fn update_from(cluster: &Cluster, old_version: &str, want: &BTreeSet<String>) {
-    let script = format!("sql/api_keys--{old_version}.sql");
+    let script = format!("sql/released/api_keys--{old_version}.sql");
     assert!(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(&script)
