@@ -48,7 +48,15 @@ bench: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 	PATH=$(PG_BIN):$$PATH tests/bench/run.sh
 
+# rust-toolchain.toml names 1.95.0, the toolchain this builds with. Where rustup knows it
+# only as "stable" (the same compiler, and nothing can be downloaded), give it that name
+# too, as rustup itself lays toolchains out (rustup refuses to link an official name).
+RUST_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 deps:
+	@rustup toolchain list | grep -q '^$(RUST_TOOLCHAIN)' || \
+	    { stable=$$(rustup run stable rustc --print sysroot) && \
+	      [ "$$(rustup run stable rustc --version | cut -d' ' -f2)" = "$(RUST_TOOLCHAIN)" ] && \
+	      ln -s "$$stable" "$$(dirname "$$stable")/$(RUST_TOOLCHAIN)-$$(basename "$$stable" | sed 's/^stable-//')"; }
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "==> apt-get install$$missing"; \

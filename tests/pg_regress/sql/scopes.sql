@@ -50,7 +50,7 @@ SELECT count(*) AS catalog_entries FROM scope_catalog;
 
 -- with entries in the catalog, issue accepts only scopes that match it; the HINT lists them
 -- (NOTE: a scope is accepted when it overlaps an entry, so 'runs:*' and '*' pass although
--- they also grant the uncatalogued runs:delete; API.md does not say whether "match" means
+-- they also grant the uncatalogued runs:delete; the contract does not say whether "match" means
 -- overlap or cover)
 SELECT s AS scope, regress.expect_error(format('SELECT * FROM api_keys.api_key_issue(%L, %L, %L, ARRAY[%L])',
                                                'catalog', 'service', 'production', s)) AS result
@@ -95,7 +95,7 @@ RESET ROLE;
 -- matching through required_scope: wildcards, resource filters, no implied actions
 CREATE TEMP TABLE matching (n int, granted text[], required text);
 INSERT INTO matching VALUES
-    -- the examples of API.md
+    -- the examples of the scope reference (README, Scopes)
     (1, ARRAY['runs:*'], 'runs:read'),
     (2, ARRAY['*:read'], 'projects/42:read'),
     (3, ARRAY['projects/42/*:read'], 'projects/42/runs/7:read'),

@@ -183,7 +183,7 @@ SELECT s.required, v.valid, v.reason, v.key_id IS NOT NULL AS identity_shown
 -- a huge required_scope is just not granted
 SELECT count(*) AS rows, min(reason) AS reason FROM api_key_verify(:'k', NULL, repeat('a', 1024 * 1024));
 
--- the resource-filter examples of API.md, through required_scope
+-- the resource-filter examples of the scope reference (README), through required_scope
 CREATE TEMP TABLE scope_cases (n int, granted text[], required text);
 INSERT INTO scope_cases VALUES
     (1, ARRAY['runs:*'], 'runs:read'),
