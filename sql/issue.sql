@@ -5,7 +5,9 @@
 -- Mint, hash and store a key described by template `t`; audit 'issued'.
 CREATE FUNCTION api_keys._create_key(t api_keys.keys)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     minted record;
 BEGIN
@@ -41,7 +43,9 @@ CREATE FUNCTION api_keys._issue_template(
     rate_limit_per_hour integer,
     metadata jsonb
 ) RETURNS api_keys.keys
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     caller text := api_keys._caller();
     t api_keys.keys;
@@ -116,7 +120,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
     effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
@@ -170,7 +176,9 @@ CREATE FUNCTION api_keys._impl_api_key_update(
     rate_limit_per_hour integer DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS api_keys.key_list
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
     stored api_keys.keys;
@@ -217,7 +225,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys.api_key_register_scope(resource text, action text, description text DEFAULT NULL)
 RETURNS api_keys.scope_catalog
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     entry api_keys.scope_catalog;
 BEGIN

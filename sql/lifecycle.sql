@@ -112,7 +112,9 @@ CREATE TRIGGER keys_guard BEFORE UPDATE ON api_keys.keys
 -- The key row for a lifecycle call, locked; P0002 when it does not exist or the caller
 -- may not see it (the two are indistinguishable on purpose).
 CREATE FUNCTION api_keys._key_for_update(key_id uuid) RETURNS api_keys.keys
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     k api_keys.keys;
 BEGIN
@@ -129,14 +131,18 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._listed(key_id uuid) RETURNS api_keys.key_list
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT * FROM api_keys.key_list l WHERE l.id = key_id
 $$;
 
 -- One path for every status change: check, write (the triggers re-check and audit), show.
 CREATE FUNCTION api_keys._change_status(key_id uuid, target api_keys.key_status, reason text)
 RETURNS api_keys.key_list
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
 BEGIN
@@ -148,7 +154,9 @@ END $$;
 
 CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT api_keys._change_status(key_id, 'suspended', reason)
 $$;
 
@@ -158,7 +166,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT api_keys._change_status(key_id, 'active', NULL)
 $$;
 
@@ -168,7 +178,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM api_keys._require_reason(reason);
     RETURN api_keys._change_status(key_id, 'revoked', reason);
@@ -180,7 +192,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF status = 'revoked' THEN
         PERFORM api_keys._require_reason(reason);
@@ -194,7 +208,9 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
     shown api_keys.key_list := api_keys._listed(k.id);

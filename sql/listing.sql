@@ -9,7 +9,9 @@ CREATE FUNCTION api_keys._impl_api_key_list(
     page_size integer DEFAULT 50,
     page integer DEFAULT 1
 ) RETURNS SETOF api_keys.key_list
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     sortable CONSTANT text[] := ARRAY[
         'id', 'prefix', 'name', 'description', 'key_type', 'environment', 'owner', 'status',

@@ -3,7 +3,9 @@
 -- checked in Rust (_check_scopes, src/sql_api/issue.rs).
 
 CREATE FUNCTION api_keys._check_length(field text, value text, max_characters integer) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     -- Bytes first: a huge text is refused without counting its characters.
     IF octet_length(value) > max_characters AND
@@ -19,7 +21,9 @@ END $$;
 -- `k` sets or changes against `old` (NULL for a new key), before any costly work; rows
 -- written before the bounds existed can still change their other fields.
 CREATE FUNCTION api_keys._check_bounds(k api_keys.keys, old api_keys.keys) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     metadata_bytes integer;
 BEGIN
@@ -47,7 +51,9 @@ END $$;
 
 -- Field validators shared by issue and update: 22023 naming the field, with a hint.
 CREATE FUNCTION api_keys._check_name(name text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     -- The bound first: a huge name is refused before it is trimmed (copied).
     PERFORM api_keys._check_length('name', name, 200);
@@ -58,7 +64,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._check_expiry(expires_at timestamptz) RETURNS timestamptz
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF expires_at = 'infinity' THEN
         RETURN NULL;  -- never
@@ -71,7 +79,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._check_limit(field text, value integer) RETURNS integer
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF value <= 0 THEN
         RAISE EXCEPTION '% must be positive (got %)', field, value
@@ -82,7 +92,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._check_cidrs(allowed_cidrs cidr[]) RETURNS cidr[]
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     c cidr;
 BEGIN
@@ -106,7 +118,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._check_metadata(metadata jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
         RAISE EXCEPTION 'metadata must be a JSON object (got %)', jsonb_typeof(metadata)
@@ -116,7 +130,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._require_reason(reason text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF reason IS NULL OR btrim(reason) = '' THEN
         RAISE EXCEPTION 'reason is required to revoke a key' USING ERRCODE = 'invalid_parameter_value',

@@ -3,7 +3,7 @@
 
 -- The role a call acts for: current_user at its call site, also inside the SECURITY
 -- DEFINER implementations of the management functions, which note it on entry
--- (src/caller.rs). So inside anyone's SECURITY DEFINER function it is that function's
+-- (src/postgres/caller.rs). So inside anyone's SECURITY DEFINER function it is that function's
 -- owner, as PostgreSQL has it; under PostgREST (SET ROLE) the request's role.
 -- _caller_is_admin pins search_path: the views call it with the caller's search_path in
 -- force, and a caller could otherwise shadow a type or operator it uses (pg_temp comes

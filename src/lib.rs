@@ -63,10 +63,10 @@ mod pg_tests;
 
 /// Used by `cargo pgrx test`.
 #[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
+pub(crate) mod pg_test {
+    pub(crate) fn setup(_options: Vec<&str>) {}
 
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
+    pub(crate) fn postgresql_conf_options() -> Vec<&'static str> {
         vec!["shared_preload_libraries = 'api_keys'"]
     }
 }

@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 
 const WAYS: usize = 4;
 /// How long a wrong secret marks its prefix as under attack.
-pub const SUSPECT_MINUTES: u32 = 10;
+pub(crate) const SUSPECT_MINUTES: u32 = 10;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct BudgetSlot {
+pub(crate) struct BudgetSlot {
     prefix_id: u64,
     minute: u32,
     spent: u32,
@@ -29,14 +29,14 @@ pub struct BudgetSlot {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Per prefix per minute; 0 = unlimited.
-    pub per_prefix_per_minute: u32,
+    pub(crate) per_prefix_per_minute: u32,
     /// Server-wide per second, for suspect prefixes; 0 = unlimited.
-    pub after_failure_per_second: u32,
+    pub(crate) after_failure_per_second: u32,
 }
 
-pub fn prefix_id(prefix: &str) -> u64 {
+pub(crate) fn prefix_id(prefix: &str) -> u64 {
     let digest = Sha256::digest(prefix.as_bytes());
     // 0 marks an empty slot.
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
@@ -102,7 +102,7 @@ fn gcra_take(tat_us: &mut i64, now_us: i64, per_second: u32) -> bool {
 
 /// Spend one argon2 computation for `prefix_id` at `now_us` (microseconds); false when
 /// a budget says no. `tat_us` is the server-wide allowance's state.
-pub fn try_spend(
+pub(crate) fn try_spend(
     slots: &mut [BudgetSlot],
     tat_us: &mut i64,
     prefix_id: u64,
@@ -126,7 +126,7 @@ pub fn try_spend(
 }
 
 /// A wrong secret was presented for `prefix_id`: it is suspect for a while.
-pub fn record_failure(slots: &mut [BudgetSlot], prefix_id: u64, now_us: i64) {
+pub(crate) fn record_failure(slots: &mut [BudgetSlot], prefix_id: u64, now_us: i64) {
     if slots.is_empty() {
         return;
     }

@@ -7,14 +7,14 @@ use std::net::IpAddr;
 /// Parse a Postgres `inet` text (`10.0.0.1` or `10.0.0.1/24`) into its address. Tests
 /// write addresses as text; verification reads them from datums (`client`).
 #[cfg(test)]
-pub fn parse_client(text: &str) -> Option<IpAddr> {
+pub(crate) fn parse_client(text: &str) -> Option<IpAddr> {
     let addr = text.split_once('/').map_or(text, |(a, _)| a);
     addr.parse::<IpAddr>().ok().map(canonical)
 }
 
 /// An IPv4 client reaching an IPv6 socket appears as `::ffff:a.b.c.d`; it is an IPv4
 /// client and is matched against the IPv4 rules.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -22,7 +22,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The address of an `inet` value given as its parts (family, address bytes).
-pub fn client(v6: bool, addr: &[u8]) -> Option<IpAddr> {
+pub(crate) fn client(v6: bool, addr: &[u8]) -> Option<IpAddr> {
     address(v6, addr).map(canonical)
 }
 
@@ -35,18 +35,18 @@ fn address(v6: bool, addr: &[u8]) -> Option<IpAddr> {
 }
 
 /// A stored `cidr` rule given as its parts (family, prefix length, address bytes).
-pub fn rule(v6: bool, bits: u8, addr: &[u8]) -> Option<IpNet> {
+pub(crate) fn rule(v6: bool, bits: u8, addr: &[u8]) -> Option<IpNet> {
     IpNet::new(address(v6, addr)?, bits).ok()
 }
 
 /// Rules written as text, for tests (verification reads them from datums: `rule`).
 #[cfg(test)]
-pub fn parse_rules<S: AsRef<str>>(rules: &[S]) -> Option<Vec<IpNet>> {
+pub(crate) fn parse_rules<S: AsRef<str>>(rules: &[S]) -> Option<Vec<IpNet>> {
     rules.iter().map(|r| r.as_ref().parse().ok()).collect()
 }
 
 /// No rules: everyone. Rules but no client address: nobody.
-pub fn allows(rules: &[IpNet], client: Option<IpAddr>) -> bool {
+pub(crate) fn allows(rules: &[IpNet], client: Option<IpAddr>) -> bool {
     if rules.is_empty() {
         return true;
     }

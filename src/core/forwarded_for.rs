@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use crate::core::cidr;
 
 /// `api_keys.trusted_proxies`: CIDRs or bare addresses, separated by commas or spaces.
-pub fn parse_proxies(setting: &str) -> Result<Vec<IpNet>, String> {
+pub(crate) fn parse_proxies(setting: &str) -> Result<Vec<IpNet>, String> {
     setting
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
@@ -29,7 +29,7 @@ pub fn parse_proxies(setting: &str) -> Result<Vec<IpNet>, String> {
 /// is not an address comes first, the client is unknown (None), which a key with CIDR
 /// rules refuses: a request that reaches PostgREST without passing a proxy that
 /// appends the header must not borrow a trusted proxy's address.
-pub fn client_address(
+pub(crate) fn client_address(
     peer: Option<IpAddr>,
     forwarded_for: Option<&str>,
     trusted: &[IpNet],

@@ -11,11 +11,11 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub const WAYS: usize = 8;
+pub(crate) const WAYS: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Slot {
+pub(crate) struct Slot {
     digest: [u8; 32],
     /// 0 empty, 1 matches, 2 does not match.
     state: u8,
@@ -28,13 +28,13 @@ const MATCHES: u8 = 1;
 const MISMATCH: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fact {
+pub(crate) enum Fact {
     Matches,
     DoesNotMatch,
 }
 
 /// The identity of "this key against this hash".
-pub fn fact_id(secret_hash: &str, presented_key: &[u8]) -> [u8; 32] {
+pub(crate) fn fact_id(secret_hash: &str, presented_key: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(secret_hash.as_bytes());
     h.update([0u8]);
@@ -43,7 +43,7 @@ pub fn fact_id(secret_hash: &str, presented_key: &[u8]) -> [u8; 32] {
 }
 
 /// Which bucket `id` lives in: callers lock by it.
-pub fn bucket_index(slots_len: usize, id: &[u8; 32]) -> usize {
+pub(crate) fn bucket_index(slots_len: usize, id: &[u8; 32]) -> usize {
     let buckets = (slots_len / WAYS).max(1);
     u64::from_le_bytes(id[..8].try_into().expect("8 bytes")) as usize % buckets
 }
@@ -53,7 +53,7 @@ fn bucket(slots_len: usize, id: &[u8; 32]) -> std::ops::Range<usize> {
     start..(start + WAYS).min(slots_len)
 }
 
-pub fn lookup(slots: &mut [Slot], id: &[u8; 32]) -> Option<Fact> {
+pub(crate) fn lookup(slots: &mut [Slot], id: &[u8; 32]) -> Option<Fact> {
     if slots.is_empty() {
         return None;
     }
@@ -71,7 +71,7 @@ pub fn lookup(slots: &mut [Slot], id: &[u8; 32]) -> Option<Fact> {
     None
 }
 
-pub fn remember(slots: &mut [Slot], id: &[u8; 32], fact: Fact) {
+pub(crate) fn remember(slots: &mut [Slot], id: &[u8; 32], fact: Fact) {
     if slots.is_empty() {
         return;
     }

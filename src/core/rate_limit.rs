@@ -11,7 +11,7 @@
 //! backend-local memory). Pure: no pgrx; the caller does the locking and chooses the
 //! stripe with `bucket_index`.
 
-pub const WAYS: usize = 8;
+pub(crate) const WAYS: usize = 8;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
 
@@ -25,7 +25,7 @@ struct UsageCount {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KeySlot {
+pub(crate) struct KeySlot {
     /// All zero: an empty slot (no key has the nil uuid).
     key_id: [u8; 16],
     minute: u32,
@@ -44,13 +44,13 @@ pub struct KeySlot {
 
 /// Per key; 0 = unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub per_minute: u32,
-    pub per_hour: u32,
+pub(crate) struct Limits {
+    pub(crate) per_minute: u32,
+    pub(crate) per_hour: u32,
 }
 
 impl Limits {
-    pub const UNLIMITED: Limits = Limits {
+    pub(crate) const UNLIMITED: Limits = Limits {
         per_minute: 0,
         per_hour: 0,
     };
@@ -58,20 +58,20 @@ impl Limits {
 
 /// One key's usage in one hour, drained for flushing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HourUsage {
-    pub key_id: [u8; 16],
+pub(crate) struct HourUsage {
+    pub(crate) key_id: [u8; 16],
     /// Start of the hour, µs since 2000-01-01 UTC.
-    pub hour_start: i64,
-    pub verified: u32,
-    pub rejected: u32,
+    pub(crate) hour_start: i64,
+    pub(crate) verified: u32,
+    pub(crate) rejected: u32,
 }
 
 /// One key's last admitted call, drained for flushing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LastUse {
-    pub key_id: [u8; 16],
-    pub at: i64,
-    pub ip: Option<std::net::IpAddr>,
+pub(crate) struct LastUse {
+    pub(crate) key_id: [u8; 16],
+    pub(crate) at: i64,
+    pub(crate) ip: Option<std::net::IpAddr>,
 }
 
 fn minute_of(now: i64) -> u32 {
@@ -83,7 +83,7 @@ fn hour_of(now: i64) -> u32 {
 }
 
 /// Which bucket `key_id` lives in: callers lock by it.
-pub fn bucket_index(slots_len: usize, key_id: &[u8; 16]) -> usize {
+pub(crate) fn bucket_index(slots_len: usize, key_id: &[u8; 16]) -> usize {
     let buckets = (slots_len / WAYS).max(1);
     u64::from_le_bytes(key_id[..8].try_into().expect("8 bytes")) as usize % buckets
 }
@@ -173,7 +173,7 @@ fn slot<'a>(
 }
 
 /// Is the key at or over a limit now? Counts nothing.
-pub fn is_over(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64, limits: Limits) -> bool {
+pub(crate) fn is_over(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64, limits: Limits) -> bool {
     let mut evicted = false;
     slot(slots, key_id, now, &mut evicted).is_some_and(|s| s.over(limits))
 }
@@ -181,7 +181,7 @@ pub fn is_over(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64, limits: Limit
 /// A call that passed every other check: admitted (counted in both windows, recorded
 /// as verified and as the last use) when both windows have room, else recorded as
 /// rejected. Returns (admitted, evicted another key's state).
-pub fn admit(
+pub(crate) fn admit(
     slots: &mut [KeySlot],
     key_id: &[u8; 16],
     now: i64,
@@ -213,7 +213,7 @@ pub fn admit(
 }
 
 /// A call for this key that failed a check other than the rate limit.
-pub fn record_rejected(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64) -> bool {
+pub(crate) fn record_rejected(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64) -> bool {
     let mut evicted = false;
     if let Some(s) = slot(slots, key_id, now, &mut evicted) {
         s.usage_now(now).rejected += 1;
@@ -222,7 +222,7 @@ pub fn record_rejected(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64) -> bo
 }
 
 /// Take every unflushed count and last use out of `slots` (they start again from zero).
-pub fn drain(slots: &mut [KeySlot], usage: &mut Vec<HourUsage>, last: &mut Vec<LastUse>) {
+pub(crate) fn drain(slots: &mut [KeySlot], usage: &mut Vec<HourUsage>, last: &mut Vec<LastUse>) {
     for s in slots.iter_mut().filter(|s| !s.is_empty()) {
         for u in s.usage.iter_mut().filter(|u| u.verified + u.rejected > 0) {
             usage.push(HourUsage {

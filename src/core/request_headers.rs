@@ -9,20 +9,20 @@ use serde_json::{Map, Value};
 use crate::core::key::format::Environment;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// No key: the request is anonymous as far as api_keys is concerned.
     Anonymous,
     Key(String),
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub struct HeadersError;
+pub(crate) struct HeadersError;
 
-pub struct Headers(Map<String, Value>);
+pub(crate) struct Headers(Map<String, Value>);
 
 impl Headers {
     /// `text`: the value of `request.headers`; None or blank when unset.
-    pub fn parse(text: Option<&str>) -> Result<Headers, HeadersError> {
+    pub(crate) fn parse(text: Option<&str>) -> Result<Headers, HeadersError> {
         match text.filter(|t| !t.trim().is_empty()) {
             None => Ok(Headers(Map::new())),
             Some(t) => serde_json::from_str(t)
@@ -33,7 +33,7 @@ impl Headers {
 
     /// A header's value, trimmed; names compared without case, for callers that set
     /// `request.headers` themselves.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -41,7 +41,7 @@ impl Headers {
             .map(str::trim)
     }
 
-    pub fn credential(&self, brand: &str) -> Credential {
+    pub(crate) fn credential(&self, brand: &str) -> Credential {
         // Present, even empty, blank or not a string, is presented: a client whose key
         // variable is unset is refused (malformed) rather than served anonymous results.
         let named = |(k, _): &(&String, &Value)| k.eq_ignore_ascii_case("x-api-key");
@@ -66,7 +66,7 @@ fn bearer_token(authorization: &str) -> Option<&str> {
 
 /// `<brand>_<env tag>_…`: ours, even when mistyped (it is then refused as malformed
 /// rather than handed on as a JWT).
-pub fn has_key_shape(token: &str, brand: &str) -> bool {
+pub(crate) fn has_key_shape(token: &str, brand: &str) -> bool {
     let mut parts = token.splitn(3, '_');
     parts.next() == Some(brand)
         && parts.next().and_then(Environment::from_tag).is_some()

@@ -8,18 +8,18 @@
 use std::fmt;
 
 /// Longest scope text, in bytes.
-pub const MAX_SCOPE_LEN: usize = 200;
+pub(crate) const MAX_SCOPE_LEN: usize = 200;
 /// Most scopes one key may hold.
-pub const MAX_SCOPES: usize = 256;
+pub(crate) const MAX_SCOPES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     Any,
     Name(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// `*`: every resource, every action.
     All,
     Rule {
@@ -29,7 +29,7 @@ pub enum Scope {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScopeError(pub String);
+pub(crate) struct ScopeError(pub String);
 
 impl fmt::Display for ScopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,7 +70,7 @@ fn action(s: &str) -> Result<Part, ScopeError> {
 }
 
 impl Scope {
-    pub fn parse(s: &str) -> Result<Scope, ScopeError> {
+    pub(crate) fn parse(s: &str) -> Result<Scope, ScopeError> {
         if s == "*" {
             return Ok(Scope::All);
         }
@@ -93,7 +93,7 @@ impl Scope {
 
     /// Does holding `self` allow everything `required` allows?
     /// (For a concrete `required`, simply: is it granted.)
-    pub fn grants(&self, required: &Scope) -> bool {
+    pub(crate) fn grants(&self, required: &Scope) -> bool {
         match (self, required) {
             (Scope::All, _) => true,
             (Scope::Rule { .. }, Scope::All) => false,
@@ -115,7 +115,7 @@ impl Scope {
 
     /// Is there any concrete scope that both `self` and `other` grant? Used to check a
     /// requested scope against the catalog: a typo overlaps nothing.
-    pub fn overlaps(&self, other: &Scope) -> bool {
+    pub(crate) fn overlaps(&self, other: &Scope) -> bool {
         match (self, other) {
             (Scope::All, _) | (_, Scope::All) => true,
             (
@@ -213,7 +213,7 @@ impl fmt::Display for Scope {
 
 /// True when any of the granted scopes grants `required`. Unparseable entries grant
 /// nothing; an unparseable `required` is granted by nothing (fail closed).
-pub fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
+pub(crate) fn any_grants<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
     let Ok(required) = Scope::parse(required) else {
         return false;
     };

@@ -3,10 +3,10 @@
 //! commits, it belongs to the parent. Pure bookkeeping; `context` feeds it the events.
 
 /// Postgres numbers subtransactions from 1, the top level.
-pub type SubId = u32;
-pub const TOP_LEVEL: SubId = 1;
+pub(crate) type SubId = u32;
+pub(crate) const TOP_LEVEL: SubId = 1;
 
-pub struct TxnScoped<T> {
+pub(crate) struct TxnScoped<T> {
     current: Option<T>,
     /// (subtransaction, value before it first set one), innermost last.
     saved: Vec<(SubId, Option<T>)>,
@@ -22,7 +22,7 @@ impl<T> Default for TxnScoped<T> {
 }
 
 impl<T> TxnScoped<T> {
-    pub fn get(&self) -> Option<&T> {
+    pub(crate) fn get(&self) -> Option<&T> {
         self.current.as_ref()
     }
 
@@ -32,7 +32,7 @@ impl<T> TxnScoped<T> {
     }
 
     /// Replace the value from inside subtransaction `sub`.
-    pub fn set(&mut self, sub: SubId, value: Option<T>) {
+    pub(crate) fn set(&mut self, sub: SubId, value: Option<T>) {
         let already_saved = self.saved_by(sub);
         let old = std::mem::replace(&mut self.current, value);
         if sub != TOP_LEVEL && !already_saved {
@@ -40,13 +40,13 @@ impl<T> TxnScoped<T> {
         }
     }
 
-    pub fn subtransaction_aborted(&mut self, sub: SubId) {
+    pub(crate) fn subtransaction_aborted(&mut self, sub: SubId) {
         if self.saved_by(sub) {
             self.current = self.saved.pop().and_then(|(_, old)| old);
         }
     }
 
-    pub fn subtransaction_committed(&mut self, sub: SubId, parent: SubId) {
+    pub(crate) fn subtransaction_committed(&mut self, sub: SubId, parent: SubId) {
         if !self.saved_by(sub) {
             return;
         }
@@ -60,12 +60,12 @@ impl<T> TxnScoped<T> {
         }
     }
 
-    pub fn transaction_ended(&mut self) {
+    pub(crate) fn transaction_ended(&mut self) {
         self.current = None;
         self.saved.clear();
     }
 
-    pub fn on(&mut self, event: TxnEvent) {
+    pub(crate) fn on(&mut self, event: TxnEvent) {
         match event {
             TxnEvent::Ended => self.transaction_ended(),
             TxnEvent::SubAborted(sub) => self.subtransaction_aborted(sub),
@@ -76,7 +76,7 @@ impl<T> TxnScoped<T> {
 
 /// What the transaction callbacks report to every `TxnScoped` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxnEvent {
+pub(crate) enum TxnEvent {
     /// Committed, aborted or prepared.
     Ended,
     SubAborted(SubId),

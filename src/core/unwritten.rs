@@ -10,17 +10,17 @@ use std::net::IpAddr;
 use crate::core::rate_limit::{HourUsage, LastUse};
 
 /// Most (key, hour) counts and last uses held at once (about 100 bytes each).
-pub const MAX_ENTRIES: usize = 1_000_000;
+pub(crate) const MAX_ENTRIES: usize = 1_000_000;
 
 #[derive(Default, Debug)]
-pub struct Unwritten {
+pub(crate) struct Unwritten {
     usage: HashMap<([u8; 16], i64), (i64, i64)>,
     last: HashMap<[u8; 16], (i64, Option<IpAddr>)>,
 }
 
 impl Unwritten {
     /// Add what was drained. Returns how many entries did not fit (dropped).
-    pub fn add(&mut self, usage: Vec<HourUsage>, last: Vec<LastUse>) -> usize {
+    pub(crate) fn add(&mut self, usage: Vec<HourUsage>, last: Vec<LastUse>) -> usize {
         let mut dropped = 0;
         for u in usage {
             let room = self.len() < MAX_ENTRIES;
@@ -52,29 +52,29 @@ impl Unwritten {
         dropped
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.usage.len() + self.last.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Keep only the entries of `keys` (the ones a round could not write).
-    pub fn retain_keys(&mut self, keys: &HashSet<[u8; 16]>) {
+    pub(crate) fn retain_keys(&mut self, keys: &HashSet<[u8; 16]>) {
         self.usage.retain(|(key, _), _| keys.contains(key));
         self.last.retain(|key, _| keys.contains(key));
     }
 
     /// (key, hour start µs since 2000, verified, rejected), in any order.
-    pub fn usage(&self) -> impl Iterator<Item = ([u8; 16], i64, i64, i64)> + '_ {
+    pub(crate) fn usage(&self) -> impl Iterator<Item = ([u8; 16], i64, i64, i64)> + '_ {
         self.usage
             .iter()
             .map(|(&(key, hour), &(verified, rejected))| (key, hour, verified, rejected))
     }
 
     /// (key, last use µs since 2000, from where), in any order.
-    pub fn last_uses(&self) -> impl Iterator<Item = ([u8; 16], i64, Option<IpAddr>)> + '_ {
+    pub(crate) fn last_uses(&self) -> impl Iterator<Item = ([u8; 16], i64, Option<IpAddr>)> + '_ {
         self.last.iter().map(|(&key, &(at, ip))| (key, at, ip))
     }
 }

@@ -7,7 +7,7 @@ use crate::{core::cidr, core::scope};
 
 /// Every `reason` that `api_key_verify` can return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Ok,
     Malformed,
     NotFound,
@@ -22,7 +22,7 @@ pub enum Reason {
 
 impl Reason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub const ALL: [Reason; 10] = [
+    pub(crate) const ALL: [Reason; 10] = [
         Self::Ok,
         Self::Malformed,
         Self::NotFound,
@@ -35,7 +35,7 @@ impl Reason {
         Self::RateLimited,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Malformed => "malformed",
@@ -52,7 +52,7 @@ impl Reason {
 
     /// The HTTP status `authenticate`/`login` refuse with (as SQLSTATE `PT<status>`,
     /// which PostgREST answers with that status); None for `ok`.
-    pub fn refusal_status(self) -> Option<u16> {
+    pub(crate) fn refusal_status(self) -> Option<u16> {
         match self {
             Self::Ok => None,
             Self::IpNotAllowed | Self::InsufficientScope => Some(403),
@@ -62,7 +62,7 @@ impl Reason {
     }
 
     /// What the caller can do about a refusal; never anything about the key's secret.
-    pub fn hint(self) -> &'static str {
+    pub(crate) fn hint(self) -> &'static str {
         match self {
             Self::Ok => "",
             Self::Malformed => {
@@ -86,7 +86,7 @@ impl Reason {
 
 /// A key's `api_keys.key_status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyStatus {
+pub(crate) enum KeyStatus {
     Active,
     Suspended,
     Revoked,
@@ -95,7 +95,7 @@ pub enum KeyStatus {
 
 impl KeyStatus {
     /// The status an enum label names; None for one this library does not know.
-    pub fn from_label(label: &[u8]) -> Option<KeyStatus> {
+    pub(crate) fn from_label(label: &[u8]) -> Option<KeyStatus> {
         match label {
             b"active" => Some(Self::Active),
             b"suspended" => Some(Self::Suspended),
@@ -107,18 +107,18 @@ impl KeyStatus {
 }
 
 /// What verification needs from a key row whose secret has matched.
-pub struct KeyState<'a, S: AsRef<str>> {
+pub(crate) struct KeyState<'a, S: AsRef<str>> {
     /// None when the stored label is unknown: fail closed.
-    pub status: Option<KeyStatus>,
+    pub(crate) status: Option<KeyStatus>,
     /// `expires_at <= now()`: expired at once, whether or not a sweep has run.
-    pub past_expiry: bool,
+    pub(crate) past_expiry: bool,
     /// None when a stored rule does not parse: fail closed.
-    pub cidrs: Option<&'a [IpNet]>,
-    pub scopes: &'a [S],
+    pub(crate) cidrs: Option<&'a [IpNet]>,
+    pub(crate) scopes: &'a [S],
 }
 
 /// Status first (revoked outranks expired outranks suspended), then network, then scope.
-pub fn judge<S: AsRef<str>>(
+pub(crate) fn judge<S: AsRef<str>>(
     key: &KeyState<'_, S>,
     client: Option<IpAddr>,
     required_scope: Option<&str>,

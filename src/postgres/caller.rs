@@ -24,7 +24,7 @@ fn subtransaction() -> u32 {
 
 /// Act for `current_user` unless an outer management call already acts for someone:
 /// triggers that fire inside a call keep its caller. True when this call set it.
-pub fn enter() -> bool {
+pub(crate) fn enter() -> bool {
     if ACTING_FOR.with_borrow(|a| a.get().is_some()) {
         return false;
     }
@@ -37,19 +37,19 @@ pub fn enter() -> bool {
 }
 
 /// The call that entered has returned.
-pub fn leave() {
+pub(crate) fn leave() {
     let sub = subtransaction();
     ACTING_FOR.with_borrow_mut(|a| a.set(sub, None));
 }
 
 /// The role the current management call acts for, else `current_user`.
-pub fn current() -> pg_sys::Oid {
+pub(crate) fn current() -> pg_sys::Oid {
     ACTING_FOR
         .with_borrow(|a| a.get().copied())
         // SAFETY: reads the backend's current user id.
         .unwrap_or_else(|| unsafe { pg_sys::GetUserId() })
 }
 
-pub fn on_txn_event(event: TxnEvent) {
+pub(crate) fn on_txn_event(event: TxnEvent) {
     ACTING_FOR.with_borrow_mut(|a| a.on(event));
 }

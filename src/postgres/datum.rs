@@ -9,7 +9,7 @@ use pgrx::pg_sys;
 /// # Safety
 /// `datum` is a varlena; the bytes are valid while the datum's (or the detoasted
 /// copy's) memory context lives, which the caller's `'a` must not outlast.
-pub unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+pub(crate) unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
     // SAFETY: a detoasted, possibly short-header varlena: its data and length are read
     // with the macros made for that.
     unsafe {
@@ -26,7 +26,7 @@ pub unsafe fn bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
 ///
 /// # Safety
 /// `datum` is a varlena.
-pub unsafe fn raw_size(datum: pg_sys::Datum) -> usize {
+pub(crate) unsafe fn raw_size(datum: pg_sys::Datum) -> usize {
     // SAFETY: reads the header or toast pointer of a varlena.
     unsafe { pg_sys::toast_raw_datum_size(datum) }
 }
@@ -35,13 +35,13 @@ pub unsafe fn raw_size(datum: pg_sys::Datum) -> usize {
 ///
 /// # Safety
 /// `datum` is a text.
-pub unsafe fn text_string(datum: pg_sys::Datum) -> String {
+pub(crate) unsafe fn text_string(datum: pg_sys::Datum) -> String {
     // SAFETY: a text is a varlena; the bytes are copied before the call returns.
     unsafe { String::from_utf8_lossy(bytes(datum)).into_owned() }
 }
 
 /// A new text datum in the current memory context.
-pub fn text_datum(s: &[u8]) -> pg_sys::Datum {
+pub(crate) fn text_datum(s: &[u8]) -> pg_sys::Datum {
     // SAFETY: copies `s` (pointer and length of a live slice) into a palloc'd text.
     unsafe {
         pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
@@ -55,7 +55,7 @@ pub fn text_datum(s: &[u8]) -> pg_sys::Datum {
 ///
 /// # Safety
 /// `datum` is a varlena.
-pub unsafe fn copy(datum: pg_sys::Datum) -> pg_sys::Datum {
+pub(crate) unsafe fn copy(datum: pg_sys::Datum) -> pg_sys::Datum {
     // SAFETY: copies a varlena into the current memory context.
     unsafe { pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())) }
 }
@@ -64,7 +64,7 @@ pub unsafe fn copy(datum: pg_sys::Datum) -> pg_sys::Datum {
 ///
 /// # Safety
 /// `datum` points to at least `len` readable bytes.
-pub unsafe fn copy_fixed(datum: pg_sys::Datum, len: usize) -> pg_sys::Datum {
+pub(crate) unsafe fn copy_fixed(datum: pg_sys::Datum, len: usize) -> pg_sys::Datum {
     // SAFETY: `len` bytes from the datum into as many freshly palloc'd ones.
     unsafe {
         let to = pg_sys::palloc(len);
@@ -113,7 +113,7 @@ unsafe fn elements(array: pg_sys::Datum, element_type: pg_sys::Oid) -> Vec<Optio
 ///
 /// # Safety
 /// `array` is an array datum.
-pub unsafe fn array_len(array: pg_sys::Datum) -> usize {
+pub(crate) unsafe fn array_len(array: pg_sys::Datum) -> usize {
     // SAFETY: a detoasted array starts with ArrayType, its dimensions right after it.
     unsafe {
         let array = pg_sys::pg_detoast_datum(array.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
@@ -130,7 +130,7 @@ pub unsafe fn array_len(array: pg_sys::Datum) -> usize {
 ///
 /// # Safety
 /// `array` is a text[] datum that outlives the result.
-pub unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'a [u8]>> {
+pub(crate) unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'a [u8]>> {
     // SAFETY: text elements are varlenas; each is detoasted into the current context.
     unsafe {
         elements(array, pg_sys::TEXTOID)
@@ -144,7 +144,7 @@ pub unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'a [u8]>
 ///
 /// # Safety
 /// `array` is a text[].
-pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
+pub(crate) unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
     // SAFETY: the elements of a text[] are texts.
     unsafe {
         elements(array, pg_sys::TEXTOID)
@@ -156,13 +156,13 @@ pub unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
 
 /// An inet or cidr value's parts: (is IPv6, prefix bits, address bytes), the bytes
 /// borrowed from the datum.
-pub type InetParts<'a> = (bool, u8, &'a [u8]);
+pub(crate) type InetParts<'a> = (bool, u8, &'a [u8]);
 
 /// Postgres' `inet_struct`: family (PGSQL_AF_INET = 2, PGSQL_AF_INET6 = 3), bits, address.
 ///
 /// # Safety
 /// `datum` is an inet or cidr that outlives `'a`.
-pub unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
+pub(crate) unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
     // SAFETY: inet and cidr are varlenas; the length is checked before each read.
     let b = unsafe { bytes(datum) };
     match b {
@@ -176,7 +176,7 @@ pub unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
 ///
 /// # Safety
 /// `array` is a cidr[] that outlives `'a`.
-pub unsafe fn inet_array<'a>(array: pg_sys::Datum) -> Vec<Option<InetParts<'a>>> {
+pub(crate) unsafe fn inet_array<'a>(array: pg_sys::Datum) -> Vec<Option<InetParts<'a>>> {
     // SAFETY: the elements of a cidr[] are cidrs.
     unsafe {
         elements(array, pg_sys::CIDROID)

@@ -6,7 +6,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Raise `22023 invalid_parameter_value`; the message names the parameter.
-pub fn invalid_parameter(message: impl Into<String>, hint: Option<String>) -> ! {
+pub(crate) fn invalid_parameter(message: impl Into<String>, hint: Option<String>) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         message.into(),
@@ -14,7 +14,7 @@ pub fn invalid_parameter(message: impl Into<String>, hint: Option<String>) -> ! 
     )
 }
 
-pub fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
+pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
     let mut report = ErrorReport::new(code, message, "api_keys");
     if let Some(hint) = hint {
         report = report.set_hint(hint);
@@ -27,7 +27,7 @@ pub fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
 /// pgrx's error type cannot carry. Its texts are copied into palloc memory, which the
 /// error cleanup frees, so raising it needs nothing from Rust.
 #[derive(Clone, Copy)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     sqlstate: c_int,
     message: *mut c_char,
     hint: *mut c_char,
@@ -35,7 +35,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// `sqlstate`: five characters, such as `PT401`.
-    pub fn new(sqlstate: &str, message: &str, hint: &str) -> Refusal {
+    pub(crate) fn new(sqlstate: &str, message: &str, hint: &str) -> Refusal {
         debug_assert_eq!(sqlstate.len(), 5, "a SQLSTATE has five characters");
         // MAKE_SQLSTATE: six bits per character, first character lowest.
         let sqlstate = sqlstate.bytes().rev().fold(0, |code, ch| {
@@ -55,7 +55,7 @@ impl Refusal {
     /// # Safety
     /// Call only from a frame that holds nothing to drop and outside pgrx's guard (the
     /// jump skips Rust frames); see `refusable_entry!`.
-    pub unsafe fn raise(self) -> ! {
+    pub(crate) unsafe fn raise(self) -> ! {
         unsafe extern "C-unwind" {
             fn errstart(elevel: c_int, domain: *const c_char) -> bool;
             fn errcode(sqlerrcode: c_int) -> c_int;

@@ -11,27 +11,29 @@ use crate::core::forwarded_for::parse_proxies;
 use crate::core::key::format::is_valid_brand;
 use crate::core::key::hash::Argon2Settings;
 
-pub static BRAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"ak"));
-pub static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
-pub static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
-pub static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
-pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
-pub static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(5);
-pub static ARGON2_AFTER_FAILURE_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(2);
-pub static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
-pub static DEFAULT_RATE_LIMIT_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(100);
-pub static DEFAULT_RATE_LIMIT_PER_HOUR: GucSetting<i32> = GucSetting::<i32>::new(1000);
-pub static TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(16384);
-pub static FLUSH_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static DATABASE: GucSetting<Option<CString>> =
+pub(crate) static BRAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"ak"));
+pub(crate) static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
+pub(crate) static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub(crate) static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub(crate) static EXPIRY_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub(crate) static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65536);
+pub(crate) static ARGON2_BUDGET_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub(crate) static ARGON2_AFTER_FAILURE_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub(crate) static MAX_CONCURRENT_ARGON2: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub(crate) static DEFAULT_RATE_LIMIT_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub(crate) static DEFAULT_RATE_LIMIT_PER_HOUR: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub(crate) static TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(16384);
+pub(crate) static FLUSH_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub(crate) static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
-pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static TRUSTED_PROXIES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 
 /// `preloading`: loaded by shared_preload_libraries. Settings that size shared memory
 /// exist only then (Postgres refuses postmaster-level settings defined later).
-pub fn init(preloading: bool) {
+pub(crate) fn init(preloading: bool) {
     if preloading {
         GucRegistry::define_int_guc(
             c"api_keys.memo_entries",
@@ -252,7 +254,7 @@ string_check_hook!(
 );
 
 /// `api_keys.trusted_proxies`, parsed (the check hook has refused anything else).
-pub fn trusted_proxies() -> Vec<IpNet> {
+pub(crate) fn trusted_proxies() -> Vec<IpNet> {
     let value = TRUSTED_PROXIES.get();
     let text = value
         .as_deref()
@@ -262,7 +264,7 @@ pub fn trusted_proxies() -> Vec<IpNet> {
 }
 
 /// The configured brand, or None when it is not a valid brand.
-pub fn brand() -> Option<String> {
+pub(crate) fn brand() -> Option<String> {
     let brand = BRAND
         .get()
         .and_then(|b| b.into_string().ok())
@@ -270,7 +272,7 @@ pub fn brand() -> Option<String> {
     is_valid_brand(&brand).then_some(brand)
 }
 
-pub fn argon2_settings() -> Argon2Settings {
+pub(crate) fn argon2_settings() -> Argon2Settings {
     // Bounds above keep these positive.
     Argon2Settings {
         memory_kib: ARGON2_MEMORY_KIB.get() as u32,

@@ -20,28 +20,28 @@ use crate::postgres::datum;
 use crate::postgres::errors;
 
 /// The columns verification needs, copied out of the buffer page.
-pub struct KeyRow {
-    pub id: Option<pg_sys::Datum>,
-    pub secret_hash: String,
-    pub owner: Option<pg_sys::Datum>,
-    pub key_type: Option<pg_sys::Datum>,
-    pub environment: Option<pg_sys::Datum>,
+pub(crate) struct KeyRow {
+    pub(crate) id: Option<pg_sys::Datum>,
+    pub(crate) secret_hash: String,
+    pub(crate) owner: Option<pg_sys::Datum>,
+    pub(crate) key_type: Option<pg_sys::Datum>,
+    pub(crate) environment: Option<pg_sys::Datum>,
     /// None when the stored label is unknown (verification fails closed).
-    pub status: Option<KeyStatus>,
-    pub expires_at: Option<pg_sys::TimestampTz>,
+    pub(crate) status: Option<KeyStatus>,
+    pub(crate) expires_at: Option<pg_sys::TimestampTz>,
     /// The stored `scopes` array, copied, handed back unchanged in the result; read as
     /// strings only when a scope is asked for (`scopes()`).
-    pub scopes_datum: Option<pg_sys::Datum>,
+    pub(crate) scopes_datum: Option<pg_sys::Datum>,
     /// The stored `allowed_cidrs` array, copied; read as rules only once the secret
     /// matched (`cidrs()`), so a wrong secret never pays for a long list.
-    pub cidrs_datum: Option<pg_sys::Datum>,
-    pub rate_limit_per_minute: Option<i32>,
-    pub rate_limit_per_hour: Option<i32>,
+    pub(crate) cidrs_datum: Option<pg_sys::Datum>,
+    pub(crate) rate_limit_per_minute: Option<i32>,
+    pub(crate) rate_limit_per_hour: Option<i32>,
 }
 
 impl KeyRow {
     /// The key's uuid bytes (the nil uuid if the column could not be read).
-    pub fn key_id(&self) -> [u8; 16] {
+    pub(crate) fn key_id(&self) -> [u8; 16] {
         self.id
             // SAFETY: a uuid datum copied by `read_row`: 16 bytes.
             .map_or([0; 16], |d| unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
@@ -49,7 +49,7 @@ impl KeyRow {
 
     /// The key's network rules; None when the column or a rule cannot be read (fail
     /// closed).
-    pub fn cidrs(&self) -> Option<Vec<IpNet>> {
+    pub(crate) fn cidrs(&self) -> Option<Vec<IpNet>> {
         self.cidrs_datum.and_then(|d| {
             // SAFETY: a cidr[] copied into this call's memory by `fetch`.
             unsafe { datum::inet_array(d) }
@@ -61,7 +61,7 @@ impl KeyRow {
 
     /// The key's scopes. NULL elements (forbidden by a table constraint) are dropped:
     /// they grant nothing.
-    pub fn scopes(&self) -> Vec<String> {
+    pub(crate) fn scopes(&self) -> Vec<String> {
         self.scopes_datum
             // SAFETY: a text[] copied into this call's memory by `fetch`.
             .map(|d| unsafe { datum::text_array(d) })
@@ -220,7 +220,7 @@ unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
 }
 
 /// The row whose prefix is `prefix`, as visible to this transaction now.
-pub fn fetch(prefix: &str) -> Option<KeyRow> {
+pub(crate) fn fetch(prefix: &str) -> Option<KeyRow> {
     // SAFETY: one index scan, as the executor would do it: relations opened and locked,
     // a registered snapshot, a slot of the table's type; each released in turn, the
     // row copied out first.

@@ -14,15 +14,15 @@ use crate::postgres::datum;
 use crate::postgres::key_row::KeyRow;
 use crate::postgres::txn_callbacks;
 
-pub struct Context {
-    pub key_id: [u8; 16],
-    pub owner: String,
+pub(crate) struct Context {
+    pub(crate) key_id: [u8; 16],
+    pub(crate) owner: String,
     /// The key's scopes, parsed once; a stored scope that does not parse grants nothing.
     scopes: Vec<Scope>,
 }
 
 impl Context {
-    pub fn of(row: &KeyRow) -> Context {
+    pub(crate) fn of(row: &KeyRow) -> Context {
         Context {
             key_id: row.key_id(),
             owner: row
@@ -57,7 +57,7 @@ const MAX_ANSWERS: usize = 4096;
 
 /// Does the current context (none: nothing) grant `required`? Bytes that are not a
 /// scope (too long, not UTF-8, not the grammar) are granted by nothing.
-pub fn grants(required: &[u8]) -> bool {
+pub(crate) fn grants(required: &[u8]) -> bool {
     if required.len() > MAX_SCOPE_LEN {
         return false;
     }
@@ -83,18 +83,18 @@ fn change(f: impl FnOnce(&mut TxnScoped<Context>)) {
 }
 
 /// Set (or, with None, clear) the context for the rest of this transaction.
-pub fn set(context: Option<Context>) {
+pub(crate) fn set(context: Option<Context>) {
     txn_callbacks::register();
     // SAFETY: called inside a transaction (by login or authenticate).
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     change(|c| c.set(sub, context));
 }
 
-pub fn with<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
+pub(crate) fn with<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
     CONTEXT.with_borrow(|c| f(c.get()))
 }
 
 /// A transaction or savepoint ended (see `txn_callbacks`).
-pub fn on_txn_event(event: TxnEvent) {
+pub(crate) fn on_txn_event(event: TxnEvent) {
     change(|c| c.on(event));
 }

@@ -14,7 +14,7 @@ thread_local! {
 }
 
 /// Register the callbacks, once per backend, before the first value is set.
-pub fn register() {
+pub(crate) fn register() {
     if !REGISTERED.replace(true) {
         // SAFETY: plain registrations; the callbacks live as long as the library.
         unsafe {

@@ -17,7 +17,7 @@ use crate::postgres::shmem::{self, Argon2For};
 
 /// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
 /// a scope that is not UTF-8 is one nobody holds.
-pub fn verify(
+pub(crate) fn verify(
     key: &[u8],
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,

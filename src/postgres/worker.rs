@@ -21,7 +21,7 @@ use crate::postgres::gucs;
 use crate::postgres::shmem;
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
-pub fn register() {
+pub(crate) fn register() {
     BackgroundWorkerBuilder::new("api_keys worker")
         .set_type("api_keys worker")
         .set_library("api_keys")

@@ -17,7 +17,7 @@ const MAX_KEY_BYTES: usize = 1024;
 ///
 /// # Safety
 /// `fcinfo` is a live call info.
-pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
+pub(crate) unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
     // SAFETY: a call info holds `nargs` arguments.
     unsafe {
         let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
@@ -30,7 +30,7 @@ pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::
 /// # Safety
 /// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
 /// long as the call's memory, which `'a` must not outlast.
-pub unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a [u8] {
+pub(crate) unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a [u8] {
     // SAFETY: as the function's contract says; the size is read before detoasting.
     unsafe {
         arg(fcinfo, i).map_or(&[][..], |d| {
@@ -44,7 +44,7 @@ pub unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a [u8] {
 }
 
 /// A text argument longer than the caller's limit.
-pub struct TooLong;
+pub(crate) struct TooLong;
 
 /// A text argument's bytes, None when NULL; `TooLong` when over `max` bytes, found out
 /// without detoasting it.
@@ -52,7 +52,7 @@ pub struct TooLong;
 /// # Safety
 /// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
 /// long as the call's memory.
-pub unsafe fn short_text<'a>(
+pub(crate) unsafe fn short_text<'a>(
     fcinfo: pg_sys::FunctionCallInfo,
     i: usize,
     max: usize,
@@ -72,7 +72,7 @@ pub unsafe fn short_text<'a>(
 ///
 /// # Safety
 /// `fcinfo` is a live call info whose argument `i` (if any) is an inet.
-pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
+pub(crate) unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
     // SAFETY: as the function's contract says.
     unsafe { arg(fcinfo, i).and_then(|d| inet_address(d)) }
 }
@@ -81,7 +81,7 @@ pub unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<Ip
 ///
 /// # Safety
 /// `datum` is an inet.
-pub unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
+pub(crate) unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
     // SAFETY: as the function's contract says; the address is copied out.
     let (v6, _, addr) = unsafe { datum::inet(datum) }?;
     cidr::client(v6, addr)

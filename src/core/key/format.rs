@@ -6,29 +6,29 @@
 use std::fmt;
 
 /// Length of the random public id (base62). 62^12 is about 2^71.
-pub const PUBLIC_ID_LEN: usize = 12;
+pub(crate) const PUBLIC_ID_LEN: usize = 12;
 /// Length of the secret: 43 base62 characters carry 256 bits (62^43 > 2^256).
-pub const SECRET_LEN: usize = 43;
+pub(crate) const SECRET_LEN: usize = 43;
 /// CRC32 needs 6 base62 digits (62^6 > 2^32).
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 const MAX_BRAND_LEN: usize = 8;
 const MIN_BRAND_LEN: usize = 2;
 /// The longest key this format can produce; anything longer is rejected unread.
-pub const MAX_KEY_LEN: usize =
+pub(crate) const MAX_KEY_LEN: usize =
     MAX_BRAND_LEN + 1 + 5 + 1 + PUBLIC_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Environment {
+pub(crate) enum Environment {
     Production,
     Staging,
     Development,
 }
 
 impl Environment {
-    pub const ALL: [Environment; 3] = [Self::Production, Self::Staging, Self::Development];
+    pub(crate) const ALL: [Environment; 3] = [Self::Production, Self::Staging, Self::Development];
 
     /// The tag inside a key.
-    pub fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> &'static str {
         match self {
             Self::Production => "live",
             Self::Staging => "stage",
@@ -36,12 +36,12 @@ impl Environment {
         }
     }
 
-    pub fn from_tag(tag: &str) -> Option<Self> {
+    pub(crate) fn from_tag(tag: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.tag() == tag)
     }
 
     /// The label of the `api_keys.environment` enum.
-    pub fn sql_name(self) -> &'static str {
+    pub(crate) fn sql_name(self) -> &'static str {
         match self {
             Self::Production => "production",
             Self::Staging => "staging",
@@ -49,7 +49,7 @@ impl Environment {
         }
     }
 
-    pub fn from_sql_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_sql_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.sql_name() == name)
     }
 }
@@ -57,7 +57,7 @@ impl Environment {
 /// Why a string is not a key. Callers report all of them as `malformed`; the
 /// distinction exists for tests and for the parser's own clarity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     Length,
     Shape,
     Checksum,
@@ -65,16 +65,16 @@ pub enum ParseError {
 
 /// A syntactically valid key with a correct checksum, borrowed from the input.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ParsedKey<'a> {
+pub(crate) struct ParsedKey<'a> {
     /// `<brand>_<env>_<public id>`: the stored, unique, displayable part.
-    pub prefix: &'a str,
-    pub brand: &'a str,
-    pub environment: Environment,
-    pub public_id: &'a str,
-    pub secret: &'a str,
+    pub(crate) prefix: &'a str,
+    pub(crate) brand: &'a str,
+    pub(crate) environment: Environment,
+    pub(crate) public_id: &'a str,
+    pub(crate) secret: &'a str,
 }
 
-pub fn is_valid_brand(brand: &str) -> bool {
+pub(crate) fn is_valid_brand(brand: &str) -> bool {
     (MIN_BRAND_LEN..=MAX_BRAND_LEN).contains(&brand.len())
         && brand
             .bytes()
@@ -86,7 +86,7 @@ fn is_base62(s: &str) -> bool {
 }
 
 /// CRC32 of `body`, as fixed-width base62.
-pub fn checksum(body: &str) -> String {
+pub(crate) fn checksum(body: &str) -> String {
     let crc = crc32fast::hash(body.as_bytes());
     format!("{:0>width$}", base62::encode(crc), width = CHECKSUM_LEN)
 }
@@ -100,7 +100,7 @@ fn checksum_matches(body: &str, check: &str) -> bool {
 }
 
 /// Parse raw bytes (whatever the caller sent) into a key. Never panics.
-pub fn parse(raw: &[u8]) -> Result<ParsedKey<'_>, ParseError> {
+pub(crate) fn parse(raw: &[u8]) -> Result<ParsedKey<'_>, ParseError> {
     if raw.len() > MAX_KEY_LEN || raw.len() < MIN_BRAND_LEN + 3 + PUBLIC_ID_LEN + 2 {
         return Err(ParseError::Length);
     }
@@ -139,13 +139,18 @@ pub fn parse(raw: &[u8]) -> Result<ParsedKey<'_>, ParseError> {
 }
 
 /// The parts of a key about to be issued.
-pub struct NewKey {
-    pub prefix: String,
-    pub full: String,
+pub(crate) struct NewKey {
+    pub(crate) prefix: String,
+    pub(crate) full: String,
 }
 
 /// Assemble a key from its parts; the caller supplies validated brand and random parts.
-pub fn compose(brand: &str, environment: Environment, public_id: &str, secret: &str) -> NewKey {
+pub(crate) fn compose(
+    brand: &str,
+    environment: Environment,
+    public_id: &str,
+    secret: &str,
+) -> NewKey {
     let prefix = format!("{brand}_{}_{public_id}", environment.tag());
     let body = format!("{prefix}_{secret}");
     let full = format!("{body}{}", checksum(&body));
@@ -155,7 +160,7 @@ pub fn compose(brand: &str, environment: Environment, public_id: &str, secret: &
 /// A regex matching every key of this format, whatever its brand (keys issued under an
 /// earlier `api_keys.brand` keep verifying, so scanners must keep finding them).
 /// Portable across RE2, PCRE and Postgres ARE (no `\b`, a backspace in Postgres).
-pub fn key_pattern() -> String {
+pub(crate) fn key_pattern() -> String {
     format!(
         "[a-z0-9]{{{MIN_BRAND_LEN},{MAX_BRAND_LEN}}}_(?:live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}_[0-9A-Za-z]{{{}}}",
         SECRET_LEN + CHECKSUM_LEN

@@ -6,10 +6,10 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Argon2Settings {
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
+pub(crate) struct Argon2Settings {
+    pub(crate) memory_kib: u32,
+    pub(crate) iterations: u32,
+    pub(crate) parallelism: u32,
 }
 
 impl Default for Argon2Settings {
@@ -24,7 +24,7 @@ impl Default for Argon2Settings {
 }
 
 /// Hash a secret with a fresh random salt. Errors only on impossible parameters.
-pub fn hash_secret(secret: &str, settings: Argon2Settings) -> Result<String, argon2::Error> {
+pub(crate) fn hash_secret(secret: &str, settings: Argon2Settings) -> Result<String, argon2::Error> {
     let params = Params::new(
         settings.memory_kib,
         settings.iterations,
@@ -40,7 +40,7 @@ pub fn hash_secret(secret: &str, settings: Argon2Settings) -> Result<String, arg
 
 /// True when `secret` matches the argon2id PHC string `phc`. The final comparison is
 /// constant-time (password-hash compares outputs with `subtle`).
-pub fn verify_secret(secret: &str, phc: &str) -> bool {
+pub(crate) fn verify_secret(secret: &str, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };

@@ -15,12 +15,12 @@ fn base62(len: usize) -> String {
         .collect()
 }
 
-pub fn public_id() -> String {
+pub(crate) fn public_id() -> String {
     base62(PUBLIC_ID_LEN)
 }
 
 /// 43 uniform base62 characters: 256 bits of entropy.
-pub fn secret() -> String {
+pub(crate) fn secret() -> String {
     base62(SECRET_LEN)
 }
 

@@ -36,7 +36,7 @@ fn with_budget<R>(f: impl FnOnce(&mut [BudgetSlot], &mut i64) -> R) -> R {
 
 /// Spend one argon2 computation for `prefix` (see `core::argon2_budget` for the two
 /// budgets).
-pub fn spend_budget(prefix: &str) -> bool {
+pub(crate) fn spend_budget(prefix: &str) -> bool {
     let limits = argon2_budget::Limits {
         per_prefix_per_minute: gucs::ARGON2_BUDGET_PER_MINUTE.get().max(0) as u32,
         after_failure_per_second: gucs::ARGON2_AFTER_FAILURE_PER_SECOND.get().max(0) as u32,
@@ -51,7 +51,7 @@ pub fn spend_budget(prefix: &str) -> bool {
 }
 
 /// argon2 said a presented secret for `prefix` is wrong.
-pub fn record_failure(prefix: &str) {
+pub(crate) fn record_failure(prefix: &str) {
     let now = now();
     let id = argon2_budget::prefix_id(prefix);
     with_budget(|slots, _| argon2_budget::record_failure(slots, id, now));

@@ -11,7 +11,7 @@ use crate::postgres::gucs;
 
 /// What an argon2 computation is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Argon2For {
+pub(crate) enum Argon2For {
     Verifying,
     /// Hashing a new secret (issue, rotate): yields to waiting verifications, so that
     /// issuing in bulk delays a verification by at most the hashes already running.
@@ -27,7 +27,7 @@ const VERIFIER_WAITING_US: i64 = 10_000;
 /// back (verifications also every millisecond, to keep their claim fresh), and answers
 /// cancel requests; the computation itself calls no Postgres function, so the slot is
 /// always given back.
-pub fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
+pub(crate) fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
     bump(|c| &c.argon2_runs);
     let Some(header) = shared() else {
         return compute();

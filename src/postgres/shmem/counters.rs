@@ -18,11 +18,11 @@ pub(super) struct Counters {
 }
 
 /// The background worker finished a flush.
-pub fn count_flush() {
+pub(crate) fn count_flush() {
     bump(|c| &c.flushes);
 }
 
-pub fn count(reason: Reason) {
+pub(crate) fn count(reason: Reason) {
     bump(|c| &c.by_reason[reason as usize]);
 }
 
@@ -34,7 +34,7 @@ pub(super) fn bump(which: impl Fn(&Counters) -> &AtomicU64) {
 }
 
 /// Every counter as (name, value), for api_keys.stats().
-pub fn snapshot() -> Vec<(String, i64)> {
+pub(crate) fn snapshot() -> Vec<(String, i64)> {
     let read = |c: &Counters| {
         let mut rows: Vec<(String, i64)> = Reason::ALL
             .iter()

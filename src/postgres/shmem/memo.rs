@@ -20,7 +20,7 @@ fn with_memo<R>(id: &[u8; 32], f: impl FnOnce(&mut [Slot]) -> R) -> R {
     }
 }
 
-pub fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
+pub(crate) fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
     let found = with_memo(id, |slots| memo::lookup(slots, id));
     bump(|c| {
         if found.is_some() {
@@ -32,6 +32,6 @@ pub fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
     found
 }
 
-pub fn memo_remember(id: &[u8; 32], fact: Fact) {
+pub(crate) fn memo_remember(id: &[u8; 32], fact: Fact) {
     with_memo(id, |slots| memo::remember(slots, id, fact));
 }

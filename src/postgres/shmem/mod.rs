@@ -110,7 +110,7 @@ fn key_slots_setting() -> usize {
 }
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
-pub fn install_hooks() {
+pub(crate) fn install_hooks() {
     // SAFETY: the postmaster loads libraries one at a time, before any backend exists;
     // the previous hooks are kept and called first.
     unsafe {
@@ -201,7 +201,7 @@ unsafe fn shared_slots<T>(offset: usize, len: usize) -> &'static mut [T] {
     }
 }
 
-pub fn is_shared() -> bool {
+pub(crate) fn is_shared() -> bool {
     shared().is_some()
 }
 

@@ -27,14 +27,14 @@ fn with_key<R>(key_id: &[u8; 16], f: impl FnOnce(&mut [KeySlot]) -> R) -> R {
 }
 
 /// Is the key at or over one of its limits now?
-pub fn rate_limited(key_id: &[u8; 16], limits: Limits) -> bool {
+pub(crate) fn rate_limited(key_id: &[u8; 16], limits: Limits) -> bool {
     with_key(key_id, |slots| {
         rate_limit::is_over(slots, key_id, now(), limits)
     })
 }
 
 /// Count an otherwise valid call against the key's limits; false when over one.
-pub fn admit(key_id: &[u8; 16], limits: Limits, ip: Option<std::net::IpAddr>) -> bool {
+pub(crate) fn admit(key_id: &[u8; 16], limits: Limits, ip: Option<std::net::IpAddr>) -> bool {
     let (admitted, evicted) = with_key(key_id, |slots| {
         rate_limit::admit(slots, key_id, now(), limits, ip)
     });
@@ -45,7 +45,7 @@ pub fn admit(key_id: &[u8; 16], limits: Limits, ip: Option<std::net::IpAddr>) ->
 }
 
 /// Count a rejected call of a known key in its usage.
-pub fn record_rejected(key_id: &[u8; 16]) {
+pub(crate) fn record_rejected(key_id: &[u8; 16]) {
     if with_key(key_id, |slots| {
         rate_limit::record_rejected(slots, key_id, now())
     }) {
@@ -54,7 +54,7 @@ pub fn record_rejected(key_id: &[u8; 16]) {
 }
 
 /// Take all unflushed usage out of shared memory, one stripe at a time.
-pub fn drain_activity() -> (Vec<HourUsage>, Vec<LastUse>) {
+pub(crate) fn drain_activity() -> (Vec<HourUsage>, Vec<LastUse>) {
     let (mut usage, mut last) = (Vec::new(), Vec::new());
     let Some(header) = shared() else {
         return (usage, last);
