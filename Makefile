@@ -56,7 +56,10 @@ deps:
 	@rustup toolchain list | grep -q '^$(RUST_TOOLCHAIN)' || \
 	    { stable=$$(rustup run stable rustc --print sysroot) && \
 	      [ "$$(rustup run stable rustc --version | cut -d' ' -f2)" = "$(RUST_TOOLCHAIN)" ] && \
-	      ln -s "$$stable" "$$(dirname "$$stable")/$(RUST_TOOLCHAIN)-$$(basename "$$stable" | sed 's/^stable-//')"; }
+	      ln -s "$$stable" "$$(dirname "$$stable")/$(RUST_TOOLCHAIN)-$$(basename "$$stable" | sed 's/^stable-//')"; } || \
+	    { echo "rust $(RUST_TOOLCHAIN) is not installed: rustup toolchain install $(RUST_TOOLCHAIN)" >&2; exit 1; }
+	@[ "$$(rustc --version | cut -d' ' -f2)" = "$(RUST_TOOLCHAIN)" ] || \
+	    { echo "rustc is $$(rustc --version), not the $(RUST_TOOLCHAIN) of rust-toolchain.toml" >&2; exit 1; }
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "==> apt-get install$$missing"; \

@@ -91,7 +91,8 @@ END
 $$;
 
 CREATE FUNCTION api_keys._keys_audit() RETURNS trigger
-LANGUAGE c AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE TRIGGER keys_audit AFTER UPDATE OR DELETE ON api_keys.keys
     FOR EACH ROW EXECUTE FUNCTION api_keys._keys_audit();

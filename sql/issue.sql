@@ -116,7 +116,8 @@ CREATE FUNCTION api_keys.api_key_issue(
     rate_limit_per_hour integer DEFAULT NULL,
     metadata jsonb DEFAULT '{}'
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
@@ -163,7 +164,8 @@ END $$;
 
 CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_update(
     key_id uuid,
@@ -221,7 +223,8 @@ CREATE FUNCTION api_keys.api_key_update(
     rate_limit_per_hour integer DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys.api_key_register_scope(resource text, action text, description text DEFAULT NULL)
 RETURNS api_keys.scope_catalog

@@ -162,7 +162,8 @@ $$;
 
 CREATE FUNCTION api_keys.api_key_suspend(key_id uuid, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
@@ -174,7 +175,8 @@ $$;
 
 CREATE FUNCTION api_keys.api_key_reactivate(key_id uuid)
 RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
@@ -188,7 +190,8 @@ END $$;
 
 CREATE FUNCTION api_keys.api_key_revoke(key_id uuid, reason text)
 RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
@@ -204,7 +207,8 @@ END $$;
 
 CREATE FUNCTION api_keys.api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
 RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
@@ -221,7 +225,8 @@ END $$;
 
 CREATE FUNCTION api_keys.api_key_delete(key_id uuid)
 RETURNS api_keys.key_list
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._mark_expired(ids uuid[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE
@@ -290,7 +295,8 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys.expire_due() RETURNS integer
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 COMMENT ON FUNCTION api_keys.expire_due() IS
     'Marks keys past expires_at as expired (audited); returns how many.';

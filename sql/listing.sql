@@ -60,4 +60,5 @@ CREATE FUNCTION api_keys.api_key_list(
     page_size integer DEFAULT 50,
     page integer DEFAULT 1
 ) RETURNS SETOF api_keys.key_list
-LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';

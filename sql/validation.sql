@@ -49,7 +49,6 @@ BEGIN
     END IF;
 END $$;
 
--- Field validators shared by issue and update: 22023 naming the field, with a hint.
 CREATE FUNCTION api_keys._check_name(name text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp

@@ -143,7 +143,7 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
     uuid_param(&mut c, "SELECT api_key_delete($1::text::uuid)", &deleted.id);
     let issued_count = 7; // active, suspended, revoked, rotating, rotated, updated, deleted
 
-    // The rotation did what the reference says, before we rely on it.
+    // The rotation did what README, Lifecycle, says (api_key_rotate), before we rely on it.
     let r = c
         .query_one(
             "SELECT (SELECT rotated_from::text FROM key_list WHERE id = $2::text::uuid),

@@ -48,7 +48,9 @@ pub(crate) fn bucket_index(slots_len: usize, id: &[u8; 32]) -> usize {
     u64::from_le_bytes(id[..8].try_into().expect("8 bytes")) as usize % buckets
 }
 
-fn bucket(slots_len: usize, id: &[u8; 32]) -> std::ops::Range<usize> {
+/// The slots of `id`'s bucket. `lookup` and `remember` take the whole table or just
+/// this bucket (a table of one bucket), so a caller may lend out only what it locked.
+pub(crate) fn bucket(slots_len: usize, id: &[u8; 32]) -> std::ops::Range<usize> {
     let start = bucket_index(slots_len, id) * WAYS;
     start..(start + WAYS).min(slots_len)
 }
@@ -121,6 +123,19 @@ fn clock(bucket: &mut [Slot], state: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_bucket_lent_alone_is_the_same_table() {
+        let mut table = vec![Slot::default(); 64];
+        let (a, b) = (id(3), id(4));
+        let range = bucket(table.len(), &a);
+        remember(&mut table[range.clone()], &a, Fact::Matches);
+        assert_eq!(lookup(&mut table, &a), Some(Fact::Matches));
+        remember(&mut table, &b, Fact::DoesNotMatch);
+        let range_b = bucket(table.len(), &b);
+        assert_eq!(lookup(&mut table[range_b], &b), Some(Fact::DoesNotMatch));
+        assert_eq!(lookup(&mut table[range], &a), Some(Fact::Matches));
+    }
 
     fn id(n: u32) -> [u8; 32] {
         fact_id("$argon2id$x", &n.to_le_bytes())

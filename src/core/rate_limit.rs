@@ -88,6 +88,13 @@ pub(crate) fn bucket_index(slots_len: usize, key_id: &[u8; 16]) -> usize {
     u64::from_le_bytes(key_id[..8].try_into().expect("8 bytes")) as usize % buckets
 }
 
+/// The slots of `key_id`'s bucket. The functions below take the whole table or just
+/// this bucket (a table of one bucket), so a caller may lend out only what it locked.
+pub(crate) fn bucket(slots_len: usize, key_id: &[u8; 16]) -> std::ops::Range<usize> {
+    let start = bucket_index(slots_len, key_id) * WAYS;
+    start..(start + WAYS).min(slots_len)
+}
+
 impl KeySlot {
     fn is_empty(&self) -> bool {
         self.key_id == [0; 16]
@@ -142,9 +149,8 @@ fn slot<'a>(
     if slots.is_empty() {
         return None;
     }
-    let start = bucket_index(slots.len(), key_id) * WAYS;
-    let end = (start + WAYS).min(slots.len());
-    let bucket = &mut slots[start..end];
+    let range = bucket(slots.len(), key_id);
+    let bucket = &mut slots[range];
     let hour = hour_of(now);
     let i = bucket
         .iter()
@@ -271,6 +277,20 @@ mod tests {
             per_minute,
             per_hour,
         }
+    }
+
+    #[test]
+    fn one_bucket_lent_alone_is_the_same_table() {
+        let mut table = vec![KeySlot::default(); 64];
+        let k = key(3);
+        let range = bucket(table.len(), &k);
+        let (t, l) = (1000 * HOUR, limits(2, 0));
+        assert!(admit(&mut table[range.clone()], &k, t, l, None).0);
+        assert!(admit(&mut table, &k, t, l, None).0);
+        assert!(
+            !admit(&mut table[range], &k, t, l, None).0,
+            "the same windows"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A value that lives for one transaction and follows its savepoints: set inside a
 //! subtransaction that rolls back, it reverts to what it was before; set inside one that
-//! commits, it belongs to the parent. Pure bookkeeping; `context` feeds it the events.
+//! commits, it belongs to the parent. Pure bookkeeping; `postgres::txn_callbacks` feeds it
+//! the events.
 
 /// Postgres numbers subtransactions from 1, the top level.
 pub(crate) type SubId = u32;

@@ -1,6 +1,6 @@
 //! The role a management call acts for: `current_user` where it was called. Its
 //! implementation is SECURITY DEFINER (it writes tables no caller may touch), so inside
-//! it `current_user` is the extension's owner; the entry point (`api::as_caller`) notes
+//! it `current_user` is the extension's owner; the entry point (`sql_api::as_caller`) notes
 //! the role first. Outside a management call the role is simply `current_user`, which
 //! inside anyone's SECURITY DEFINER function is that function's owner, as PostgreSQL has
 //! it. Kept per transaction: an error that ends a call early (and the savepoint that

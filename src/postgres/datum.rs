@@ -2,7 +2,26 @@
 //! cidr[], uuid) directly, without pgrx's conversions, which look type names up per
 //! call and go through `inet_out` text.
 
+use std::marker::PhantomData;
+
 use pgrx::pg_sys;
+
+/// A value longer than the caller's limit, found out before it was read.
+pub(crate) struct TooLong;
+
+/// The memory of the function call being served, as a lifetime: argument bytes and the
+/// datums read for the call are borrowed from it, so none can outlive the call (whose
+/// memory context Postgres resets after it returns).
+pub(crate) struct CallMemory(PhantomData<*mut ()>);
+
+impl CallMemory {
+    /// # Safety
+    /// Call at the start of a function call, and keep the value on that call's stack:
+    /// the current memory context lives at least as long as it.
+    pub(crate) unsafe fn of_this_call() -> CallMemory {
+        CallMemory(PhantomData)
+    }
+}
 
 /// The bytes of a text (or any varlena) datum, detoasted if needed.
 ///

@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::ffi::CStr;
+use std::marker::PhantomData;
 use std::ptr;
 
 use ipnet::IpNet;
@@ -19,8 +20,10 @@ use crate::core::verdict::KeyStatus;
 use crate::postgres::datum;
 use crate::postgres::errors;
 
-/// The columns verification needs, copied out of the buffer page.
-pub(crate) struct KeyRow {
+/// The columns verification needs, copied out of the buffer page into the current
+/// memory context: a row lives no longer than the presented key it was found by (`'m`,
+/// the call's memory).
+pub(crate) struct KeyRow<'m> {
     pub(crate) id: Option<pg_sys::Datum>,
     pub(crate) secret_hash: String,
     pub(crate) owner: Option<pg_sys::Datum>,
@@ -37,9 +40,10 @@ pub(crate) struct KeyRow {
     pub(crate) cidrs_datum: Option<pg_sys::Datum>,
     pub(crate) rate_limit_per_minute: Option<i32>,
     pub(crate) rate_limit_per_hour: Option<i32>,
+    memory: PhantomData<&'m [u8]>,
 }
 
-impl KeyRow {
+impl KeyRow<'_> {
     /// The key's uuid bytes (the nil uuid if the column could not be read).
     pub(crate) fn key_id(&self) -> [u8; 16] {
         self.id
@@ -220,7 +224,7 @@ unsafe fn open() -> (pg_sys::Relation, pg_sys::Relation, Columns) {
 }
 
 /// The row whose prefix is `prefix`, as visible to this transaction now.
-pub(crate) fn fetch(prefix: &str) -> Option<KeyRow> {
+pub(crate) fn fetch(prefix: &str) -> Option<KeyRow<'_>> {
     // SAFETY: one index scan, as the executor would do it: relations opened and locked,
     // a registered snapshot, a slot of the table's type; each released in turn, the
     // row copied out first.
@@ -266,7 +270,7 @@ pub(crate) fn fetch(prefix: &str) -> Option<KeyRow> {
 ///
 /// # Safety
 /// `slot` holds a row of the key table; `c` are its column numbers.
-unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
+unsafe fn read_row<'m>(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow<'m> {
     // SAFETY: after slot_getallattrs the slot's values and nulls have `natts` entries;
     // each column is read as its declared type.
     unsafe {
@@ -294,6 +298,7 @@ unsafe fn read_row(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow {
             cidrs_datum: copy(c.allowed_cidrs),
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
+            memory: PhantomData,
         }
     }
 }

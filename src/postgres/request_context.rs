@@ -22,12 +22,13 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub(crate) fn of(row: &KeyRow) -> Context {
+    pub(crate) fn of(row: &KeyRow<'_>) -> Context {
         Context {
             key_id: row.key_id(),
             owner: row
                 .owner
-                // SAFETY: the owner column is a text.
+                // SAFETY: the owner column, a text copied by key_row::fetch into the
+                // call's memory, which the row (borrowed here) does not outlive.
                 .map(|d| unsafe { datum::text_string(d) })
                 .unwrap_or_default(),
             scopes: row

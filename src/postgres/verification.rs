@@ -17,11 +17,11 @@ use crate::postgres::shmem::{self, Argon2For};
 
 /// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
 /// a scope that is not UTF-8 is one nobody holds.
-pub(crate) fn verify(
-    key: &[u8],
+pub(crate) fn verify<'m>(
+    key: &'m [u8],
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
-) -> Result<KeyRow, Reason> {
+) -> Result<KeyRow<'m>, Reason> {
     let outcome = check(key, client, required_scope);
     shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
     outcome
@@ -51,11 +51,11 @@ fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
 /// row counts in that key's usage; only calls that pass every other check consume
 /// rate-limit quota.
-fn check(
-    key: &[u8],
+fn check<'m>(
+    key: &'m [u8],
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
-) -> Result<KeyRow, Reason> {
+) -> Result<KeyRow<'m>, Reason> {
     // Cheap rejection first: no table, no hash.
     let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
     let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
@@ -72,7 +72,7 @@ fn check(
 }
 
 /// The key's limits: its own, else the settings' defaults (0 = unlimited).
-fn rate_limits(row: &KeyRow) -> Limits {
+fn rate_limits(row: &KeyRow<'_>) -> Limits {
     let limit = |own: Option<i32>, default: i32| own.unwrap_or(default).max(0) as u32;
     let limits = Limits {
         per_minute: limit(
@@ -107,7 +107,7 @@ fn warn_unshared_limits() {
 fn judge_row(
     key: &[u8],
     parsed: &format::ParsedKey<'_>,
-    row: &KeyRow,
+    row: &KeyRow<'_>,
     key_id: &[u8; 16],
     limits: Limits,
     client: Option<IpAddr>,

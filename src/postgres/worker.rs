@@ -16,7 +16,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::core::unwritten::{Unwritten, MAX_ENTRIES};
+use crate::core::pending_usage::{PendingUsage, MAX_ENTRIES};
 use crate::postgres::gucs;
 use crate::postgres::shmem;
 
@@ -76,7 +76,7 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
 /// What the worker keeps between rounds.
 #[derive(Default)]
 struct Worker {
-    unwritten: Unwritten,
+    pending: PendingUsage,
     /// Keys whose expiry failed and was logged: each is logged once.
     reported: HashSet<String>,
 }
@@ -92,14 +92,14 @@ impl Worker {
     /// flush has committed, so what a failed step did not write is tried next round.
     fn round(&mut self) {
         let (usage, last) = shmem::drain_activity();
-        let dropped = self.unwritten.add(usage, last);
+        let dropped = self.pending.add(usage, last);
         if dropped > 0 {
             log!("api_keys worker: {dropped} usage counts dropped: more than {MAX_ENTRIES} wait to be written");
         }
         match step("usage flush", || self.flush()) {
-            Some(Some(left)) => self.unwritten.retain_keys(&left),
+            Some(Some(left)) => self.pending.retain_keys(&left),
             // No api_keys here: counts of another database's keys have nowhere to go.
-            Some(None) => self.unwritten = Unwritten::default(),
+            Some(None) => self.pending = PendingUsage::default(),
             None => {}
         }
         step("expiry", || self.expire());
@@ -120,7 +120,7 @@ impl Worker {
              SET LOCAL session_replication_role = replica",
         )
         .expect("flush settings");
-        Some(flush(&self.unwritten))
+        Some(flush(&self.pending))
     }
 
     fn expire(&mut self) {
@@ -249,19 +249,19 @@ fn uuid_text(id: &[u8; 16]) -> String {
     pgrx::datum::Uuid::from_bytes(*id).to_string()
 }
 
-fn flush(unwritten: &Unwritten) -> HashSet<[u8; 16]> {
-    if unwritten.is_empty() {
+fn flush(pending: &PendingUsage) -> HashSet<[u8; 16]> {
+    if pending.is_empty() {
         return HashSet::new();
     }
     let (mut ids, mut hours, mut verified, mut rejected) = (vec![], vec![], vec![], vec![]);
-    for (key, hour, v, r) in unwritten.usage() {
+    for (key, hour, v, r) in pending.usage() {
         ids.push(uuid_text(&key));
         hours.push(hour);
         verified.push(v);
         rejected.push(r);
     }
     let (mut last_ids, mut last_at, mut last_ip) = (vec![], vec![], vec![]);
-    for (key, at, ip) in unwritten.last_uses() {
+    for (key, at, ip) in pending.last_uses() {
         last_ids.push(uuid_text(&key));
         last_at.push(at);
         last_ip.push(ip.map(|ip| ip.to_string()));

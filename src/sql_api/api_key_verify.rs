@@ -21,6 +21,7 @@ use super::{args, fmgr};
 use crate::core::scope::MAX_SCOPE_LEN;
 use crate::core::verdict::Reason;
 use crate::postgres::datum;
+use crate::postgres::datum::CallMemory;
 use crate::postgres::errors;
 use crate::postgres::key_row::KeyRow;
 use crate::postgres::verification;
@@ -52,14 +53,20 @@ fmgr::finfo_v1!(pg_finfo_api_key_verify);
 #[unsafe(no_mangle)]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: at the start of the call, kept on its stack.
+    let memory = unsafe { CallMemory::of_this_call() };
     // SAFETY: the function manager's call info for api_key_verify(text, inet, text).
-    unsafe {
-        let key = args::key(fcinfo, 0);
-        let client = args::client_ip(fcinfo, 1);
-        // Longer than any scope: one nobody holds, found out without reading it.
-        let required_scope = args::short_text(fcinfo, 2, MAX_SCOPE_LEN).unwrap_or(Some(b"\0"));
-        result_row(fcinfo, &verification::verify(key, client, required_scope))
-    }
+    let (key, client, required_scope) = unsafe {
+        (
+            args::key(&memory, fcinfo, 0),
+            args::client_ip(fcinfo, 1),
+            // Longer than any scope: one nobody holds, found out without reading it.
+            args::short_text(&memory, fcinfo, 2, MAX_SCOPE_LEN).unwrap_or(Some(b"\0")),
+        )
+    };
+    let outcome = verification::verify(key, client, required_scope);
+    // SAFETY: this call's info; the row's datums live in this call's memory.
+    unsafe { result_row(fcinfo, &outcome) }
 }
 
 // The entry point 0.1.0's catalog names. A database still at 0.1.0 keeps verifying
@@ -116,7 +123,7 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
 /// memory.
 unsafe fn result_row(
     fcinfo: pg_sys::FunctionCallInfo,
-    outcome: &Result<KeyRow, Reason>,
+    outcome: &Result<KeyRow<'_>, Reason>,
 ) -> pg_sys::Datum {
     // SAFETY: eight values and nulls for the eight columns of the blessed descriptor,
     // each of its column's type.

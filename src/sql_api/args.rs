@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use pgrx::pg_sys;
 
 use crate::core::cidr;
-use crate::postgres::datum;
+use crate::postgres::datum::{self, CallMemory, TooLong};
 
 /// Longer than any key this extension issues, by a wide margin; larger input is
 /// `malformed` without being detoasted.
@@ -25,13 +25,19 @@ pub(crate) unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<p
     }
 }
 
-/// A presented key's bytes; NULL and oversized input read as empty (malformed).
+/// A presented key's bytes, borrowed from the call's memory; NULL and oversized input
+/// read as empty (malformed).
 ///
 /// # Safety
-/// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
-/// long as the call's memory, which `'a` must not outlast.
-pub(crate) unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a [u8] {
-    // SAFETY: as the function's contract says; the size is read before detoasting.
+/// `fcinfo` is the live call info of the call `memory` stands for; its argument `i` (if
+/// any) is a text.
+pub(crate) unsafe fn key(
+    _memory: &CallMemory,
+    fcinfo: pg_sys::FunctionCallInfo,
+    i: usize,
+) -> &[u8] {
+    // SAFETY: as the function's contract says; the size is read before detoasting, and
+    // the bytes (the datum or its detoasted copy) live in the call's memory.
     unsafe {
         arg(fcinfo, i).map_or(&[][..], |d| {
             if datum::raw_size(d) > MAX_KEY_BYTES {
@@ -43,20 +49,18 @@ pub(crate) unsafe fn key<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> &'a 
     }
 }
 
-/// A text argument longer than the caller's limit.
-pub(crate) struct TooLong;
-
-/// A text argument's bytes, None when NULL; `TooLong` when over `max` bytes, found out
-/// without detoasting it.
+/// A text argument's bytes, borrowed from the call's memory, None when NULL; `TooLong`
+/// when over `max` bytes, found out without detoasting it.
 ///
 /// # Safety
-/// `fcinfo` is a live call info whose argument `i` (if any) is a text; the bytes live as
-/// long as the call's memory.
-pub(crate) unsafe fn short_text<'a>(
+/// `fcinfo` is the live call info of the call `memory` stands for; its argument `i` (if
+/// any) is a text.
+pub(crate) unsafe fn short_text(
+    _memory: &CallMemory,
     fcinfo: pg_sys::FunctionCallInfo,
     i: usize,
     max: usize,
-) -> Result<Option<&'a [u8]>, TooLong> {
+) -> Result<Option<&[u8]>, TooLong> {
     // SAFETY: as the function's contract says; the size is read from the varlena header
     // (or the toast pointer) before anything is detoasted.
     unsafe {

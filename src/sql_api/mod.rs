@@ -1,4 +1,4 @@
-//! The SQL surface written in Rust. Thin: parse arguments, call the rooms, answer.
+//! The SQL surface written in Rust. Thin: read arguments, call the layers below, answer.
 //! Lifecycle, listing and audit are set-based table work and live in sql/.
 
 mod api_key_verify;

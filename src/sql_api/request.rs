@@ -3,7 +3,6 @@
 //! Refusals carry SQLSTATE `PT401`/`PT403`/`PT429`, which PostgREST answers with that
 //! HTTP status; the message names the reason and never the key.
 
-use std::ffi::CStr;
 use std::net::IpAddr;
 
 use pgrx::pg_sys;
@@ -15,10 +14,12 @@ use crate::core::forwarded_for;
 use crate::core::request_headers::{Credential, Headers};
 use crate::core::scope::{Scope, MAX_SCOPE_LEN};
 use crate::core::verdict::Reason;
+use crate::postgres::datum::{CallMemory, TooLong};
 use crate::postgres::errors::{self, Refusal};
 use crate::postgres::gucs;
 use crate::postgres::key_row::KeyRow;
 use crate::postgres::request_context::{self, Context};
+use crate::postgres::request_info::{peer_address, setting};
 use crate::postgres::verification;
 
 extension_sql!(
@@ -101,8 +102,10 @@ unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
 /// # Safety
 /// The body of `api_keys_login`: `fcinfo` of login(key text, client_ip inet).
 unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    // SAFETY: at the start of the call, kept on its stack.
+    let memory = unsafe { CallMemory::of_this_call() };
     // SAFETY: login(key text, client_ip inet).
-    let (key, client) = unsafe { (args::key(fcinfo, 0), args::client_ip(fcinfo, 1)) };
+    let (key, client) = unsafe { (args::key(&memory, fcinfo, 0), args::client_ip(fcinfo, 1)) };
     let row = accept(key, client)?;
     Ok(pgrx::Uuid::from_bytes(row.key_id())
         .into_datum()
@@ -112,11 +115,13 @@ unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refus
 /// # Safety
 /// The body of `api_keys_require_scope`: `fcinfo` of require_scope(required text).
 unsafe fn require_scope(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refusal> {
+    // SAFETY: at the start of the call, kept on its stack.
+    let memory = unsafe { CallMemory::of_this_call() };
     // SAFETY: require_scope(required text).
-    let required = match unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) } {
+    let required = match unsafe { args::short_text(&memory, fcinfo, 0, MAX_SCOPE_LEN) } {
         Ok(Some(bytes)) => bytes,
         Ok(None) => errors::invalid_parameter("required scope must not be NULL", None),
-        Err(args::TooLong) => errors::invalid_parameter(
+        Err(TooLong) => errors::invalid_parameter(
             format!("required scope is not valid: a scope is at most {MAX_SCOPE_LEN} bytes"),
             Some(format!("A scope is at most {MAX_SCOPE_LEN} bytes.")),
         ),
@@ -155,9 +160,11 @@ fmgr::finfo_v1!(pg_finfo_api_keys_has_scope);
 pub unsafe extern "C-unwind" fn api_keys_has_scope(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: at the start of the call, kept on its stack.
+    let memory = unsafe { CallMemory::of_this_call() };
     // Over MAX_SCOPE_LEN: not a scope, and never detoasted.
     // SAFETY: has_scope(required text).
-    let required = unsafe { args::short_text(fcinfo, 0, MAX_SCOPE_LEN) };
+    let required = unsafe { args::short_text(&memory, fcinfo, 0, MAX_SCOPE_LEN) };
     pg_sys::Datum::from(matches!(required, Ok(Some(r)) if request_context::grants(r)))
 }
 
@@ -188,7 +195,7 @@ fn current_owner() -> Option<String> {
 }
 
 /// Verify and, when valid, make the key this transaction's context.
-fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow, Refusal> {
+fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow<'_>, Refusal> {
     let row = verification::verify(key, client, None).map_err(refusal)?;
     request_context::set(Some(Context::of(&row)));
     Ok(row)
@@ -214,30 +221,4 @@ fn check_required_scope(text: &str) {
             Some(SCOPE_HINT.into()),
         )
     });
-}
-
-/// A setting's current value, None when it was never set; `TooLong` over `max` bytes,
-/// found out before the value is copied.
-fn setting(name: &CStr, max: usize) -> Result<Option<String>, args::TooLong> {
-    // SAFETY: a valid setting name; missing_ok, so NULL when it was never set. The value
-    // is a palloc'd copy in the current context.
-    let value = unsafe { pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true) };
-    if value.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: a NUL-terminated string from Postgres.
-    let value = unsafe { CStr::from_ptr(value) };
-    if value.to_bytes().len() > max {
-        return Err(args::TooLong);
-    }
-    Ok(Some(value.to_string_lossy().into_owned()))
-}
-
-/// `inet_client_addr()`: None over a Unix socket.
-fn peer_address() -> Option<IpAddr> {
-    // SAFETY: inet_client_addr() takes no argument and returns an inet or NULL.
-    unsafe {
-        let datum = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
-        args::inet_address(datum)
-    }
 }

@@ -1,6 +1,6 @@
 //! The argon2 budgets in shared memory (`core::argon2_budget`), under one lock.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use super::counters::bump;
 use super::{
@@ -9,18 +9,32 @@ use super::{
 use crate::core::argon2_budget::{self, BudgetSlot};
 use crate::postgres::gucs;
 
+/// The server-wide allowance of `core::argon2_budget` for prefixes that saw a wrong
+/// secret (GCRA state); guarded by the budget lock with the budget slots.
+#[repr(C)]
+#[derive(Default)]
+pub(super) struct Allowance {
+    theoretical_arrival: AtomicI64,
+}
+
 /// Run `f` over the argon2 budget: its slots and the server-wide allowance's state.
 fn with_budget<R>(f: impl FnOnce(&mut [BudgetSlot], &mut i64) -> R) -> R {
     match shared() {
         Some(header) => {
-            let _held = Held::take(BUDGET_LOCK);
-            // SAFETY: the budget slots follow the memo; the budget lock serialises them.
+            let mut held = Held::take(header, BUDGET_LOCK);
+            // SAFETY: the budget slots follow the memo; the budget lock, held for as long
+            // as the slice lives, serialises them all.
             let slots = unsafe {
-                shared_slots::<BudgetSlot>(budget_offset(header.memo_slots), BUDGET_SLOTS)
+                shared_slots::<BudgetSlot>(
+                    &mut held,
+                    budget_offset(header.memo_slots),
+                    0..BUDGET_SLOTS,
+                )
             };
-            let mut tat = header.after_failure_tat.load(Relaxed);
+            let allowance = &header.argon2_allowance.theoretical_arrival;
+            let mut tat = allowance.load(Relaxed);
             let result = f(slots, &mut tat);
-            header.after_failure_tat.store(tat, Relaxed);
+            allowance.store(tat, Relaxed);
             result
         }
         None => LOCAL.with_borrow_mut(|l| {

@@ -1,13 +1,33 @@
 //! The server-wide cap on concurrent argon2 computations (`api_keys.max_concurrent_argon2`),
 //! with verifications served before issues.
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::Relaxed};
 
 use pgrx::pg_sys;
 
 use super::counters::bump;
 use super::{now, shared};
 use crate::postgres::gucs;
+
+/// The cap's state in shared memory.
+#[repr(C)]
+pub(super) struct Argon2Cap {
+    running: AtomicU32,
+    /// Broadcast when a slot is given back; waiters sleep on it.
+    released: UnsafeCell<pg_sys::ConditionVariable>,
+    /// When a verification last waited for a slot (µs): issuing yields to it.
+    verifier_waiting_at: AtomicI64,
+}
+
+impl Argon2Cap {
+    /// # Safety
+    /// Once, on the zeroed shared segment, before any backend uses it.
+    pub(super) unsafe fn init(&self) {
+        // SAFETY: as the function's contract says; nobody sleeps on it yet.
+        unsafe { pg_sys::ConditionVariableInit(self.released.get()) }
+    }
+}
 
 /// What an argon2 computation is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,14 +53,16 @@ pub(crate) fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
         return compute();
     };
     let cap = gucs::MAX_CONCURRENT_ARGON2.get().max(1) as u32;
-    let running = &header.argon2_running;
-    let released = header.argon2_released.get();
+    let cap_state = &header.argon2_cap;
+    let running = &cap_state.running;
+    let released = cap_state.released.get();
     let mut slept = false;
     loop {
         let now = now();
         // A range, not a bound: a clock stepped back must not hold issuing up.
         let yields = purpose == Argon2For::Issuing
-            && (0..VERIFIER_WAITING_US).contains(&(now - header.verifier_waiting_at.load(Relaxed)));
+            && (0..VERIFIER_WAITING_US)
+                .contains(&(now - cap_state.verifier_waiting_at.load(Relaxed)));
         if !yields
             && running
                 .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
@@ -50,7 +72,7 @@ pub(crate) fn argon2<R>(purpose: Argon2For, compute: impl FnOnce() -> R) -> R {
         }
         let timeout_ms = match purpose {
             Argon2For::Verifying => {
-                header.verifier_waiting_at.store(now, Relaxed);
+                cap_state.verifier_waiting_at.store(now, Relaxed);
                 1
             }
             Argon2For::Issuing => 10,

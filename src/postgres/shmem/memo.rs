@@ -3,18 +3,22 @@
 use std::mem::size_of;
 
 use super::counters::bump;
-use super::{shared, shared_slots, Header, Held, LOCAL, MEMO_LOCKS};
+use super::{memo_lock, shared, shared_slots, Header, Held, LOCAL};
 use crate::core::memo::{self, Fact, Slot};
 
+/// Run `f` over the bucket `id` lives in (`core::memo` takes one bucket as a table of
+/// one), under that bucket's stripe lock.
 fn with_memo<R>(id: &[u8; 32], f: impl FnOnce(&mut [Slot]) -> R) -> R {
     match shared() {
         Some(header) => {
             let n = header.memo_slots;
-            let _held = Held::take(memo::bucket_index(n, id) % MEMO_LOCKS);
-            // SAFETY: the slots follow the header; the stripe lock serialises access to
-            // this bucket, the only part `f` touches.
-            let slots = unsafe { shared_slots::<Slot>(size_of::<Header>(), n) };
-            f(slots)
+            let mut held = Held::take(header, memo_lock(memo::bucket_index(n, id)));
+            // SAFETY: the memo slots follow the header; the bucket's stripe lock is held
+            // for as long as the slice lives.
+            let bucket = unsafe {
+                shared_slots::<Slot>(&mut held, size_of::<Header>(), memo::bucket(n, id))
+            };
+            f(bucket)
         }
         None => LOCAL.with_borrow_mut(|l| f(&mut l.memo)),
     }

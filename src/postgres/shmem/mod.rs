@@ -8,11 +8,10 @@
 //! shares one warm memo. Without preloading each backend keeps its own small copy:
 //! verification stays correct, only colder.
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::RefCell;
 use std::ffi::CStr;
 use std::mem::{align_of, size_of};
 use std::ptr;
-use std::sync::atomic::{AtomicI64, AtomicU32};
 
 use pgrx::pg_sys;
 
@@ -33,6 +32,8 @@ pub(crate) use counters::{count, count_flush, snapshot};
 pub(crate) use memo::{memo_lookup, memo_remember};
 pub(crate) use rate_limit::{admit, drain_activity, rate_limited, record_rejected};
 
+use argon2_budget::Allowance;
+use argon2_cap::Argon2Cap;
 use counters::Counters;
 
 const NAME: &CStr = c"api_keys";
@@ -51,14 +52,8 @@ const LOCAL_KEY_SLOTS: usize = 1024;
 #[repr(C)]
 struct Header {
     counters: Counters,
-    argon2_running: AtomicU32,
-    /// Broadcast when an argon2 slot is given back; waiters sleep on it.
-    argon2_released: UnsafeCell<pg_sys::ConditionVariable>,
-    /// When a verification last waited for an argon2 slot (µs): issuing yields to it.
-    verifier_waiting_at: AtomicI64,
-    /// The server-wide allowance of `argon2_budget` (GCRA state); guarded by the budget
-    /// lock.
-    after_failure_tat: AtomicI64,
+    argon2_cap: Argon2Cap,
+    argon2_allowance: Allowance,
     memo_slots: usize,
     key_slots: usize,
 }
@@ -167,7 +162,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
         if !found {
             // All-zero is a valid empty state for every part (empty slots, zero counters).
             ptr::write_bytes(header.cast::<u8>(), 0, size);
-            pg_sys::ConditionVariableInit((*header).argon2_released.get());
+            (*header).argon2_cap.init();
             (*header).memo_slots = slots;
             (*header).key_slots = keys;
         }
@@ -182,21 +177,28 @@ fn shared() -> Option<&'static Header> {
     unsafe { (&raw const SHARED).read().as_ref() }
 }
 
-/// The shared segment's slots of type `T` starting `offset` bytes in, `len` of them.
+/// The `range` of the shared segment's slots of type `T` that start `offset` bytes in,
+/// borrowed (exclusively) from `_held`, the lock that guards exactly those slots.
 ///
 /// # Safety
-/// The segment exists (`shared()` is Some), `offset`/`len` come from the layout above,
-/// and the caller holds the lock that guards the part of the slots it touches.
-unsafe fn shared_slots<T>(offset: usize, len: usize) -> &'static mut [T] {
-    // SAFETY: as the function's contract says.
+/// `offset` and `range` come from the layout above (the slots exist), and `_held` is
+/// the lock that serialises every access to these slots, in every backend.
+unsafe fn shared_slots<T>(
+    _held: &mut Held,
+    offset: usize,
+    range: std::ops::Range<usize>,
+) -> &mut [T] {
+    // SAFETY: `shared()` gave out the guard's header, so SHARED is set; the slots are
+    // inside the segment, and no other backend touches them while the lock is held.
     unsafe {
         std::slice::from_raw_parts_mut(
             (&raw const SHARED)
                 .read()
                 .cast::<u8>()
                 .add(offset)
-                .cast::<T>(),
-            len,
+                .cast::<T>()
+                .add(range.start),
+            range.len(),
         )
     }
 }
@@ -208,9 +210,23 @@ pub(crate) fn is_shared() -> bool {
 /// Exclusive hold of one of our LWLocks, released on drop (also on unwinding).
 struct Held(*mut pg_sys::LWLock);
 
+/// The lock of memo stripe `stripe`.
+fn memo_lock(stripe: usize) -> usize {
+    stripe % MEMO_LOCKS
+}
+
+/// The lock of key-slot stripe `stripe`.
+fn key_lock(stripe: usize) -> usize {
+    BUDGET_LOCK + 1 + stripe % KEY_LOCKS
+}
+
 impl Held {
-    fn take(index: usize) -> Held {
-        // SAFETY: index < LOCKS, the tranche's size; LWLOCKS is set with SHARED.
+    /// Take our lock `index` (`memo_lock`, `BUDGET_LOCK`, `key_lock`); `_header` shows
+    /// the shared segment, and so our lock tranche, exists.
+    fn take(_header: &Header, index: usize) -> Held {
+        assert!(index < LOCKS, "api_keys has {LOCKS} locks");
+        // SAFETY: index < LOCKS, the tranche's size; LWLOCKS is set with SHARED, which
+        // `_header` comes from.
         unsafe {
             let lock = &raw mut (*(&raw const LWLOCKS).read().add(index)).lock;
             pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
@@ -227,6 +243,6 @@ impl Drop for Held {
 }
 
 fn now() -> i64 {
-    // SAFETY: reads the clock.
+    // SAFETY: GetCurrentTimestamp reads the system clock; it has no precondition.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }

@@ -2,25 +2,26 @@
 //! striped over KEY_LOCKS by bucket.
 
 use super::counters::bump;
-use super::{key_offset, now, shared, shared_slots, Header, Held, BUDGET_LOCK, KEY_LOCKS, LOCAL};
+use super::{key_lock, key_offset, now, shared, shared_slots, Held, KEY_LOCKS, LOCAL};
 use crate::core::rate_limit::{self, HourUsage, KeySlot, LastUse, Limits};
 
-/// The per-key slots in shared memory.
-///
-/// # Safety
-/// The caller holds the key stripe lock of every bucket it touches.
-unsafe fn shared_key_slots(header: &Header) -> &'static mut [KeySlot] {
-    // SAFETY: the key slots end the segment; locking is the caller's.
-    unsafe { shared_slots::<KeySlot>(key_offset(header.memo_slots), header.key_slots) }
-}
-
+/// Run `f` over the bucket `key_id` lives in (`core::rate_limit` takes one bucket as a
+/// table of one), under that bucket's stripe lock.
 fn with_key<R>(key_id: &[u8; 16], f: impl FnOnce(&mut [KeySlot]) -> R) -> R {
     match shared() {
         Some(header) => {
-            let stripe = rate_limit::bucket_index(header.key_slots, key_id) % KEY_LOCKS;
-            let _held = Held::take(BUDGET_LOCK + 1 + stripe);
-            // SAFETY: the stripe lock of the key's bucket is held.
-            f(unsafe { shared_key_slots(header) })
+            let n = header.key_slots;
+            let mut held = Held::take(header, key_lock(rate_limit::bucket_index(n, key_id)));
+            // SAFETY: the key slots end the segment; the bucket's stripe lock is held for
+            // as long as the slice lives.
+            let bucket = unsafe {
+                shared_slots::<KeySlot>(
+                    &mut held,
+                    key_offset(header.memo_slots),
+                    rate_limit::bucket(n, key_id),
+                )
+            };
+            f(bucket)
         }
         None => LOCAL.with_borrow_mut(|l| f(&mut l.keys)),
     }
@@ -59,15 +60,21 @@ pub(crate) fn drain_activity() -> (Vec<HourUsage>, Vec<LastUse>) {
     let Some(header) = shared() else {
         return (usage, last);
     };
-    let buckets = header.key_slots.div_ceil(rate_limit::WAYS);
+    let n = header.key_slots;
+    let buckets = n.div_ceil(rate_limit::WAYS);
     for stripe in 0..KEY_LOCKS {
-        let _held = Held::take(BUDGET_LOCK + 1 + stripe);
-        // SAFETY: this stripe's lock is held; only its buckets are touched.
-        let slots = unsafe { shared_key_slots(header) };
+        let mut held = Held::take(header, key_lock(stripe));
         for bucket in (stripe..buckets).step_by(KEY_LOCKS) {
             let start = bucket * rate_limit::WAYS;
-            let end = (start + rate_limit::WAYS).min(slots.len());
-            rate_limit::drain(&mut slots[start..end], &mut usage, &mut last);
+            // SAFETY: this bucket belongs to the stripe whose lock is held.
+            let slots = unsafe {
+                shared_slots::<KeySlot>(
+                    &mut held,
+                    key_offset(header.memo_slots),
+                    start..(start + rate_limit::WAYS).min(n),
+                )
+            };
+            rate_limit::drain(slots, &mut usage, &mut last);
         }
     }
     (usage, last)

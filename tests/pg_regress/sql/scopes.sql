@@ -49,9 +49,8 @@ SELECT r, a, regress.expect_error(format('SELECT api_keys.api_key_register_scope
 SELECT count(*) AS catalog_entries FROM scope_catalog;
 
 -- with entries in the catalog, issue accepts only scopes that match it; the HINT lists them
--- (NOTE: a scope is accepted when it overlaps an entry, so 'runs:*' and '*' pass although
--- they also grant the uncatalogued runs:delete; the contract does not say whether "match" means
--- overlap or cover)
+-- (a scope is accepted when it overlaps an entry, as README, Scopes, says: so 'runs:*'
+-- and '*' pass although they also grant the uncatalogued runs:delete)
 SELECT s AS scope, regress.expect_error(format('SELECT * FROM api_keys.api_key_issue(%L, %L, %L, ARRAY[%L])',
                                                'catalog', 'service', 'production', s)) AS result
   FROM unnest(ARRAY['runs:read', 'runs:write', 'runs:*', 'projects/42/runs:read', 'projects/*/runs:read',

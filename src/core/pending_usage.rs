@@ -13,12 +13,12 @@ use crate::core::rate_limit::{HourUsage, LastUse};
 pub(crate) const MAX_ENTRIES: usize = 1_000_000;
 
 #[derive(Default, Debug)]
-pub(crate) struct Unwritten {
+pub(crate) struct PendingUsage {
     usage: HashMap<([u8; 16], i64), (i64, i64)>,
     last: HashMap<[u8; 16], (i64, Option<IpAddr>)>,
 }
 
-impl Unwritten {
+impl PendingUsage {
     /// Add what was drained. Returns how many entries did not fit (dropped).
     pub(crate) fn add(&mut self, usage: Vec<HourUsage>, last: Vec<LastUse>) -> usize {
         let mut dropped = 0;
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn rounds_merge_by_key_and_hour_and_keep_the_latest_use() {
-        let mut u = Unwritten::default();
+        let mut u = PendingUsage::default();
         u.add(
             vec![usage(1, 10, 2, 1), usage(1, 11, 1, 0)],
             vec![last(1, 5)],
@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn only_the_unwritten_keys_stay() {
-        let mut u = Unwritten::default();
+        let mut u = PendingUsage::default();
         u.add(
             vec![usage(1, 10, 1, 0), usage(2, 10, 1, 0)],
             vec![last(1, 1), last(2, 2)],
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn full_it_still_counts_known_entries_and_reports_the_rest() {
-        let mut u = Unwritten::default();
+        let mut u = PendingUsage::default();
         let many: Vec<_> = (0..MAX_ENTRIES as i64).map(|h| usage(1, h, 1, 0)).collect();
         assert_eq!(u.add(many, vec![]), 0);
         assert_eq!(
