@@ -8,6 +8,7 @@ pub(crate) mod gucs;
 pub(crate) mod key_row;
 pub(crate) mod request_context;
 pub(crate) mod request_info;
+pub(crate) mod scope_check;
 pub(crate) mod shmem;
 pub(crate) mod txn_callbacks;
 pub(crate) mod verification;
