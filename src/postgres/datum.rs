@@ -159,6 +159,21 @@ pub(crate) unsafe fn text_array_bytes<'a>(array: pg_sys::Datum) -> Vec<Option<&'
     }
 }
 
+/// Is an array datum empty? Read from its header where it lies (a short-header array in
+/// a buffer page is neither copied nor converted): Postgres gives every empty array
+/// zero dimensions.
+///
+/// # Safety
+/// `array` is an array datum.
+pub(crate) unsafe fn array_is_empty(array: pg_sys::Datum) -> bool {
+    // SAFETY: after the varlena header (short or not) an array starts with `ndim`, an
+    // int32 that need not be aligned in a packed datum.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(array.cast_mut_ptr());
+        std::ptr::read_unaligned(pgrx::varlena::vardata_any(v).cast::<i32>()) == 0
+    }
+}
+
 /// A text[] datum as strings (not UTF-8: replaced characters, which match no scope).
 ///
 /// # Safety

@@ -35,12 +35,23 @@ pub(crate) struct KeyRow<'m> {
     /// The stored `scopes` array, copied, handed back unchanged in the result; read as
     /// strings only when a scope is asked for (`scopes()`).
     pub(crate) scopes_datum: Option<pg_sys::Datum>,
-    /// The stored `allowed_cidrs` array, copied; read as rules only once the secret
+    /// The stored `allowed_cidrs` array: its rules are read only once the secret
     /// matched (`cidrs()`), so a wrong secret never pays for a long list.
-    pub(crate) cidrs_datum: Option<pg_sys::Datum>,
+    cidrs: StoredRules,
     pub(crate) rate_limit_per_minute: Option<i32>,
     pub(crate) rate_limit_per_hour: Option<i32>,
     memory: PhantomData<&'m [u8]>,
+}
+
+/// A key row's `allowed_cidrs`, as read from the page.
+#[derive(Clone, Copy)]
+enum StoredRules {
+    /// NULL (a table constraint forbids it): verification fails closed.
+    Unreadable,
+    /// No rules: every client.
+    None,
+    /// The array, copied into the call's memory.
+    Copied(pg_sys::Datum),
 }
 
 impl KeyRow<'_> {
@@ -54,13 +65,15 @@ impl KeyRow<'_> {
     /// The key's network rules; None when the column or a rule cannot be read (fail
     /// closed).
     pub(crate) fn cidrs(&self) -> Option<Vec<IpNet>> {
-        self.cidrs_datum.and_then(|d| {
+        match self.cidrs {
+            StoredRules::Unreadable => None,
+            StoredRules::None => Some(Vec::new()),
             // SAFETY: a cidr[] copied into this call's memory by `fetch`.
-            unsafe { datum::inet_array(d) }
+            StoredRules::Copied(d) => unsafe { datum::inet_array(d) }
                 .into_iter()
                 .map(|rule| rule.and_then(|(v6, bits, addr)| cidr::rule(v6, bits, addr)))
-                .collect()
-        })
+                .collect(),
+        }
     }
 
     /// The key's scopes. NULL elements (forbidden by a table constraint) are dropped:
@@ -295,7 +308,12 @@ unsafe fn read_row<'m>(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow
             status: get(c.status).and_then(|d| status(d)),
             expires_at: get(c.expires_at).map(|d| d.value() as pg_sys::TimestampTz),
             scopes_datum: copy(c.scopes),
-            cidrs_datum: copy(c.allowed_cidrs),
+            // Most keys have no rules: then nothing is copied or read again.
+            cidrs: match get(c.allowed_cidrs) {
+                None => StoredRules::Unreadable,
+                Some(d) if datum::array_is_empty(d) => StoredRules::None,
+                Some(d) => StoredRules::Copied(datum::copy(d)),
+            },
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
             memory: PhantomData,
