@@ -179,13 +179,11 @@ pub(crate) unsafe fn array_is_empty(array: pg_sys::Datum) -> bool {
 /// # Safety
 /// `array` is a text[].
 pub(crate) unsafe fn text_array(array: pg_sys::Datum) -> Vec<Option<String>> {
-    // SAFETY: the elements of a text[] are texts.
-    unsafe {
-        elements(array, pg_sys::TEXTOID)
-            .into_iter()
-            .map(|e| e.map(|d| text_string(d)))
-            .collect()
-    }
+    // SAFETY: the elements' bytes are copied before the call returns.
+    unsafe { text_array_bytes(array) }
+        .into_iter()
+        .map(|e| e.map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect()
 }
 
 /// An inet or cidr value's parts: (is IPv6, prefix bits, address bytes), the bytes
@@ -204,6 +202,16 @@ pub(crate) unsafe fn inet<'a>(datum: pg_sys::Datum) -> Option<InetParts<'a>> {
         [3, bits, addr @ ..] if addr.len() >= 16 => Some((true, *bits, &addr[..16])),
         _ => None,
     }
+}
+
+/// The address of an `inet` datum (the mask is ignored), as a client address.
+///
+/// # Safety
+/// `datum` is an inet.
+pub(crate) unsafe fn inet_address(datum: pg_sys::Datum) -> Option<std::net::IpAddr> {
+    // SAFETY: as the function's contract says; the address is copied out.
+    let (v6, _, addr) = unsafe { inet(datum) }?;
+    crate::core::cidr::client(v6, addr)
 }
 
 /// A cidr[] datum's elements as parts; None for a NULL or unreadable element.

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use pgrx::pg_sys;
 
-use crate::core::cidr;
 use crate::postgres::datum::{self, TooLong};
 
 /// A setting's current value, None when it was never set; `TooLong` over `max` bytes,
@@ -31,6 +30,6 @@ pub(crate) fn peer_address() -> Option<IpAddr> {
     // SAFETY: inet_client_addr() takes no argument and returns an inet or NULL.
     unsafe {
         let address = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
-        datum::inet(address).and_then(|(v6, _, addr)| cidr::client(v6, addr))
+        datum::inet_address(address)
     }
 }

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use pgrx::pg_sys;
 
-use crate::core::cidr;
 use crate::postgres::datum::{self, CallMemory, TooLong};
 
 /// Longer than any key this extension issues, by a wide margin; larger input is
@@ -78,15 +77,5 @@ pub(crate) unsafe fn short_text(
 /// `fcinfo` is a live call info whose argument `i` (if any) is an inet.
 pub(crate) unsafe fn client_ip(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<IpAddr> {
     // SAFETY: as the function's contract says.
-    unsafe { arg(fcinfo, i).and_then(|d| inet_address(d)) }
-}
-
-/// The address of an `inet` datum (the mask is ignored).
-///
-/// # Safety
-/// `datum` is an inet.
-pub(crate) unsafe fn inet_address(datum: pg_sys::Datum) -> Option<IpAddr> {
-    // SAFETY: as the function's contract says; the address is copied out.
-    let (v6, _, addr) = unsafe { datum::inet(datum) }?;
-    cidr::client(v6, addr)
+    unsafe { arg(fcinfo, i).and_then(|d| datum::inet_address(d)) }
 }
