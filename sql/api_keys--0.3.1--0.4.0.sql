@@ -293,14 +293,14 @@ CREATE FUNCTION api_keys._impl_api_key_issue(
     name text,
     key_type api_keys.key_type,
     environment api_keys.environment,
-    scopes text[] DEFAULT ARRAY['*'],
-    description text DEFAULT NULL,
-    expires_at timestamptz DEFAULT NULL,
-    allowed_cidrs cidr[] DEFAULT NULL,
-    owner text DEFAULT NULL,
-    rate_limit_per_minute integer DEFAULT NULL,
-    rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT '{}'
+    scopes text[],
+    description text,
+    expires_at timestamptz,
+    allowed_cidrs cidr[],
+    owner text,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -309,7 +309,7 @@ AS $$
         api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11))
 $$;
 
-CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT api_keys._change_status(key_id, 'suspended', reason)
@@ -329,7 +329,7 @@ BEGIN
     RETURN api_keys._change_status(key_id, 'revoked', reason);
 END $$;
 
-CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -350,7 +350,7 @@ BEGIN
     RETURN shown;
 END $$;
 
-CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -393,14 +393,14 @@ END $$;
 
 CREATE FUNCTION api_keys._impl_api_key_update(
     key_id uuid,
-    name text DEFAULT NULL,
-    description text DEFAULT NULL,
-    scopes text[] DEFAULT NULL,
-    allowed_cidrs cidr[] DEFAULT NULL,
-    expires_at timestamptz DEFAULT NULL,
-    rate_limit_per_minute integer DEFAULT NULL,
-    rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT NULL
+    name text,
+    description text,
+    scopes text[],
+    allowed_cidrs cidr[],
+    expires_at timestamptz,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
 ) RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -435,13 +435,13 @@ BEGIN
 END $$;
 
 CREATE FUNCTION api_keys._impl_api_key_list(
-    status api_keys.key_status DEFAULT NULL,
-    environment api_keys.environment DEFAULT NULL,
-    search text DEFAULT NULL,
-    owner text DEFAULT NULL,
-    order_by text DEFAULT 'created_at desc',
-    page_size integer DEFAULT 50,
-    page integer DEFAULT 1
+    status api_keys.key_status,
+    environment api_keys.environment,
+    search text,
+    owner text,
+    order_by text,
+    page_size integer,
+    page integer
 ) RETURNS SETOF api_keys.key_list
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

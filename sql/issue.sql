@@ -87,14 +87,14 @@ CREATE FUNCTION api_keys._impl_api_key_issue(
     name text,
     key_type api_keys.key_type,
     environment api_keys.environment,
-    scopes text[] DEFAULT ARRAY['*'],
-    description text DEFAULT NULL,
-    expires_at timestamptz DEFAULT NULL,
-    allowed_cidrs cidr[] DEFAULT NULL,
-    owner text DEFAULT NULL,
-    rate_limit_per_minute integer DEFAULT NULL,
-    rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT '{}'
+    scopes text[],
+    description text,
+    expires_at timestamptz,
+    allowed_cidrs cidr[],
+    owner text,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -119,7 +119,7 @@ CREATE FUNCTION api_keys.api_key_issue(
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -169,14 +169,14 @@ AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 CREATE FUNCTION api_keys._impl_api_key_update(
     key_id uuid,
-    name text DEFAULT NULL,
-    description text DEFAULT NULL,
-    scopes text[] DEFAULT NULL,
-    allowed_cidrs cidr[] DEFAULT NULL,
-    expires_at timestamptz DEFAULT NULL,
-    rate_limit_per_minute integer DEFAULT NULL,
-    rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT NULL
+    name text,
+    description text,
+    scopes text[],
+    allowed_cidrs cidr[],
+    expires_at timestamptz,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
 ) RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

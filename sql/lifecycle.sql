@@ -152,7 +152,7 @@ BEGIN
     RETURN api_keys._listed(k.id);
 END $$;
 
-CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_suspend(key_id uuid, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -193,7 +193,7 @@ RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text DEFAULT NULL)
+CREATE FUNCTION api_keys._impl_api_key_set_status(key_id uuid, status api_keys.key_status, reason text)
 RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -1,13 +1,13 @@
 -- Listing keys: api_key_list, an entry point into its _impl_ version.
 
 CREATE FUNCTION api_keys._impl_api_key_list(
-    status api_keys.key_status DEFAULT NULL,
-    environment api_keys.environment DEFAULT NULL,
-    search text DEFAULT NULL,
-    owner text DEFAULT NULL,
-    order_by text DEFAULT 'created_at desc',
-    page_size integer DEFAULT 50,
-    page integer DEFAULT 1
+    status api_keys.key_status,
+    environment api_keys.environment,
+    search text,
+    owner text,
+    order_by text,
+    page_size integer,
+    page integer
 ) RETURNS SETOF api_keys.key_list
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
