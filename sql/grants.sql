@@ -46,12 +46,13 @@ GRANT EXECUTE ON FUNCTION api_keys.has_scope(text), api_keys.require_scope(text)
 -- by the keys_guard trigger and audited). Never the hash: column grants leave it out.
 GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
                           api_keys.audit_prune(interval),
-                          api_keys.expire_due() TO api_keys_admin;
+                          api_keys.expire_due(),
+                          api_keys.rotate_signing_key() TO api_keys_admin;
 GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog, api_keys.usage TO api_keys_admin;
 GRANT SELECT (id, prefix, name, description, key_type, environment, owner, status,
               status_reason, status_changed_at, scopes, allowed_cidrs, expires_at,
               created_at, created_by, last_used_at, last_used_ip, rotated_from,
-              rate_limit_per_minute, rate_limit_per_hour, metadata),
+              rate_limit_per_minute, rate_limit_per_hour, metadata, signing_key),
       UPDATE (name, description, owner, status, status_reason, scopes, allowed_cidrs,
               expires_at, rate_limit_per_minute, rate_limit_per_hour, metadata)
    ON api_keys.keys TO api_keys_admin;
@@ -62,3 +63,6 @@ SELECT pg_catalog.pg_extension_config_dump('api_keys.scope_catalog', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.usage', '');
+-- Without them no key issued here verifies (a restore keeps them beside the signing
+-- key its own CREATE EXTENSION makes).
+SELECT pg_catalog.pg_extension_config_dump('api_keys.signing_keys', '');

@@ -1,5 +1,5 @@
--- Issuing, rotating and updating keys, and the scope catalog. Keys are minted in Rust
--- (_mint_key, src/sql_api/issue.rs); each public function is an entry point into its
+-- Issuing, rotating and updating keys, and the scope catalog. Keys are minted and
+-- signed in Rust (_mint_signed_key, src/sql_api/issue.rs); each public function is an entry point into its
 -- _impl_ version (src/sql_api/as_caller.rs).
 
 -- Mint, hash and store a key described by template `t`; audit 'issued'.
@@ -11,10 +11,11 @@ AS $$
 DECLARE
     minted record;
 BEGIN
-    SELECT * INTO STRICT minted FROM api_keys._mint_key(t.environment::text);
+    SELECT * INTO STRICT minted FROM api_keys._mint_signed_key(t.environment::text);
     t.id := gen_random_uuid();
     t.prefix := minted.prefix;
     t.secret_hash := minted.secret_hash;
+    t.signing_key := minted.signing_key;
     t.status := 'active';
     t.created_at := now();
     t.created_by := api_keys._caller();

@@ -59,11 +59,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (NEW.id, NEW.prefix, NEW.secret_hash, NEW.created_at, NEW.created_by,
-        NEW.key_type, NEW.environment, NEW.rotated_from)
+        NEW.key_type, NEW.environment, NEW.rotated_from, NEW.signing_key)
        IS DISTINCT FROM
        (OLD.id, OLD.prefix, OLD.secret_hash, OLD.created_at, OLD.created_by,
-        OLD.key_type, OLD.environment, OLD.rotated_from) THEN
-        RAISE EXCEPTION 'id, prefix, secret_hash, created_at, created_by, key_type, environment and rotated_from of key % cannot be changed', OLD.prefix
+        OLD.key_type, OLD.environment, OLD.rotated_from, OLD.signing_key) THEN
+        RAISE EXCEPTION 'id, prefix, secret_hash, created_at, created_by, key_type, environment, rotated_from and signing_key of key % cannot be changed', OLD.prefix
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Rotate the key (api_key_rotate) for a new secret, or issue a new key.';
     END IF;

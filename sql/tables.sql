@@ -45,7 +45,10 @@ CREATE TABLE api_keys.keys (
     rotated_from          uuid,
     rate_limit_per_minute integer CHECK (rate_limit_per_minute > 0),
     rate_limit_per_hour   integer CHECK (rate_limit_per_hour > 0),
-    metadata              jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
+    metadata              jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(metadata) = 'object'),
+    -- The id of the signing key that signed the key (sql/signing.sql); NULL for a key
+    -- issued before 0.5.0, which verifies without a signature until rotated.
+    signing_key           text
 );
 
 COMMENT ON TABLE api_keys.keys IS
@@ -72,7 +75,8 @@ CREATE TABLE api_keys.audit_log (
     key_id     uuid,
     prefix     text,
     action     text NOT NULL CHECK (action IN ('issued', 'updated', 'suspended', 'reactivated',
-                                              'revoked', 'expired', 'rotated', 'deleted')),
+                                              'revoked', 'expired', 'rotated', 'deleted',
+                                              'signing_key_rotated')),
     actor      text NOT NULL,
     app_actor  text,
     old_status api_keys.key_status,
@@ -107,3 +111,17 @@ COMMENT ON TABLE api_keys.usage IS
     'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check). Kept current within api_keys.flush_interval.';
 
 CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
+
+-- Server signing keys (sql/signing.sql): every key issued carries a MAC made with the
+-- newest, so verification refuses a forged secret for one HMAC. Superusers only.
+CREATE TABLE api_keys.signing_keys (
+    id         text NOT NULL CHECK (id ~ '^[0-9A-Za-z]{4}$'),
+    secret     bytea NOT NULL CHECK (pg_catalog.octet_length(secret) = 32),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Ids are unique within a database, except after a restore: the dumped keys join
+    -- the one its CREATE EXTENSION made (verification tries each of an id).
+    PRIMARY KEY (id, secret)
+);
+
+COMMENT ON TABLE api_keys.signing_keys IS
+    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Superusers only.';

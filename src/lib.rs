@@ -40,9 +40,19 @@ extension_sql_file!(
     requires = ["audit"]
 );
 extension_sql_file!(
+    "../sql/signing.sql",
+    name = "signing",
+    requires = [
+        "lifecycle",
+        "signing_keys_changed",
+        sql_api::signing::_new_signing_key_id,
+        sql_api::signing::_new_signing_secret
+    ]
+);
+extension_sql_file!(
     "../sql/issue.sql",
     name = "issue",
-    requires = ["lifecycle", sql_api::issue::_mint_key]
+    requires = ["signing", sql_api::issue::_mint_signed_key]
 );
 extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["issue"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);

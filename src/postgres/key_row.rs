@@ -40,6 +40,9 @@ pub(crate) struct KeyRow<'m> {
     cidrs: StoredRules,
     pub(crate) rate_limit_per_minute: Option<i32>,
     pub(crate) rate_limit_per_hour: Option<i32>,
+    /// The id of the signing key that signed the key; None for a key issued before
+    /// signing (or a catalog from before it).
+    pub(crate) signing_key: Option<String>,
     memory: PhantomData<&'m [u8]>,
 }
 
@@ -103,6 +106,7 @@ struct Columns {
     allowed_cidrs: i32,
     rate_limit_per_minute: i32,
     rate_limit_per_hour: i32,
+    signing_key: i32,
 }
 
 /// # Safety
@@ -128,6 +132,7 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
                 b"allowed_cidrs" => &mut c.allowed_cidrs,
                 b"rate_limit_per_minute" => &mut c.rate_limit_per_minute,
                 b"rate_limit_per_hour" => &mut c.rate_limit_per_hour,
+                b"signing_key" => &mut c.signing_key,
                 _ => continue,
             };
             *slot = i as i32 + 1;
@@ -316,6 +321,7 @@ unsafe fn read_row<'m>(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow
             },
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
+            signing_key: get(c.signing_key).map(|d| datum::text_string(d)),
             memory: PhantomData,
         }
     }

@@ -10,6 +10,7 @@ pub(crate) mod request_context;
 pub(crate) mod request_info;
 pub(crate) mod scope_check;
 pub(crate) mod shmem;
+pub(crate) mod signing_keys;
 pub(crate) mod txn_callbacks;
 pub(crate) mod verification;
 pub(crate) mod worker;

@@ -1,6 +1,7 @@
-//! One verification of a presented key, from bytes to a verdict: parse, read the key
-//! row, memo or argon2 within the budgets, status/network/scope, rate limits. Shared by
-//! `api_key_verify` and the request context (`login`, `authenticate`).
+//! One verification of a presented key, from bytes to a verdict: parse, the signature,
+//! read the key row, memo or argon2 (within the budgets for keys issued before
+//! signing), status/network/scope, rate limits. Shared by `api_key_verify` and the
+//! request context (`login`, `authenticate`).
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use crate::core::verdict::{self, KeyState, Reason};
 use crate::postgres::gucs;
 use crate::postgres::key_row::{self, KeyRow};
 use crate::postgres::shmem::{self, Argon2For};
+use crate::postgres::signing_keys;
 
 /// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
 /// a scope that is not UTF-8 is one nobody holds.
@@ -27,14 +29,21 @@ pub(crate) fn verify<'m>(
     outcome
 }
 
-/// A presentation the memo does not know: argon2 decides, within the budgets, and the
-/// memo remembers the answer.
-fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str) -> bool {
-    if !shmem::spend_budget(prefix) {
+/// A presentation the memo does not know: argon2 decides, and the memo remembers the
+/// answer. A signed presentation is the key this installation issued (only its MAC
+/// got it here), so it is never throttled; a key issued before signing is hashed
+/// within its prefix's budgets, as anyone can present a secret for its prefix.
+fn secret_matches(
+    fact: &[u8; 32],
+    parsed: &format::ParsedKey<'_>,
+    secret_hash: &str,
+) -> bool {
+    let signed = parsed.signature.is_some();
+    if !signed && !shmem::spend_budget(parsed.prefix) {
         return false;
     }
     let matches = shmem::argon2(Argon2For::Verifying, || {
-        hash::verify_secret(secret, secret_hash)
+        hash::verify_secret(parsed.secret, secret_hash)
     });
     let known = if matches {
         Fact::Matches
@@ -42,10 +51,18 @@ fn secret_matches(fact: &[u8; 32], prefix: &str, secret: &str, secret_hash: &str
         Fact::DoesNotMatch
     };
     shmem::memo_remember(fact, known);
-    if !matches {
-        shmem::record_failure(prefix);
+    if !matches && !signed {
+        shmem::record_failure(parsed.prefix);
     }
     matches
+}
+
+/// A forged presentation: its MAC fails, or it comes without the signature its key
+/// row says the key has (or with another). Refused as `invalid_secret` having changed
+/// nothing: no budget, memo entry, rate window or usage count.
+fn forged() -> Reason {
+    shmem::count_forged();
+    Reason::InvalidSecret
 }
 
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
@@ -58,7 +75,17 @@ fn check<'m>(
 ) -> Result<KeyRow<'m>, Reason> {
     // Cheap rejection first: no table, no hash.
     let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
+    // Then the signature: one HMAC, still no table.
+    if let Some(signature) = &parsed.signature {
+        if !signing_keys::made_by_us(signature) {
+            return Err(forged());
+        }
+    }
     let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
+    // A signed key is presented signed, by the signing key its row names.
+    if parsed.signature.as_ref().map(|s| s.signing_key_id) != row.signing_key.as_deref() {
+        return Err(forged());
+    }
     let key_id = row.key_id();
     let limits = rate_limits(&row);
     match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
@@ -118,7 +145,7 @@ fn judge_row(
         Some(known) => known == Fact::Matches,
         // A key over its limit costs no argon2.
         None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
-        None => secret_matches(&fact, parsed.prefix, parsed.secret, &row.secret_hash),
+        None => secret_matches(&fact, parsed, &row.secret_hash),
     };
     if !secret_ok {
         return Reason::InvalidSecret;

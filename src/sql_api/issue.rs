@@ -11,12 +11,41 @@ use crate::core::scope::{MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::postgres::errors;
 use crate::postgres::gucs;
 use crate::postgres::shmem::{self, Argon2For};
-use crate::postgres::{datum, scope_check};
+use crate::postgres::{datum, scope_check, signing_keys};
 
-/// A fresh key for `environment`: its prefix, the full key (shown once) and the argon2id
-/// hash of its secret (stored).
+/// A fresh key for `environment`, signed with the current signing key: its prefix,
+/// the full key (shown once), the argon2id hash of its secret (stored) and the id of
+/// the signing key.
 #[pg_extern(volatile, requires = ["tables"])]
-pub(crate) fn _mint_key(
+pub(crate) fn _mint_signed_key(
+    environment: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(prefix, String),
+        name!(key, String),
+        name!(secret_hash, String),
+        name!(signing_key, String),
+    ),
+> {
+    let env = environment_named(environment);
+    let signing_key = signing_keys::current();
+    let secret = secret::secret();
+    let new = format::compose(
+        &configured_brand(),
+        env,
+        &secret::public_id(),
+        &secret,
+        &signing_key,
+    );
+    TableIterator::once((new.prefix, new.full, hash(&secret), signing_key.id))
+}
+
+/// What catalogs before 0.5.0 call to mint a key, until `ALTER EXTENSION api_keys
+/// UPDATE`: a key without a signature, as they issued (they have no signing keys and
+/// no column to record one).
+#[pg_extern(volatile, sql = false)]
+fn _mint_key(
     environment: &str,
 ) -> TableIterator<
     'static,
@@ -26,27 +55,30 @@ pub(crate) fn _mint_key(
         name!(secret_hash, String),
     ),
 > {
-    let Some(env) = format::Environment::from_sql_name(environment) else {
-        errors::invalid_parameter(format!("environment \"{environment}\" is not valid"), None)
-    };
-    let brand = configured_brand();
+    let env = environment_named(environment);
     let secret = secret::secret();
-    let new = format::compose(&brand, env, &secret::public_id(), &secret);
+    let new = format::compose_unsigned(&configured_brand(), env, &secret::public_id(), &secret);
+    TableIterator::once((new.prefix, new.full, hash(&secret)))
+}
+
+fn environment_named(environment: &str) -> format::Environment {
+    format::Environment::from_sql_name(environment).unwrap_or_else(|| {
+        errors::invalid_parameter(format!("environment \"{environment}\" is not valid"), None)
+    })
+}
+
+/// The argon2id hash of a new secret. Under the server-wide cap like every argon2 run,
+/// yielding to verifications: issuing in bulk takes no more of the machine than the
+/// cap and delays no verification by more than the hashes running; a call waiting can
+/// be cancelled.
+fn hash(secret: &str) -> String {
     let settings = gucs::argon2_settings();
-    // Under the server-wide cap like every argon2 run, yielding to verifications:
-    // issuing in bulk takes no more of the machine than the cap and delays no
-    // verification by more than the hashes running; a call waiting can be cancelled.
-    let secret_hash = shmem::argon2(Argon2For::Issuing, || hash::hash_secret(&secret, settings))
-        .unwrap_or_else(|e| {
-            errors::invalid_parameter(
-                format!("argon2 settings are not usable: {e}"),
-                Some(
-                    "api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism"
-                        .into(),
-                ),
-            )
-        });
-    TableIterator::once((new.prefix, new.full, secret_hash))
+    shmem::argon2(Argon2For::Issuing, || hash::hash_secret(secret, settings)).unwrap_or_else(|e| {
+        errors::invalid_parameter(
+            format!("argon2 settings are not usable: {e}"),
+            Some("api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism".into()),
+        )
+    })
 }
 
 extension_sql!(

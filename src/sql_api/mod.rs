@@ -8,4 +8,5 @@ pub(crate) mod fmgr;
 pub(crate) mod issue;
 mod pattern;
 mod request;
+pub(crate) mod signing;
 mod stats;

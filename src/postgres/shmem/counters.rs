@@ -15,11 +15,17 @@ pub(super) struct Counters {
     pub(super) throttled: AtomicU64,
     pub(super) activity_evictions: AtomicU64,
     pub(super) flushes: AtomicU64,
+    pub(super) forged: AtomicU64,
 }
 
 /// The background worker finished a flush.
 pub(crate) fn count_flush() {
     bump(|c| &c.flushes);
+}
+
+/// A presentation refused by its signature (also counted as `invalid_secret`).
+pub(crate) fn count_forged() {
+    bump(|c| &c.forged);
 }
 
 pub(crate) fn count(reason: Reason) {
@@ -54,6 +60,7 @@ pub(crate) fn snapshot() -> Vec<(String, i64)> {
             c.activity_evictions.load(Relaxed) as i64,
         ));
         rows.push(("flushes".into(), c.flushes.load(Relaxed) as i64));
+        rows.push(("forged_signatures".into(), c.forged.load(Relaxed) as i64));
         rows
     };
     let mut rows = match shared() {

@@ -28,7 +28,7 @@ mod rate_limit;
 
 pub(crate) use argon2_budget::{record_failure, spend_budget};
 pub(crate) use argon2_cap::{argon2, Argon2For};
-pub(crate) use counters::{count, count_flush, snapshot};
+pub(crate) use counters::{count, count_flush, count_forged, snapshot};
 pub(crate) use memo::{memo_lookup, memo_remember};
 pub(crate) use rate_limit::{admit, drain_activity, rate_limited, record_rejected};
 

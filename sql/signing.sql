@@ -1,0 +1,68 @@
+-- Server signing keys. Every key issued carries a MAC made with the newest signing key
+-- (src/core/key/signature.rs), so verification refuses a forged secret for the price
+-- of one HMAC: no key row, no argon2, no budget, no rate window. Keys signed with older
+-- signing keys keep verifying; README ("Signing keys") says how to retire one.
+
+-- Verifying backends keep the signing keys in memory (src/postgres/signing_keys.rs):
+-- every change reaches them, and hot standbys, at commit.
+CREATE TRIGGER signing_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON api_keys.signing_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION api_keys._signing_keys_changed();
+
+-- A new signing key with an id unused in this database. A database holds at most 1,000
+-- (each verifying backend reads them all after a change).
+CREATE FUNCTION api_keys._create_signing_key()
+RETURNS TABLE (id text, created_at timestamptz)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id text;
+BEGIN
+    -- One at a time, so that two never pick the same id. Verification only reads the
+    -- table (ACCESS SHARE), which this mode lets through.
+    LOCK TABLE api_keys.signing_keys IN SHARE ROW EXCLUSIVE MODE;
+    IF (SELECT count(*) FROM api_keys.signing_keys) >= 1000 THEN
+        RAISE EXCEPTION 'api_keys already has 1000 signing keys'
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Retire old signing keys first (README, "Signing keys").';
+    END IF;
+    LOOP
+        new_id := api_keys._new_signing_key_id();
+        EXIT WHEN NOT EXISTS (SELECT FROM api_keys.signing_keys s
+                               WHERE s.id OPERATOR(pg_catalog.=) new_id);
+    END LOOP;
+    RETURN QUERY
+    INSERT INTO api_keys.signing_keys AS s (id, secret)
+    VALUES (new_id, api_keys._new_signing_secret())
+    RETURNING s.id, s.created_at;
+END $$;
+
+-- The signing key every database starts with.
+SELECT FROM api_keys._create_signing_key();
+
+-- rotate_signing_key(): new keys are signed with a new signing key from now on; keys
+-- signed with older ones keep verifying. Audited.
+CREATE FUNCTION api_keys._impl_rotate_signing_key()
+RETURNS TABLE (id text, created_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    created record;
+BEGIN
+    SELECT * INTO STRICT created FROM api_keys._create_signing_key();
+    INSERT INTO api_keys.audit_log (action, actor, app_actor, details)
+    VALUES ('signing_key_rotated', api_keys._caller(),
+            nullif(current_setting('api_keys.actor', true), ''),
+            jsonb_build_object('signing_key', created.id));
+    RETURN QUERY SELECT created.id, created.created_at;
+END $$;
+
+CREATE FUNCTION api_keys.rotate_signing_key()
+RETURNS TABLE (id text, created_at timestamptz)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+COMMENT ON FUNCTION api_keys.rotate_signing_key() IS
+    'Start a new signing key for new keys; keys signed with older ones keep verifying.';
