@@ -1,9 +1,11 @@
 //! The verification memo and flood protection, measured by api_keys.stats() on a
 //! cluster of its own (the counters are server-wide, so nothing else may run there).
+//! The argon2 budgets guard keys issued before signing (`issue_unsigned`); a signed
+//! key's forgeries never reach them (tests/signed_keys.rs).
 
 mod common;
 
-use common::{issue, stats, verify, with_checksum, Cluster, DB};
+use common::{issue, issue_unsigned, stats, verify, with_checksum, Cluster, DB};
 use postgres::Client;
 use std::collections::HashMap;
 
@@ -54,7 +56,7 @@ fn argon2_runs_once_per_key_and_new_sessions_are_warm() {
 fn garbage_costs_no_hash_and_wrong_secrets_are_remembered() {
     let cluster = Cluster::start("fails");
     let mut c = cluster.connect_fast(DB);
-    let k = issue(&mut c, "'fails', 'service', 'production'");
+    let k = issue_unsigned(&mut c, "'fails', 'service', 'production'");
     let d = delta(&mut c, |c| {
         for input in [
             "",
@@ -91,8 +93,8 @@ fn a_flood_on_one_prefix_is_throttled_while_the_real_key_keeps_working() {
     let mut c = cluster.connect_fast(DB);
     c.batch_execute("SET api_keys.argon2_budget_per_minute = 3")
         .unwrap();
-    let target = issue(&mut c, "'target', 'service', 'production'");
-    let bystander = issue(&mut c, "'bystander', 'service', 'production'");
+    let target = issue_unsigned(&mut c, "'target', 'service', 'production'");
+    let bystander = issue_unsigned(&mut c, "'bystander', 'service', 'production'");
     assert_eq!(verify(&mut c, &target.key, None, None).reason, "ok");
 
     let d = delta(&mut c, |c| {
@@ -131,7 +133,7 @@ fn a_flood_over_many_prefixes_shares_one_server_wide_allowance() {
     )
     .unwrap();
     let targets: Vec<_> = (0..20)
-        .map(|i| issue(&mut c, &format!("'target {i}', 'service', 'production'")))
+        .map(|i| issue_unsigned(&mut c, &format!("'target {i}', 'service', 'production'")))
         .collect();
     let started = std::time::Instant::now();
     let d = delta(&mut c, |c| {
@@ -155,7 +157,7 @@ fn a_flood_over_many_prefixes_shares_one_server_wide_allowance() {
     assert_eq!(d["argon2_runs"] + d["argon2_throttled"], 500, "{d:?}");
 
     // A key that has never seen a failure is hashed at once, flood or not.
-    let fresh = issue(&mut c, "'fresh', 'service', 'production'");
+    let fresh = issue_unsigned(&mut c, "'fresh', 'service', 'production'");
     let d = delta(&mut c, |c| {
         assert_eq!(verify(c, &fresh.key, None, None).reason, "ok");
     });

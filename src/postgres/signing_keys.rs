@@ -127,8 +127,7 @@ fn read() -> SigningKeys {
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
         let scan = pg_sys::table_beginscan(rel, snapshot, 0, std::ptr::null_mut());
         loop {
-            let tuple =
-                pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
             if tuple.is_null() {
                 break;
             }

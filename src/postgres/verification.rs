@@ -33,11 +33,7 @@ pub(crate) fn verify<'m>(
 /// answer. A signed presentation is the key this installation issued (only its MAC
 /// got it here), so it is never throttled; a key issued before signing is hashed
 /// within its prefix's budgets, as anyone can present a secret for its prefix.
-fn secret_matches(
-    fact: &[u8; 32],
-    parsed: &format::ParsedKey<'_>,
-    secret_hash: &str,
-) -> bool {
+fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: &str) -> bool {
     let signed = parsed.signature.is_some();
     if !signed && !shmem::spend_budget(parsed.prefix) {
         return false;

@@ -76,7 +76,10 @@ fn hash(secret: &str) -> String {
     shmem::argon2(Argon2For::Issuing, || hash::hash_secret(secret, settings)).unwrap_or_else(|e| {
         errors::invalid_parameter(
             format!("argon2 settings are not usable: {e}"),
-            Some("api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism".into()),
+            Some(
+                "api_keys.argon2_memory_kib must be at least 8 x api_keys.argon2_parallelism"
+                    .into(),
+            ),
         )
     })
 }

@@ -310,6 +310,27 @@ pub fn issue(c: &mut impl postgres::GenericClient, args_sql: &str) -> Issued {
     }
 }
 
+/// A key as issued before 0.5.0, without a signature: issued now, then its row marked
+/// unsigned (as the update to 0.5.0 leaves older keys) and its text cut back to the
+/// secret with a new checksum. Its stored hash is of that secret, so it verifies on the
+/// path of unsigned keys (with the per-prefix argon2 budgets).
+pub fn issue_unsigned(c: &mut Client, args_sql: &str) -> Issued {
+    let k = issue(c, args_sql);
+    // The guard forbids changing signing_key; a superuser's replica role skips it.
+    c.batch_execute(&format!(
+        "SET session_replication_role = replica;
+         UPDATE api_keys.keys SET signing_key = NULL WHERE id = '{}';
+         RESET session_replication_role",
+        k.id
+    ))
+    .unwrap();
+    let secret_end = k.prefix.len() + 1 + 43;
+    Issued {
+        key: with_checksum(&k.key[..secret_end]),
+        ..k
+    }
+}
+
 /// A key with the same prefix as `key` and a different secret, with a correct checksum
 /// (CRC32 of the body, fixed-width base62): it reaches the hash check and must fail it.
 pub fn forge_secret(key: &str) -> String {

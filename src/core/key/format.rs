@@ -259,7 +259,7 @@ mod tests {
         let k = compose("ak", Environment::Production, ID, SECRET, &signing_key(1));
         assert!(k.full.starts_with("ak_live_7Qx2aB9kLm0P_"));
         assert_eq!(k.full.len(), 2 + 6 + 12 + 1 + 43 + 4 + 17 + 6);
-        assert_eq!(k.full.len(), MAX_KEY_LEN - 6);
+        assert_eq!(k.full.len(), MAX_KEY_LEN - 7);
         let p = parse(k.full.as_bytes()).unwrap();
         assert_eq!(p.prefix, k.prefix);
         assert_eq!(p.secret, SECRET);
@@ -294,6 +294,21 @@ mod tests {
         let forged = format!("{body}{}", checksum(&body));
         let p = parse(forged.as_bytes()).unwrap();
         assert!(!p.signature.unwrap().is_made_by(&signing_key(1)));
+    }
+
+    /// The README's example key is a real one: it parses, checksum and all.
+    #[test]
+    fn the_readme_example_key_parses() {
+        let readme = include_str!("../../../README.md");
+        let example = readme
+            .lines()
+            .find(|l| l.starts_with("ak_live_"))
+            .expect("README shows an example key");
+        let parsed = parse(example.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.signature.unwrap().signing_key_id.len(),
+            SIGNING_KEY_ID_LEN
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub(crate) struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     // Never the secret, whatever prints it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,8 +104,16 @@ mod tests {
         assert!(verify(&k, "ak_live_7Qx2aB9kLm0P_secretAbC1", &m));
         // Another message, another key, another MAC: all refused.
         assert!(!verify(&k, "ak_live_7Qx2aB9kLm0P_secreTAbC1", &m));
-        assert!(!verify(&key("AbC1", 8), "ak_live_7Qx2aB9kLm0P_secretAbC1", &m));
-        assert!(!verify(&k, "ak_live_7Qx2aB9kLm0P_secretAbC1", &"0".repeat(MAC_LEN)));
+        assert!(!verify(
+            &key("AbC1", 8),
+            "ak_live_7Qx2aB9kLm0P_secretAbC1",
+            &m
+        ));
+        assert!(!verify(
+            &k,
+            "ak_live_7Qx2aB9kLm0P_secretAbC1",
+            &"0".repeat(MAC_LEN)
+        ));
         // Over 96 bits, or not base62.
         assert!(!verify(&k, "x", &"z".repeat(MAC_LEN)));
         assert!(!verify(&k, "x", &"-".repeat(MAC_LEN)));
