@@ -69,9 +69,11 @@ BEGIN
         EXIT WHEN NOT EXISTS (SELECT FROM api_keys.signing_keys s
                                WHERE s.id OPERATOR(pg_catalog.=) new_id);
     END LOOP;
+    -- The clock, not the transaction's start: the newest signs, also after two
+    -- rotations in one transaction.
     RETURN QUERY
-    INSERT INTO api_keys.signing_keys AS s (id, secret)
-    VALUES (new_id, api_keys._new_signing_secret())
+    INSERT INTO api_keys.signing_keys AS s (id, secret, created_at)
+    VALUES (new_id, api_keys._new_signing_secret(), clock_timestamp())
     RETURNING s.id, s.created_at;
 END $$;
 

@@ -75,11 +75,22 @@ fn rate_limits_hold_exactly_across_concurrent_sessions() {
     let d = stats(&mut c);
     assert_eq!(d["verify_rate_limited"], 100 - 40 + 100 - 7, "{d:?}");
 
-    // Over its limit, a presentation the memo does not know costs no argon2.
+    // Over its limit, a forged presentation is refused by its MAC: it is not told the
+    // key is busy, and costs no argon2. (A key issued before signing, over its limit,
+    // answers rate_limited to a presentation the memo does not know, also unhashed.)
     let wrong = common::forge_secret(&minute.key);
     let before = stats(&mut c)["argon2_runs"];
-    assert_eq!(verify(&mut c, &wrong, None, None).reason, "rate_limited");
+    assert_eq!(verify(&mut c, &wrong, None, None).reason, "invalid_secret");
     assert_eq!(stats(&mut c)["argon2_runs"], before);
+    let unsigned = common::issue_unsigned(
+        &mut c,
+        "'unsigned hour', 'service', 'production', rate_limit_per_hour => 1",
+    );
+    let before = stats(&mut c)["argon2_runs"];
+    assert_eq!(verify(&mut c, &unsigned.key, None, None).reason, "ok");
+    let wrong = common::forge_secret(&unsigned.key);
+    assert_eq!(verify(&mut c, &wrong, None, None).reason, "rate_limited");
+    assert_eq!(stats(&mut c)["argon2_runs"], before + 1);
     // Only calls that pass every other check consume quota.
     let scoped = issue(
         &mut c,
