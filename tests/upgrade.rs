@@ -176,6 +176,38 @@ fn update_from(cluster: &Cluster, old_version: &str, want: &BTreeSet<String>) {
         "{old_version} after the update: {v:?}"
     );
     assert_eq!(v.key_id.as_deref(), Some(key.id.as_str()));
+    // The key has no signature (it was issued before signing) and keeps verifying on
+    // that path; the update made a signing key, and rotating the key yields a signed one.
+    assert_eq!(key.key.len(), key.prefix.len() + 1 + 43 + 6, "{}", key.key);
+    let row = after
+        .query_one(
+            "SELECT key, id::text FROM api_keys.api_key_rotate($1::text::uuid, interval '1 hour')",
+            &[&key.id],
+        )
+        .unwrap_or_else(|e| panic!("{old_version}: rotating after the update: {e:?}"));
+    let (rotated, rotated_id): (String, String) = (row.get(0), row.get(1));
+    let row = after
+        .query_one(
+            "SELECT signing_key, (SELECT count(*) FROM api_keys.signing_keys)
+               FROM api_keys.keys WHERE id = $1::text::uuid",
+            &[&rotated_id],
+        )
+        .unwrap();
+    let (signing_key, signing_keys): (Option<String>, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        signing_keys, 1,
+        "{old_version}: one signing key after the update"
+    );
+    let signing_key = signing_key.expect("the rotated key names its signing key");
+    let at = key.prefix.len() + 1 + 43;
+    assert_eq!(&rotated[at..at + 4], signing_key, "{rotated}");
+    assert_eq!(rotated.len(), key.prefix.len() + 1 + 70, "{rotated}");
+    let v = verify(&mut after, &rotated, None, Some("runs:read"));
+    assert_eq!(
+        (v.valid, v.reason.as_str()),
+        (true, "ok"),
+        "{old_version}: {v:?}"
+    );
 
     let got = describe(&mut after);
     let missing: Vec<_> = want.difference(&got).collect();
