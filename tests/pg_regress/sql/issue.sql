@@ -16,11 +16,13 @@ SELECT name, description, key_type, environment, owner, created_by, status, stat
        created_at = now() AS created_now
   FROM key_list WHERE id = :'k1_id';
 
--- the key has the documented shape and matches api_keys.key_pattern()
+-- the key has the documented shape and matches api_keys.key_pattern(): after the prefix,
+-- 70 characters (secret 43, signing key id 4, MAC 17, checksum 6; signing.sql checks
+-- the parts)
 SELECT :'k1' ~ ('^' || key_pattern() || '$') AS matches_pattern,
        :'k1_prefix' ~ '^ak_live_[0-9A-Za-z]{12}$' AS prefix_shape,
        starts_with(:'k1', :'k1_prefix' || '_') AS key_starts_with_prefix,
-       length(:'k1') - length(:'k1_prefix') - 1 AS secret_and_checksum_len;
+       length(:'k1') - length(:'k1_prefix') - 1 AS after_prefix_len;
 SELECT key_pattern();
 
 -- environment tags: live, stage, dev

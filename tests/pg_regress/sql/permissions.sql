@@ -45,9 +45,11 @@ SELECT p.oid::regprocedure AS public_function FROM pg_proc p
  WHERE p.pronamespace = 'api_keys'::regnamespace
    AND has_function_privilege('regress_alice', p.oid, 'EXECUTE')
  ORDER BY p.proname, 1::text;
--- ... so a plain role cannot call the internals
+-- ... so a plain role cannot call the internals: not mint a signed key, nor make a
+-- signing key id (signing.sql tries the other signing helpers, as an admin)
 SET ROLE regress_alice;
-SELECT regress.expect_error($$SELECT * FROM api_keys._mint_key('production')$$);
+SELECT regress.expect_error($$SELECT * FROM api_keys._mint_signed_key('production')$$);
+SELECT regress.expect_error('SELECT api_keys._new_signing_key_id()');
 SELECT regress.expect_error($$SELECT api_keys._check_scopes(ARRAY['*'], true)$$);
 SELECT regress.expect_error('SELECT api_keys._key_for_update(gen_random_uuid())');
 SELECT regress.expect_error($$SELECT api_keys._require_reason('x')$$);

@@ -68,6 +68,15 @@ SELECT key AS n FROM api_key_issue('net', 'service', 'production',
                                    allowed_cidrs => '{10.0.0.0/8}') \gset
 SELECT key AS l FROM api_key_issue('limited', 'service', 'production',
                                    rate_limit_per_hour => 1) \gset
+-- a key issued before 0.5.0 (unsigned: keys.signing_key made NULL with the triggers
+-- off, as in verify.sql); its text is the unsigned shape of its secret
+SELECT id AS u_id, key AS u_signed, prefix AS u_prefix
+  FROM api_key_issue('unsigned', 'service', 'production') \gset
+SET session_replication_role = replica;
+UPDATE keys SET signing_key = NULL WHERE id = :'u_id';
+RESET session_replication_role;
+SELECT regress.forge_key(:'u_prefix', substr(:'u_signed', length(:'u_prefix') + 2, 43)) AS u \gset
+SELECT login(:'u') = :'u_id' AS unsigned_key_logs_in;
 SELECT login(:'l') IS NOT NULL AS first_call_of_the_hour;
 SELECT login(:'a') = :'a_id' AS alice_again;
 SELECT label, regress.expect_error(format('SELECT api_keys.login(%L, %L)', k, ip)) AS error
@@ -76,7 +85,10 @@ SELECT label, regress.expect_error(format('SELECT api_keys.login(%L, %L)', k, ip
     ('garbage', 'not a key', NULL),
     ('bad checksum', left(:'a', -1) || CASE WHEN right(:'a', 1) = 'x' THEN 'y' ELSE 'x' END, NULL),
     ('unknown prefix', regress.forge_key('ak_live_AAAAAAAAAAAA', :'a_secret'), NULL),
+    -- a is signed: a wrong secret for it is refused as forged, before argon2
     ('wrong secret', regress.forge_key(:'a_prefix', repeat('A', 43)), NULL),
+    -- u is unsigned: a wrong secret for it is refused by argon2
+    ('wrong secret, unsigned key', regress.forge_key(:'u_prefix', repeat('A', 43)), NULL),
     ('suspended', :'s', NULL),
     ('revoked', :'r', NULL),
     ('expired', :'e', NULL),

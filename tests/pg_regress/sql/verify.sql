@@ -53,14 +53,52 @@ SELECT i.label, count(*) AS rows, min(v.reason) AS reason, bool_or(v.valid) AS v
 -- NULL for every argument
 SELECT count(*) AS rows, min(reason) AS reason FROM api_key_verify(NULL, NULL, NULL);
 
--- a correct checksum but the wrong secret for a real prefix: invalid_secret
--- (regress.forge_key builds a correctly checksummed key; it reproduces the real one)
-SELECT regress.forge_key(:'k_prefix', :'k_secret') = :'k' AS forge_reproduces_key;
+-- a correct checksum but the wrong secret for a real prefix: invalid_secret.
+-- regress.forge_key builds a correctly checksummed key: from k's secret, signing key id
+-- and MAC it reproduces k
+SELECT substr(:'k', length(:'k_prefix') + 2 + 43, 21) AS k_signature \gset
+SELECT regress.forge_key(:'k_prefix', :'k_secret' || :'k_signature') = :'k' AS forge_reproduces_key;
+-- k is signed, as is every key issued since 0.5.0, so a wrong secret for it never
+-- reaches argon2: it is refused as forged, in the unsigned shape (no signature, which
+-- k's row says it has) and with k's signature (whose MAC covers only k's secret);
+-- signing.sql counts them as forged_signatures
 SELECT valid, reason, num_nulls(key_id, owner, key_type, environment, scopes, expires_at) AS null_identity
   FROM api_key_verify(regress.forge_key(:'k_prefix', repeat('A', 43)));
-SELECT valid, reason FROM api_key_verify(regress.forge_key(:'k_prefix', left(:'k_secret', 42) || CASE WHEN right(:'k_secret', 1) = 'x' THEN 'y' ELSE 'x' END));
+SELECT valid, reason FROM api_key_verify(regress.forge_key(:'k_prefix', left(:'k_secret', 42) || CASE WHEN right(:'k_secret', 1) = 'x' THEN 'y' ELSE 'x' END || :'k_signature'));
 
--- a correct checksum and an unknown prefix: not_found
+-- a key issued before 0.5.0 is unsigned (keys.signing_key IS NULL): made here from a
+-- new key with the triggers off (the guard forbids it). Its text is the unsigned shape
+-- of the same secret, <prefix>_<secret 43><checksum 6>; the stored hash is of that secret
+SELECT id AS u_id, key AS u_signed, prefix AS u_prefix
+  FROM api_key_issue('issued before 0.5.0', 'service', 'production') \gset
+SET session_replication_role = replica;
+UPDATE keys SET signing_key = NULL WHERE id = :'u_id';
+RESET session_replication_role;
+SELECT substr(:'u_signed', length(:'u_prefix') + 2, 43) AS u_secret \gset
+SELECT regress.forge_key(:'u_prefix', :'u_secret') AS u \gset
+SELECT length(:'u') - length(:'u_prefix') - 1 AS secret_and_checksum_len,
+       :'u' ~ ('^' || key_pattern() || '$') AS matches_pattern;
+-- ... it verifies, unsigned
+SELECT valid, reason, key_id = :'u_id' AS same_id FROM api_key_verify(:'u');
+-- ... and a signature on it is a forgery: its row names no signing key
+SELECT valid, reason FROM api_key_verify(:'u_signed');
+-- ... a wrong secret for it is refused by argon2 (within its prefix's budgets):
+-- invalid_secret, no identity; a memo miss and an argon2 run, not a forged signature
+CREATE TEMP TABLE counters_before AS SELECT counter, value FROM stats();
+SELECT valid, reason, num_nulls(key_id, owner, key_type, environment, scopes, expires_at) AS null_identity
+  FROM api_key_verify(regress.forge_key(:'u_prefix', repeat('A', 43)));
+SELECT s.counter, s.value - b.value AS delta
+  FROM stats() s JOIN counters_before b USING (counter)
+ WHERE s.counter IN ('memo_hits', 'memo_misses', 'argon2_runs', 'argon2_throttled',
+                     'forged_signatures', 'verify_invalid_secret')
+ ORDER BY s.counter;
+-- ... also when only the last character of the secret differs
+SELECT valid, reason FROM api_key_verify(regress.forge_key(:'u_prefix', left(:'u_secret', 42) || CASE WHEN right(:'u_secret', 1) = 'x' THEN 'y' ELSE 'x' END));
+-- ... and the key still verifies
+SELECT valid, reason FROM api_key_verify(:'u');
+
+-- a correct checksum and an unknown prefix, in the unsigned shape: not_found (in the
+-- signed shape its MAC fails first: invalid_secret, see signing.sql)
 SELECT valid, reason, num_nulls(key_id, owner, key_type, environment, scopes, expires_at) AS null_identity
   FROM api_key_verify(regress.forge_key('ak_live_AAAAAAAAAAAA', :'k_secret'));
 SELECT valid, reason FROM api_key_verify(regress.forge_key('ak_dev_zzzzzzzzzzzz', repeat('b', 43)));
@@ -71,10 +109,14 @@ SELECT valid, reason, key_id, owner FROM api_key_verify(:'k');
 SELECT status FROM api_key_reactivate(:'k_id');
 SELECT valid, reason FROM api_key_verify(:'k');
 
--- the wrong secret of a suspended key is still invalid_secret (status is not revealed)
+-- the wrong secret of a suspended key is still invalid_secret (status is not revealed):
+-- for the signed key refused as forged, for the unsigned one by the secret check
 SELECT status FROM api_key_suspend(:'k_id');
 SELECT reason FROM api_key_verify(regress.forge_key(:'k_prefix', repeat('A', 43)));
 SELECT status FROM api_key_reactivate(:'k_id');
+SELECT status FROM api_key_suspend(:'u_id');
+SELECT reason FROM api_key_verify(regress.forge_key(:'u_prefix', repeat('B', 43)));
+SELECT status FROM api_key_reactivate(:'u_id');
 
 -- expired at once when expires_at has passed, before any sweep changes the status
 -- (a superuser moves expires_at into the past directly)
