@@ -103,6 +103,25 @@ mod tests {
         assert!(key_table_scans() > before, "a real key is looked up");
     }
 
+    /// A forged signature is refused before the key table, as garbage is; the same key
+    /// in the unsigned shape is refused once its row says it is signed.
+    #[pg_test]
+    fn a_forged_signature_never_reaches_the_table() {
+        use crate::core::key::format::checksum;
+        let (_, key) = issue("ARRAY['*']");
+        let body = &key[..key.len() - 6];
+        let forged_body = format!("{}{}", &body[..body.len() - 17], "1".repeat(17));
+        let forged = format!("{forged_body}{}", checksum(&forged_body));
+        let before = key_table_scans();
+        assert_eq!(reason(&format!("'{forged}'")), "invalid_secret");
+        assert_eq!(key_table_scans(), before, "a forgery must not reach the table");
+        let unsigned_body = &body[..body.len() - 21];
+        let unsigned = format!("{unsigned_body}{}", checksum(unsigned_body));
+        assert_eq!(reason(&format!("'{unsigned}'")), "invalid_secret");
+        assert!(key_table_scans() > before, "its row says it is signed");
+        assert_eq!(reason(&format!("'{key}'")), "ok");
+    }
+
     #[pg_test]
     fn brand_setting_shapes_new_keys_and_the_pattern() {
         Spi::run("SET api_keys.brand = 'acme'").unwrap();
@@ -136,7 +155,7 @@ mod tests {
     #[pg_test]
     fn argon2_parameters_come_from_the_settings() {
         Spi::run("SET api_keys.argon2_memory_kib = 128; SET api_keys.argon2_iterations = 3; SET api_keys.argon2_parallelism = 2").unwrap();
-        let hash = Spi::get_one::<String>("SELECT secret_hash FROM api_keys._mint_key('staging')")
+        let hash = Spi::get_one::<String>("SELECT secret_hash FROM api_keys._mint_signed_key('staging')")
             .unwrap()
             .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=128,t=3,p=2$"), "{hash}");
