@@ -11,6 +11,8 @@ SELECT id AS key_id, key, prefix
                      scopes => ARRAY['runs:read'], expires_at => now() + interval '90 days') \gset
 \echo '   key:    ' :key
 \echo '   prefix: ' :prefix '  (stored in clear, shown in listings; only an argon2id hash of the secret is stored)'
+\echo '   The secret ends in a MAC made with a server signing key, so a forged secret for this'
+\echo '   prefix is refused for the price of one HMAC, before any table or hash (README, Signed keys).'
 \echo
 \echo '2. Verify it, asking for the scope runs:read:'
 SELECT valid, reason, owner, key_type, environment, scopes FROM api_key_verify(:'key', '127.0.0.1', 'runs:read');
