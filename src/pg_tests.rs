@@ -114,7 +114,11 @@ mod tests {
         let forged = format!("{forged_body}{}", checksum(&forged_body));
         let before = key_table_scans();
         assert_eq!(reason(&format!("'{forged}'")), "invalid_secret");
-        assert_eq!(key_table_scans(), before, "a forgery must not reach the table");
+        assert_eq!(
+            key_table_scans(),
+            before,
+            "a forgery must not reach the table"
+        );
         let unsigned_body = &body[..body.len() - 21];
         let unsigned = format!("{unsigned_body}{}", checksum(unsigned_body));
         assert_eq!(reason(&format!("'{unsigned}'")), "invalid_secret");
@@ -155,9 +159,10 @@ mod tests {
     #[pg_test]
     fn argon2_parameters_come_from_the_settings() {
         Spi::run("SET api_keys.argon2_memory_kib = 128; SET api_keys.argon2_iterations = 3; SET api_keys.argon2_parallelism = 2").unwrap();
-        let hash = Spi::get_one::<String>("SELECT secret_hash FROM api_keys._mint_signed_key('staging')")
-            .unwrap()
-            .unwrap();
+        let hash =
+            Spi::get_one::<String>("SELECT secret_hash FROM api_keys._mint_signed_key('staging')")
+                .unwrap()
+                .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=128,t=3,p=2$"), "{hash}");
     }
 

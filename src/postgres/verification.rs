@@ -34,8 +34,7 @@ pub(crate) fn verify<'m>(
 /// got it here), so it is never throttled; a key issued before signing is hashed
 /// within its prefix's budgets, as anyone can present a secret for its prefix.
 fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: &str) -> bool {
-    let signed = parsed.signature.is_some();
-    if !signed && !shmem::spend_budget(parsed.prefix) {
+    if parsed.signature.is_none() && !shmem::spend_budget(parsed.prefix) {
         return false;
     }
     let matches = shmem::argon2(Argon2For::Verifying, || {
@@ -47,10 +46,25 @@ fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: 
         Fact::DoesNotMatch
     };
     shmem::memo_remember(fact, known);
-    if !matches && !signed {
-        shmem::record_failure(parsed.prefix);
+    match &parsed.signature {
+        _ if matches => {}
+        None => shmem::record_failure(parsed.prefix),
+        Some(signature) => signing_key_known_outside(signature.signing_key_id),
     }
     matches
+}
+
+/// A valid signature on a wrong secret: only a holder of the signing key can make one.
+/// Said in the server log once per backend and signing key (no secret in it).
+fn signing_key_known_outside(signing_key_id: &str) {
+    thread_local! {
+        static SAID: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
+    }
+    if SAID.with_borrow_mut(|said| said.insert(signing_key_id.to_owned())) {
+        pgrx::log!(
+            "api_keys: a key was presented with a valid signature by signing key {signing_key_id} and a wrong secret, so that signing key is known outside this database; rotate it and the keys it signed (README, Signed keys)"
+        );
+    }
 }
 
 /// A forged presentation: its MAC fails, or it comes without the signature its key
