@@ -3,19 +3,31 @@
 # missed target, it reports it). Needs the extension installed (`make bench` installs
 # a release build first) and the PostgreSQL 15 binaries on PATH.
 #
-# A throwaway preloaded cluster gets 200 keys issued with the default argon2 settings;
-# pgbench then runs, 2 clients, prepared statements, alternating rounds of a plain
-# lookup of the key row by prefix and one verification scenario:
-#   warm          valid keys already in the shared memo          (warm.sql)
-#   garbage       key-shaped strings with a wrong checksum         (garbage.sql)
-#   wrong_secret  real prefixes, wrong secrets, valid checksums    (wrong_secret.sql)
+# A throwaway preloaded cluster gets 200 keys issued with the default argon2 settings
+# (signed, as every key issued from 0.5.0 on), and 200 more made unsigned, like keys
+# issued before 0.5.0 (their rows' signing_key cleared, their text cut back to the
+# 43-character secret with a new checksum); pgbench then runs, 2 clients, prepared
+# statements, alternating rounds of a plain lookup of a key row by prefix and one
+# verification scenario:
+#   warm          valid signed keys already in the shared memo                 (warm.sql)
+#   garbage       key-shaped strings with a wrong checksum                       (garbage.sql)
+#   forged        signed-shaped forgeries for real prefixes: random secret, the
+#                 key's real signing key id, random 96-bit MAC, valid checksum;
+#                 refused by the MAC, before any key row is read                 (forged.sql)
+#   wrong_secret  unsigned-shaped wrong secrets (43 random characters, no
+#                 signature, valid checksum) for the signed keys' prefixes;
+#                 refused after the key row read, as the row says signed         (wrong_secret.sql)
+#   legacy_flood  unsigned-shaped wrong secrets for the unsigned keys' prefixes:
+#                 the path of keys issued before 0.5.0, argon2 within budgets    (legacy_flood.sql)
 #   new_sessions  warm.sql with pgbench -C, against lookup.sql -C
 # and has_scope as row-level checks over BENCH_RLS_ROWS rows (rls_*.sql: per row against
 # the same scan without it, and the (SELECT ...) initplan form against a bare scan),
 # plus the latency of the first verification of freshly issued keys. Writes
-# tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10), BENCH_ROUNDS (5),
-# BENCH_KEYS (200), BENCH_WRONG_PER_KEY (1000), BENCH_COLD_KEYS (10), BENCH_RLS_ROWS
-# (100000), BENCH_PORT (55499).
+# tests/bench/REPORT.md. Knobs (environment): BENCH_SECS (10, seconds per round),
+# BENCH_ROUNDS (5), BENCH_KEYS (200 signed keys, and as many unsigned),
+# BENCH_WRONG_PER_KEY (1000: each of the forged, wrong_secret and legacy_flood pools
+# holds BENCH_KEYS x this many keys), BENCH_COLD_KEYS (10), BENCH_RLS_ROWS (100000),
+# BENCH_PORT (55499).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -60,7 +72,7 @@ q -c "CREATE EXTENSION api_keys"
 [ "$(q -c "SELECT value FROM api_keys.stats() WHERE counter = 'shared_memory'")" = 1 ] ||
     { echo "bench: shared memory is not active (library not preloaded?)" >&2; exit 1; }
 
-echo "==> issuing $NKEYS keys with the default argon2 settings"
+echo "==> issuing $NKEYS signed keys and $NKEYS more made unsigned, with the default argon2 settings"
 # Rate limits far above what the benchmark can reach, so every warm call is `ok`.
 q <<SQL
 CREATE SCHEMA bench;
@@ -68,7 +80,7 @@ CREATE TABLE bench.keys (
     n int PRIMARY KEY,
     key text NOT NULL,
     prefix text NOT NULL,
-    wrong text,    -- real prefix, random wrong secret, valid checksum
+    wrong text,    -- real prefix, random 43-character secret, no signature, valid checksum
     garbage text   -- the real key with its last checksum character changed
 );
 INSERT INTO bench.keys (n, key, prefix)
@@ -77,7 +89,24 @@ SELECT g, i.key, i.prefix
        LATERAL api_keys.api_key_issue('bench ' || g, 'service', 'production',
                                       rate_limit_per_minute => 1000000000,
                                       rate_limit_per_hour => 1000000000) i;
-CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL);
+-- The pools drawn from at random (n = 1 .. nwrong, interleaved over the prefixes):
+CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL);        -- wrong_secret
+CREATE TABLE bench.forged (n int PRIMARY KEY, key text NOT NULL);       -- forged
+CREATE TABLE bench.legacy_wrong (n int PRIMARY KEY, key text NOT NULL); -- legacy_flood
+-- Keys as issued before 0.5.0: issued signed, then their rows marked unsigned (the
+-- guard forbids changing signing_key; a superuser's replica role skips it), and their
+-- text (computed below) cut back to the secret with a new checksum. The stored hash is
+-- of the 43-character secret alone, so they verify on the unsigned path.
+CREATE TABLE bench.legacy (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);
+INSERT INTO bench.legacy (n, key, prefix)
+SELECT g, i.key, i.prefix
+  FROM generate_series(1, $NKEYS) g,
+       LATERAL api_keys.api_key_issue('legacy ' || g, 'service', 'production',
+                                      rate_limit_per_minute => 1000000000,
+                                      rate_limit_per_hour => 1000000000) i;
+SET session_replication_role = replica;
+UPDATE api_keys.keys SET signing_key = NULL WHERE name LIKE 'legacy %';
+RESET session_replication_role;
 -- has_scope in row-level checks: a table of runs in 100 projects, and one key that may
 -- read project 42's runs.
 CREATE TABLE bench.runs AS SELECT g AS id, g % 100 AS project FROM generate_series(1, $RLS_ROWS) g;
@@ -101,52 +130,92 @@ END
 \$\$;
 SQL
 
-echo "==> computing $NWRONG wrong-secret keys and $NKEYS garbage keys"
+[ "$(q -c "SELECT count(*) FROM api_keys.keys WHERE signing_key IS NULL")" = "$NKEYS" ] ||
+    { echo "bench: expected $NKEYS unsigned key rows" >&2; exit 1; }
+
+echo "==> computing $NKEYS garbage keys and 3 pools of $NWRONG presentations (forged, wrong_secret, legacy_flood)"
 # CRC32 (zlib) of everything before the checksum, base62 (0-9A-Za-z), width 6.
 q -F $'\t' -c "SELECT n, key, prefix FROM bench.keys ORDER BY n" >"$work/keys.tsv"
+q -F $'\t' -c "SELECT n, key, prefix FROM bench.legacy ORDER BY n" >"$work/legacy_signed.tsv"
 python3 - "$work" "$WRONG_PER_KEY" <<'PY'
 import os, random, sys, zlib
 work, per_key = sys.argv[1], int(sys.argv[2])
 A = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-def b62(n):
+SECRET, SIGNING_ID, MAC, CHECK = 43, 4, 17, 6
+def b62(n, width):
     s = ""
     while n:
         n, r = divmod(n, 62)
         s = A[r] + s
-    return s.rjust(6, "0")
+    return s.rjust(width, "0")
 def checksum(body):
-    return b62(zlib.crc32(body.encode()))
+    return b62(zlib.crc32(body.encode()), CHECK)
 rng = random.Random(os.urandom(16))
-def wrong_key(prefix):
-    body = prefix + "_" + "".join(rng.choices(A, k=43))
+def secret():
+    return "".join(rng.choices(A, k=SECRET))
+def unsigned_wrong(prefix):
+    # The shape of a key issued before 0.5.0: real prefix, random secret, valid checksum.
+    body = prefix + "_" + secret()
     return body + checksum(body)
-rows = [line.rstrip("\n").split("\t") for line in open(f"{work}/keys.tsv")]
-for n, key, prefix in rows:
-    if checksum(key[:-6]) != key[-6:]:
-        sys.exit(f"bench: checksum of issued key {prefix}... does not match zlib.crc32/base62")
-with open(f"{work}/extra.tsv", "w") as extra:
+def signing_id(key, prefix):
+    at = len(prefix) + 1 + SECRET
+    return key[at:at + SIGNING_ID]
+def forged(key, prefix):
+    # Signed shape: real prefix, random secret, the key's real signing key id, a random
+    # MAC that is a 96-bit number (as a real one is), valid checksum. Only the MAC fails.
+    body = prefix + "_" + secret() + signing_id(key, prefix) + b62(rng.getrandbits(96), MAC)
+    return body + checksum(body)
+def load(name):
+    rows = [line.rstrip("\n").split("\t") for line in open(f"{work}/{name}")]
     for n, key, prefix in rows:
+        if checksum(key[:-CHECK]) != key[-CHECK:]:
+            sys.exit(f"bench: checksum of issued key {prefix}... does not match zlib.crc32/base62")
+        if len(key) != len(prefix) + 1 + SECRET + SIGNING_ID + MAC + CHECK:
+            sys.exit(f"bench: issued key {prefix}... is not of the signed shape")
+    return rows
+def pool(name, rows, make):
+    with open(f"{work}/{name}", "w") as out:
+        i = 0
+        for _ in range(per_key):      # interleaved, so every prefix is equally likely
+            for n, key, prefix in rows:
+                i += 1
+                out.write(f"{i}\t{make(key, prefix)}\n")
+keys, legacy = load("keys.tsv"), load("legacy_signed.tsv")
+with open(f"{work}/extra.tsv", "w") as extra:
+    for n, key, prefix in keys:
         last = "1" if key[-1] == "0" else "0"
-        extra.write(f"{n}\t{wrong_key(prefix)}\t{key[:-1] + last}\n")
-with open(f"{work}/wrong.tsv", "w") as wrong:
-    i = 0
-    for _ in range(per_key):          # interleaved, so every prefix is equally likely
-        for n, key, prefix in rows:
-            i += 1
-            wrong.write(f"{i}\t{wrong_key(prefix)}\n")
+        extra.write(f"{n}\t{unsigned_wrong(prefix)}\t{key[:-1] + last}\n")
+with open(f"{work}/legacy.tsv", "w") as out:
+    for n, key, prefix in legacy:
+        body = key[:len(prefix) + 1 + SECRET]   # the key as issued before signing
+        out.write(f"{n}\t{body + checksum(body)}\n")
+pool("wrong.tsv", keys, lambda key, prefix: unsigned_wrong(prefix))
+pool("forged.tsv", keys, forged)
+pool("legacy_wrong.tsv", legacy, lambda key, prefix: unsigned_wrong(prefix))
 PY
 q -c "CREATE TEMP TABLE extra (n int, wrong text, garbage text)" \
   -c "COPY extra FROM STDIN" \
   -c "UPDATE bench.keys k SET wrong = e.wrong, garbage = e.garbage FROM extra e WHERE k.n = e.n" \
   <"$work/extra.tsv"
+q -c "CREATE TEMP TABLE unsigned (n int, key text)" \
+  -c "COPY unsigned FROM STDIN" \
+  -c "UPDATE bench.legacy l SET key = u.key FROM unsigned u WHERE l.n = u.n" \
+  <"$work/legacy.tsv"
 q -c "COPY bench.wrong FROM STDIN" <"$work/wrong.tsv"
-q -c "VACUUM ANALYZE bench.keys" -c "VACUUM ANALYZE bench.wrong" -c "VACUUM ANALYZE api_keys.keys"
+q -c "COPY bench.forged FROM STDIN" <"$work/forged.tsv"
+q -c "COPY bench.legacy_wrong FROM STDIN" <"$work/legacy_wrong.tsv"
+for t in bench.keys bench.legacy bench.wrong bench.forged bench.legacy_wrong api_keys.keys; do
+    q -c "VACUUM ANALYZE $t"
+done
 
-echo "==> warming the memo (one argon2 per key)"
+echo "==> warming the memo (one argon2 per key, signed and unsigned)"
 stats "$work/warmup_a.tsv"
-q -F $'\t' -c "SELECT v.reason, count(*) FROM bench.keys k, LATERAL api_keys.api_key_verify(k.key) v GROUP BY 1" >"$work/warmup.tsv"
-[ "$(cat "$work/warmup.tsv")" = "ok	$NKEYS" ] ||
-    { echo "bench: warming did not verify every key:" >&2; cat "$work/warmup.tsv" >&2; exit 1; }
+for t in keys legacy; do
+    q -F $'\t' -c "SELECT v.reason, count(*) FROM bench.$t k, LATERAL api_keys.api_key_verify(k.key) v GROUP BY 1" \
+        >"$work/warmup_$t.tsv"
+    [ "$(cat "$work/warmup_$t.tsv")" = "ok	$NKEYS" ] ||
+        { echo "bench: warming did not verify every key of bench.$t:" >&2; cat "$work/warmup_$t.tsv" >&2; exit 1; }
+done
 stats "$work/warmup_b.tsv"
 
 echo "==> cold single-key latency ($COLD_KEYS freshly issued keys, one new session each)"
@@ -187,7 +256,8 @@ round() {
 }
 
 # Each scenario: lookup, scenario, lookup, scenario, ... so both see the same machine.
-scenarios=(warm:warm.sql: garbage:garbage.sql: wrong_secret:wrong_secret.sql: new_sessions:warm.sql:-C)
+scenarios=(warm:warm.sql: garbage:garbage.sql: forged:forged.sql: wrong_secret:wrong_secret.sql:
+           legacy_flood:legacy_flood.sql: new_sessions:warm.sql:-C)
 for s in "${scenarios[@]}"; do
     IFS=: read -r label script flag <<<"$s"
     echo "==> $label: $ROUNDS x (lookup${flag:+ $flag}, $label), ${SECS}s each"
@@ -242,17 +312,26 @@ for line in open(f"{work}/rounds.tsv"):
 def med(label):
     return statistics.median(t for _, t, _, _ in rounds[label])
 
+def rdelta(label, n):
+    return delta(f"{work}/stats_{label}_{n}_a.tsv", f"{work}/stats_{label}_{n}_b.tsv")
+
 def sdelta(label):
     total = {}
     for n, *_ in rounds[label]:
-        for k, v in delta(f"{work}/stats_{label}_{n}_a.tsv", f"{work}/stats_{label}_{n}_b.tsv").items():
+        for k, v in rdelta(label, n).items():
             total[k] = total.get(k, 0) + v
     return total
+
+def other_reasons(d):
+    return ", ".join(f"{k[7:]} {v:,}" for k, v in sorted(d.items())
+                     if k.startswith("verify_") and k != "verify_invalid_secret" and v) or "none"
 
 rows = [
     ("warm valid keys (memo hit)", "warm", "lookup", 0.8),
     ("garbage (checksum fails)", "garbage", "lookup", 1.0),
-    ("wrong secrets, real prefixes (flood)", "wrong_secret", "lookup", 0.5),
+    ("forged signed secrets, real prefixes (flood)", "forged", "lookup", 1.1),
+    ("unsigned-shaped wrong secrets for signed keys", "wrong_secret", "lookup", 0.5),
+    ("wrong secrets for unsigned (pre-0.5.0) keys, real prefixes (flood)", "legacy_flood", "lookup", 0.5),
     ("new sessions (`pgbench -C`, warm.sql, shared memo)", "new_sessions", "lookup `-C`", None),
 ]
 out = []
@@ -268,23 +347,36 @@ w(f"- PostgreSQL {E['BENCH_PG_VERSION']}; api_keys release build (`cargo pgrx in
 w("- Cluster: throwaway, `tests/pg_cluster.sh` (`shared_preload_libraries = 'api_keys'`, "
   "unix socket, `fsync = off`), otherwise default settings:")
 w(f"  `{E['BENCH_SETTINGS'].strip().rstrip(';')}`")
-w(f"- Data: {E['BENCH_KEYS']} keys issued with the default argon2 settings "
-  "(realistic hashes), memo warmed by one verification each; rate limits set far above "
-  "what the benchmark reaches.")
+w(f"- Data: {E['BENCH_KEYS']} signed keys issued with the default argon2 settings "
+  f"(realistic hashes), and {E['BENCH_KEYS']} more made unsigned like keys issued before "
+  "0.5.0 (issued the same way, then their rows' `signing_key` cleared as a superuser with "
+  "`session_replication_role = replica`, and their text cut back to prefix and 43-character "
+  "secret with a new checksum); memo warmed by one verification of each (all `ok`); rate "
+  "limits set far above what the benchmark reaches.")
 w(f"- Load: `pgbench -M prepared -c {E['BENCH_CLIENTS']} -j {E['BENCH_CLIENTS']} "
-  f"-T {E['BENCH_SECS']} -n`, key chosen by `\\set n random(1, {E['BENCH_KEYS']})` and a "
-  "primary-key subselect (the same in every script, baseline included). For each scenario "
+  f"-T {E['BENCH_SECS']} -n`, key chosen by `\\set n random(1, {E['BENCH_KEYS']})` (from "
+  f"a pool: `\\set w random(1, {int(E['BENCH_NWRONG'])})`) and a primary-key subselect "
+  "(the same in every script, baseline included). For each scenario "
   f"{E['BENCH_ROUNDS']} rounds of the baseline alternate with {E['BENCH_ROUNDS']} rounds of "
   "the scenario; the table gives medians, and the ratio is scenario median / baseline "
   "median of the same alternation.")
 w("- Baseline `lookup.sql`: `SELECT id, status, scopes FROM api_keys.keys WHERE prefix = …` "
   "as a superuser. New sessions compare `warm.sql` and `lookup.sql`, both with `-C` "
   "(a new connection per transaction).")
-w(f"- Wrong secrets: a pool of {int(E['BENCH_NWRONG']):,} precomputed keys "
-  f"({E['BENCH_WRONG_PER_KEY']} per prefix: real prefix, random 43-character secret, valid "
-  "checksum), drawn at random each call; not fresh per call (PostgreSQL 15 has no CRC32 in "
-  "SQL). A repeat behaves like a fresh key unless argon2 already ran for it (then it is a "
-  "memo hit); throttled presentations are not remembered.")
+w(f"- Pools: three of {int(E['BENCH_NWRONG']):,} precomputed keys each "
+  f"({E['BENCH_WRONG_PER_KEY']} per prefix, all with a valid checksum), drawn at random each "
+  "call; not fresh per call (PostgreSQL 15 has no CRC32 in SQL).")
+w("  - forged: real prefix of a signed key, random 43-character secret, that key's real "
+  "signing key id, random 17-digit MAC below 2^96: refused `invalid_secret` by the MAC "
+  "(one HMAC), before any key row is read; no memo, argon2 or budget.")
+w("  - wrong_secret: real prefix of a signed key, random 43-character secret and no "
+  "signature (the shape of a key issued before 0.5.0): refused `invalid_secret` after the "
+  "key row is read, as the row says the key is signed; no memo, argon2 or budget. Both "
+  "count in `forged_signatures`.")
+w("  - legacy_flood: real prefix of an unsigned key, random 43-character secret: the path "
+  "of keys issued before 0.5.0 (key row, memo, argon2 within the budgets below). A repeat "
+  "behaves like a fresh key unless argon2 already ran for it (then it is a memo hit); "
+  "throttled presentations are not remembered.")
 w(f"- Garbage: each real key with its last checksum character changed.\n")
 
 w("## Results\n")
@@ -296,14 +388,29 @@ for name, label, base_name, target in rows:
     tgt = f"≥ {target:.1f}×" if target else "—"
     met = ("yes" if r >= target else "**no**") if target else "—"
     w(f"| {name} | {s:,.0f} | {b:,.0f} ({base_name}) | {r:.2f}× | {tgt} | {met} |")
-flood = rounds["wrong_secret"]
-flood_mean = sum(t for _, _, t, _ in flood) / (len(flood) * float(E["BENCH_SECS"]))
-runs = [delta(f"{work}/stats_wrong_secret_{n}_a.tsv", f"{work}/stats_wrong_secret_{n}_b.tsv")["argon2_runs"]
-        for n, *_ in flood]
+
+def per_round(label, counter):
+    return [rdelta(label, n).get(counter, 0) for n, *_ in rounds[label]]
+
+def time_weighted(label):
+    rs = rounds[label]
+    return sum(t for _, _, t, _ in rs) / (len(rs) * float(E["BENCH_SECS"]))
+
+def counts(xs):
+    return ", ".join(f"{x:,}" for x in xs)
+
 w("")
-w(f"Flood: argon2 runs per round {', '.join(f'{r:,}' for r in runs)}; time-weighted over all "
-  f"flood rounds (transactions / seconds) {flood_mean:,.0f} tps, "
-  f"{flood_mean / med('lookup_for_wrong_secret'):.2f}× the lookup (see Flood below).\n")
+for name, label, what, section in [
+    ("Forged", "forged", f"argon2 runs per round {counts(per_round('forged', 'argon2_runs'))}, "
+     f"forged_signatures per round {counts(per_round('forged', 'forged_signatures'))}",
+     "Forged signed secrets"),
+    ("Unsigned keys flood", "legacy_flood",
+     f"argon2 runs per round {counts(per_round('legacy_flood', 'argon2_runs'))}",
+     "Flood of wrong secrets for unsigned keys"),
+]:
+    tw = time_weighted(label)
+    w(f"{name}: {what}; time-weighted over all {label} rounds (transactions / seconds) "
+      f"{tw:,.0f} tps, {tw / med('lookup_for_' + label):.2f}× the lookup (see {section} below).\n")
 
 cold = [l.rstrip("\n").split("\t") for l in open(f"{work}/cold.tsv") if l.strip()]
 first = [float(c[0]) for c in cold]
@@ -341,24 +448,37 @@ w("In the initplan form has_scope runs once per statement; the time it adds per 
   "PostgreSQL's gating `Result` node (`One-Time Filter: $0`), which passes every row of "
   "the scan through.\n")
 
-w("## Flood (wrong secrets) — `api_keys.stats()` deltas\n")
+w("## Forged signed secrets (forged) — `api_keys.stats()` deltas\n")
+w("| round | ended | tps | transactions | argon2_runs | forged_signatures | invalid_secret | memo_hits | memo_misses | other reasons |")
+w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+for n, tps, txns, at in rounds["forged"]:
+    d = rdelta("forged", n)
+    w(f"| {n} | {at} | {tps:,.0f} | {txns:,} | {d['argon2_runs']:,} | {d['forged_signatures']:,} | "
+      f"{d['verify_invalid_secret']:,} | {d['memo_hits']:,} | {d['memo_misses']:,} | {other_reasons(d)} |")
+w("")
+w("A forged presentation's MAC is checked (one HMAC-SHA-256) before the key row is read; "
+  "when it fails the answer is `invalid_secret`, counted in `forged_signatures`, with no "
+  "key row read, no memo lookup, no argon2 and no budget spent, so argon2_runs, memo_hits "
+  "and memo_misses should stay 0 and forged_signatures equal invalid_secret.\n")
+
+w("## Flood of wrong secrets for unsigned keys (legacy_flood) — `api_keys.stats()` deltas\n")
 w("| round | ended | tps | transactions | argon2_runs | argon2_throttled | memo_hits | memo_misses | invalid_secret | other reasons |")
 w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
-for n, tps, txns, at in rounds["wrong_secret"]:
-    d = delta(f"{work}/stats_wrong_secret_{n}_a.tsv", f"{work}/stats_wrong_secret_{n}_b.tsv")
-    other = ", ".join(f"{k[7:]} {v}" for k, v in sorted(d.items())
-                      if k.startswith("verify_") and k != "verify_invalid_secret" and v) or "none"
+for n, tps, txns, at in rounds["legacy_flood"]:
+    d = rdelta("legacy_flood", n)
     w(f"| {n} | {at} | {tps:,.0f} | {txns:,} | {d['argon2_runs']:,} | {d['argon2_throttled']:,} | "
-      f"{d['memo_hits']:,} | {d['memo_misses']:,} | {d['verify_invalid_secret']:,} | {other} |")
+      f"{d['memo_hits']:,} | {d['memo_misses']:,} | {d['verify_invalid_secret']:,} | {other_reasons(d)} |")
 w("")
 settings = dict(kv.split(" = ", 1) for kv in E["BENCH_SETTINGS"].strip().rstrip(";").split("; "))
 budget = int(settings["api_keys.argon2_budget_per_minute"])
 allowance = int(settings["api_keys.argon2_after_failure_per_second"])
-text = (f"Two budgets bound the hashing. Per prefix, at most {budget} computations per clock "
-        f"minute. Server-wide, once a prefix has seen a wrong secret (it is then suspect for "
-        f"10 minutes), its unknown presentations also draw on {allowance} computations a "
-        f"second for all suspect prefixes together. So a flood over all {E['BENCH_KEYS']} "
-        "prefixes costs one hash per prefix when it starts (each one's first failure), then "
+text = ("Two budgets bound the hashing for keys issued before 0.5.0 (a signed presentation "
+        "reaches argon2 only when its MAC checks, and is never throttled). Per prefix, at "
+        f"most {budget} computations per clock minute. Server-wide, once a prefix has seen a "
+        "wrong secret (it is then suspect for 10 minutes), its unknown presentations also "
+        f"draw on {allowance} computations a second for all suspect prefixes together. So a "
+        f"flood over all {E['BENCH_KEYS']} prefixes costs one hash per prefix when it starts "
+        "(each one's first failure), then "
         f"about {allowance} a second. Everything else is answered `invalid_secret` without hashing.")
 w(text + "\n")
 
@@ -371,13 +491,14 @@ for label in rounds:
 w("")
 
 w("## Sanity: verification reasons per scenario (all rounds)\n")
-w("| scenario | transactions | reasons (stats deltas) | argon2_runs | memo_hits |")
-w("|---|---:|---|---:|---:|")
+w("| scenario | transactions | reasons (stats deltas) | forged_signatures | argon2_runs | memo_hits |")
+w("|---|---:|---|---:|---:|---:|")
 for _, label, _, _ in rows:
     d = sdelta(label)
     txns = sum(t for _, _, t, _ in rounds[label])
     rs = ", ".join(f"{k[7:]} {v:,}" for k, v in sorted(d.items()) if k.startswith("verify_") and v)
-    w(f"| {label} | {txns:,} | {rs} | {d['argon2_runs']:,} | {d['memo_hits']:,} |")
+    w(f"| {label} | {txns:,} | {rs} | {d.get('forged_signatures', 0):,} | {d['argon2_runs']:,} | "
+      f"{d['memo_hits']:,} |")
 w("")
 open(report, "w").write("\n".join(out))
 print("\n".join(out))
