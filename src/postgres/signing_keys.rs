@@ -150,15 +150,12 @@ fn read() -> SigningKeys {
                 .is_none_or(|(at, nid)| (created, &id) > (*at, nid))
             {
                 newest = Some((created, id.clone()));
-                keys.current = Some(SigningKey {
-                    id: id.clone(),
-                    secret,
-                });
+                keys.current = Some(SigningKey::new(id.clone(), &secret));
             }
             keys.by_id
                 .entry(id.clone())
                 .or_default()
-                .push(SigningKey { id, secret });
+                .push(SigningKey::new(id, &secret));
         }
         pg_sys::table_endscan(scan);
         pg_sys::UnregisterSnapshot(snapshot);

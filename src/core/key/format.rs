@@ -244,10 +244,7 @@ mod tests {
     const SECRET: &str = "abcdefghijABCDEFGHIJ0123456789abcdefghijXYZ";
 
     fn signing_key(byte: u8) -> SigningKey {
-        SigningKey {
-            id: "Sk01".into(),
-            secret: [byte; 32],
-        }
+        SigningKey::new("Sk01".into(), &[byte; 32])
     }
 
     fn unsigned(brand: &str, env: Environment, public_id: &str, secret: &str) -> String {
@@ -269,10 +266,7 @@ mod tests {
         assert_eq!(sig.message, format!("{}_{SECRET}Sk01", k.prefix));
         assert!(sig.is_made_by(&signing_key(1)));
         assert!(!sig.is_made_by(&signing_key(2)));
-        let other_id = SigningKey {
-            id: "Sk02".into(),
-            ..signing_key(1)
-        };
+        let other_id = SigningKey::new("Sk02".into(), &[1; 32]);
         assert!(!sig.is_made_by(&other_id));
     }
 
@@ -391,7 +385,7 @@ mod tests {
                 signing_secret in any::<[u8; 32]>(),
             ) {
                 let env = Environment::ALL[env];
-                let signing = SigningKey { id: signing_id, secret: signing_secret };
+                let signing = SigningKey::new(signing_id, &signing_secret);
                 let key = compose(&brand, env, &id, &secret, &signing);
                 let parsed = parse(key.full.as_bytes()).unwrap();
                 prop_assert_eq!(parsed.prefix, key.prefix.as_str());

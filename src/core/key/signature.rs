@@ -17,11 +17,26 @@ pub(crate) const MAC_LEN: usize = 17;
 /// A signing key's secret: 256 bits from the OS CSPRNG.
 pub(crate) const SIGNING_SECRET_LEN: usize = 32;
 
-/// A server signing key: its public id and its secret.
+/// A server signing key: its public id, and its secret made into an HMAC key once (the
+/// inner and outer pads hashed), so a verification hashes only the message.
 #[derive(Clone)]
 pub(crate) struct SigningKey {
     pub(crate) id: String,
-    pub(crate) secret: [u8; SIGNING_SECRET_LEN],
+    keyed: Hmac<Sha256>,
+}
+
+impl SigningKey {
+    pub(crate) fn new(id: String, secret: &[u8; SIGNING_SECRET_LEN]) -> SigningKey {
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes a key of any length");
+        SigningKey { id, keyed }
+    }
+
+    fn hmac(&self, message: &str) -> Hmac<Sha256> {
+        let mut mac = self.keyed.clone();
+        mac.update(message.as_bytes());
+        mac
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -37,16 +52,9 @@ pub(crate) fn is_signing_key_id(id: &str) -> bool {
     id.len() == SIGNING_KEY_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-fn hmac(secret: &[u8; SIGNING_SECRET_LEN], message: &str) -> Hmac<Sha256> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(message.as_bytes());
-    mac
-}
-
 /// The MAC of `message` (the key's text before it), as printed in the key.
 pub(crate) fn sign(key: &SigningKey, message: &str) -> String {
-    let tag = hmac(&key.secret, message).finalize().into_bytes();
+    let tag = key.hmac(message).finalize().into_bytes();
     let mut n = [0u8; 16];
     n[16 - MAC_BYTES..].copy_from_slice(&tag[..MAC_BYTES]);
     format!(
@@ -66,7 +74,7 @@ pub(crate) fn verify(key: &SigningKey, message: &str, mac: &str) -> bool {
         return false;
     }
     let tag = n.to_be_bytes();
-    hmac(&key.secret, message)
+    key.hmac(message)
         .verify_truncated_left(&tag[16 - MAC_BYTES..])
         .is_ok()
 }
@@ -77,10 +85,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(id: &str, byte: u8) -> SigningKey {
-        SigningKey {
-            id: id.into(),
-            secret: [byte; SIGNING_SECRET_LEN],
-        }
+        SigningKey::new(id.into(), &[byte; SIGNING_SECRET_LEN])
     }
 
     /// RFC 4231 test case 2 ("Jefe"), through the same HMAC, truncated to 96 bits.
@@ -139,7 +144,7 @@ mod tests {
         /// Codec round trip: every MAC printed verifies, and is fixed width.
         #[test]
         fn printed_macs_verify(secret in any::<[u8; 32]>(), message in ".{0,100}") {
-            let k = SigningKey { id: "AAAA".into(), secret };
+            let k = SigningKey::new("AAAA".into(), &secret);
             let m = sign(&k, &message);
             prop_assert_eq!(m.len(), MAC_LEN);
             prop_assert!(verify(&k, &message, &m));
@@ -153,7 +158,7 @@ mod tests {
             pos in 0usize..MAC_LEN,
             to in "[0-9A-Za-z]",
         ) {
-            let k = SigningKey { id: "AAAA".into(), secret };
+            let k = SigningKey::new("AAAA".into(), &secret);
             let m = sign(&k, &message);
             let mut changed = m.clone().into_bytes();
             changed[pos] = to.as_bytes()[0];
