@@ -8,6 +8,9 @@
 CREATE TRIGGER signing_keys_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON api_keys.signing_keys
     FOR EACH STATEMENT EXECUTE FUNCTION api_keys._signing_keys_changed();
+-- Also under session_replication_role = replica (logical replication's apply worker, a
+-- superuser's bulk load): a signing key deleted so must be forgotten like any other.
+ALTER TABLE api_keys.signing_keys ENABLE ALWAYS TRIGGER signing_keys_changed;
 
 -- A new signing key with an id unused in this database. A database holds at most 1,000
 -- (each verifying backend reads them all after a change).
@@ -32,11 +35,14 @@ BEGIN
         EXIT WHEN NOT EXISTS (SELECT FROM api_keys.signing_keys s
                                WHERE s.id OPERATOR(pg_catalog.=) new_id);
     END LOOP;
-    -- The clock, not the transaction's start: the newest signs, also after two
-    -- rotations in one transaction.
+    -- The newest signs: dated by the clock, not the transaction's start (two rotations
+    -- in one transaction), and always after every other (a clock set back).
     RETURN QUERY
     INSERT INTO api_keys.signing_keys AS s (id, secret, created_at)
-    VALUES (new_id, api_keys._new_signing_secret(), clock_timestamp())
+    VALUES (new_id, api_keys._new_signing_secret(),
+            greatest(clock_timestamp(),
+                     (SELECT max(o.created_at) + interval '1 microsecond'
+                        FROM api_keys.signing_keys o)))
     RETURNING s.id, s.created_at;
 END $$;
 
@@ -53,6 +59,14 @@ AS $$
 DECLARE
     created record;
 BEGIN
+    -- The checks after the table's lock (the cap, an unused id) must see every
+    -- rotation committed before it: a snapshot taken earlier would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'rotate_signing_key() runs only at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in its own transaction, or in one at READ COMMITTED.';
+    END IF;
     SELECT * INTO STRICT created FROM api_keys._create_signing_key();
     INSERT INTO api_keys.audit_log (action, actor, app_actor, details)
     VALUES ('signing_key_rotated', api_keys._caller(),

@@ -117,11 +117,14 @@ CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
 CREATE TABLE api_keys.signing_keys (
     id         text NOT NULL CHECK (id ~ '^[0-9A-Za-z]{4}$'),
     secret     bytea NOT NULL CHECK (pg_catalog.octet_length(secret) = 32),
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- Ids are unique within a database, except after a restore: the dumped keys join
-    -- the one its CREATE EXTENSION made (verification tries each of an id).
-    PRIMARY KEY (id, secret)
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+
+-- Ids are unique within a database, except after a restore: the dumped keys join the
+-- one its CREATE EXTENSION made (verification tries each of an id). No row twice; the
+-- index holds a digest of the secret, so a duplicate's error message shows no secret.
+CREATE UNIQUE INDEX signing_keys_id_secret_key
+    ON api_keys.signing_keys (id, pg_catalog.sha256(secret));
 
 COMMENT ON TABLE api_keys.signing_keys IS
     'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Superusers only.';

@@ -48,7 +48,7 @@ SELECT pg_describe_object(m.classid, m.objid, 0)
                 SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
                   FROM pg_index i WHERE i.indrelid = c.oid),
             'triggers: ' || (
-                SELECT string_agg(pg_get_triggerdef(t.oid), '; ' ORDER BY t.tgname)
+                SELECT string_agg(pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text, '; ' ORDER BY t.tgname)
                   FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
             'policies: ' || (
                 SELECT string_agg(po.polname || ' ' || po.polcmd::text || ' '

@@ -45,10 +45,11 @@ const REREAD_AFTER: Duration = Duration::from_secs(1);
 #[pg_guard]
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     KNOWN.with_borrow_mut(|known| {
-        if known
-            .as_ref()
-            .is_some_and(|k| relid == pg_sys::InvalidOid || relid == k.table)
-        {
+        // A catalog without the table (before ALTER EXTENSION api_keys UPDATE) is looked
+        // at again after any change: the update's creates the table.
+        if known.as_ref().is_some_and(|k| {
+            relid == pg_sys::InvalidOid || relid == k.table || k.table == pg_sys::InvalidOid
+        }) {
             *known = None;
         }
     });
@@ -93,28 +94,42 @@ pub(crate) fn current() -> SigningKey {
     })
 }
 
+/// The signing-keys table by name, opened with AccessShareLock (held to the end of the
+/// transaction, as for any query); None in a catalog from before signing.
+fn open() -> Option<pg_sys::Relation> {
+    loop {
+        // SAFETY: catalog lookups by name; a missing schema raises an error.
+        let table = unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false);
+            pg_sys::get_relname_relid(c"signing_keys".as_ptr(), namespace)
+        };
+        if table == pg_sys::InvalidOid {
+            return None;
+        }
+        // SAFETY: NULL when the table is gone by the time the lock is granted.
+        let rel = unsafe { pg_sys::try_relation_open(table, pg_sys::AccessShareLock as i32) };
+        if !rel.is_null() {
+            return Some(rel);
+        }
+        // Dropped (the extension made again) while we waited: look it up again.
+    }
+}
+
 /// Read the whole table (a handful of rows) with the latest snapshot.
 fn read() -> SigningKeys {
-    // SAFETY: a catalog lookup by name; a missing schema raises an error.
-    let table = unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false);
-        pg_sys::get_relname_relid(c"signing_keys".as_ptr(), namespace)
-    };
     let mut keys = SigningKeys {
-        table,
         read_at: Some(Instant::now()),
         ..SigningKeys::default()
     };
-    if table == pg_sys::InvalidOid {
-        // A catalog from before signing (until ALTER EXTENSION api_keys UPDATE).
+    let Some(rel) = open() else {
         return keys;
-    }
+    };
     let mut newest: Option<(i64, String)> = None;
-    // SAFETY: a sequential scan as the executor would do it: the table opened and
-    // locked, a registered snapshot, each tuple deformed by its descriptor; each
-    // released in turn. Values are copied out before the next tuple.
+    // SAFETY: a sequential scan as the executor would do it: the table open and locked,
+    // a registered snapshot, each tuple deformed by its descriptor; each released in
+    // turn. Values are copied out before the next tuple.
     unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        keys.table = (*rel).rd_id;
         let desc = (*rel).rd_att;
         let (id_at, secret_at, created_at) = (
             attnum(desc, c"id"),

@@ -64,9 +64,13 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
             args::short_text(&memory, fcinfo, 2, MAX_SCOPE_LEN).unwrap_or(Some(b"\0")),
         )
     };
+    // The row's shape first, while the function's catalog entry is certainly there:
+    // verification may wait for a lock held by a DROP EXTENSION that then commits.
+    // SAFETY: this call's info.
+    let desc = unsafe { result_desc(fcinfo) };
     let outcome = verification::verify(key, client, required_scope);
-    // SAFETY: this call's info; the row's datums live in this call's memory.
-    unsafe { result_row(fcinfo, &outcome) }
+    // SAFETY: the row's datums live in this call's memory; `desc` is its descriptor.
+    unsafe { result_row(desc, &outcome) }
 }
 
 // The entry point 0.1.0's catalog names. A database still at 0.1.0 keeps verifying
@@ -119,10 +123,10 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
 /// (valid, reason, key_id, owner, key_type, environment, scopes, expires_at)
 ///
 /// # Safety
-/// `fcinfo` is api_key_verify's live call info; the row's datums live in this call's
-/// memory.
+/// `desc` is api_key_verify's blessed result descriptor (`result_desc`); the row's
+/// datums live in this call's memory.
 unsafe fn result_row(
-    fcinfo: pg_sys::FunctionCallInfo,
+    desc: pg_sys::TupleDesc,
     outcome: &Result<KeyRow<'_>, Reason>,
 ) -> pg_sys::Datum {
     // SAFETY: eight values and nulls for the eight columns of the blessed descriptor,
@@ -151,8 +155,7 @@ unsafe fn result_row(
                 }
             }
         }
-        let tuple =
-            pg_sys::heap_form_tuple(result_desc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
     }
 }

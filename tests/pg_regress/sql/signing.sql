@@ -115,7 +115,7 @@ SET api_keys.actor = 'ops-bot';
 CREATE TEMP TABLE rotated AS SELECT * FROM rotate_signing_key();
 RESET api_keys.actor;
 SELECT count(*) AS rows, bool_and(id ~ '^[0-9A-Za-z]{4}$') AS id_shape,
-       bool_and(id <> :'first_sk') AS new_id, bool_and(created_at = now()) AS created_now
+       bool_and(id <> :'first_sk') AS new_id, bool_and(created_at BETWEEN now() AND clock_timestamp()) AS created_now
   FROM rotated;
 SELECT id AS new_sk FROM rotated \gset
 -- ... audited as signing_key_rotated, with the role and the application actor
