@@ -346,8 +346,8 @@ fn flood(cluster: &Arc<Cluster>, target: &Issued, attackers: usize) -> Flood {
     }
 }
 
-/// What every flood must show, whatever came before it: the memo did not know the key.
-fn assert_flood_held(label: &str, f: &Flood, attackers: usize) {
+/// What every flood must show. `cold`: the memo did not know the key when it began.
+fn assert_flood_held(label: &str, f: &Flood, attackers: usize, cold: bool) {
     let d = &f.counters;
     eprintln!(
         "{label}: {attackers} attacker(s), {} forged calls in {:?}, real key slowest {:?}, counters {d:?}",
@@ -374,14 +374,15 @@ fn assert_flood_held(label: &str, f: &Flood, attackers: usize) {
         vec!["ok"; REAL_PRESENTATIONS],
         "{label}: the real key during the flood"
     );
-    // Exactly one argon2: the real key's first presentation (the memo was cold); the
-    // budgets were never asked, so nothing was throttled.
-    assert_eq!(d["argon2_runs"], 1, "{label}: {d:?}");
+    // One argon2 if the memo was cold (the real key's first presentation), none if
+    // warm; the budgets were never asked, so nothing was throttled.
+    let cold = cold as i64;
+    assert_eq!(d["argon2_runs"], cold, "{label}: {d:?}");
     assert_eq!(d["argon2_throttled"], 0, "{label}: {d:?}");
-    assert_eq!(d["memo_misses"], 1, "{label}: {d:?}");
+    assert_eq!(d["memo_misses"], cold, "{label}: {d:?}");
     assert_eq!(
         d["memo_hits"],
-        REAL_PRESENTATIONS as i64 - 1,
+        REAL_PRESENTATIONS as i64 - cold,
         "{label}: {d:?}"
     );
     assert_eq!(d["verify_ok"], REAL_PRESENTATIONS as i64, "{label}: {d:?}");
@@ -404,7 +405,7 @@ fn flood_on_a_cold_start(attackers: usize) {
         "'flood target', 'service', 'production'",
     );
     let f = flood(&cluster, &target, attackers);
-    assert_flood_held("cold start", &f, attackers);
+    assert_flood_held("cold start", &f, attackers, true);
 }
 
 #[test]
@@ -428,7 +429,60 @@ fn flood_after_restart(mode: &str, attackers: usize) {
     assert_eq!(reason(&mut cluster.connect(DB), &target.key), "ok");
     cluster.restart(mode);
     let f = flood(&cluster, &target, attackers);
-    assert_flood_held(&format!("after a {mode} restart"), &f, attackers);
+    assert_flood_held(&format!("after a {mode} restart"), &f, attackers, true);
+}
+
+/// The key is in the memo when the flood begins: it costs no argon2 at all.
+#[test]
+fn flood_on_a_warm_key_never_throttles_it() {
+    let cluster = Arc::new(Cluster::start("sk_warm"));
+    let target = issue(
+        &mut cluster.connect_fast(DB),
+        "'flood target', 'service', 'production'",
+    );
+    assert_eq!(reason(&mut cluster.connect(DB), &target.key), "ok");
+    let f = flood(&cluster, &target, 8);
+    assert_flood_held("warm", &f, 8, false);
+}
+
+/// API.md: key_pattern() works unchanged in POSIX ERE. `grep -Eo` finds a signed key and
+/// a key issued before signing whole, inside text, and nothing in a near miss.
+#[test]
+fn grep_e_finds_signed_and_unsigned_keys_with_key_pattern() {
+    let cluster = Cluster::start("sk_grep");
+    let mut c = cluster.connect_fast(DB);
+    let signed = issue(&mut c, "'grep signed', 'service', 'production'");
+    let unsigned = issue_unsigned(&mut c, "'grep unsigned', 'user', 'staging'");
+    let pattern: String = c
+        .query_one("SELECT api_keys.key_pattern()", &[])
+        .unwrap()
+        .get(0);
+    let text = format!(
+        "deploy log: token={} done\nold config key: \"{}\"\nnot a key: ak_live_short_abc\n",
+        signed.key, unsigned.key
+    );
+    let mut grep = std::process::Command::new("grep")
+        .args(["-Eo", &pattern])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("grep runs");
+    use std::io::Write;
+    grep.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = grep.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "grep -E {pattern}: {out:?}"
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n{}\n", signed.key, unsigned.key)
+    );
 }
 
 #[test]
