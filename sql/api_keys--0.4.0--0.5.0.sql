@@ -8,7 +8,11 @@
 --   have none and keep verifying as before until rotated.
 -- CREATE OR REPLACE keeps every existing function's oid, privileges and comment.
 
-ALTER TABLE api_keys.keys ADD COLUMN signing_key text;
+ALTER TABLE api_keys.keys ADD COLUMN signing_key text
+    CHECK (signing_key ~ '^[0-9A-Za-z]{4}$');
+
+COMMENT ON TABLE api_keys.usage IS
+    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval.';
 
 ALTER TABLE api_keys.audit_log DROP CONSTRAINT audit_log_action_check;
 ALTER TABLE api_keys.audit_log ADD CONSTRAINT audit_log_action_check
@@ -67,7 +71,7 @@ BEGIN
     IF (SELECT count(*) FROM api_keys.signing_keys) >= 1000 THEN
         RAISE EXCEPTION 'api_keys already has 1000 signing keys'
             USING ERRCODE = 'program_limit_exceeded',
-                  HINT = 'Retire old signing keys first (README, "Signing keys").';
+                  HINT = 'Retire old signing keys first (README, "Signed keys").';
     END IF;
     LOOP
         new_id := api_keys._new_signing_key_id();
@@ -104,7 +108,7 @@ BEGIN
         RAISE EXCEPTION 'rotate_signing_key() runs only at READ COMMITTED, not %',
                         upper(current_setting('transaction_isolation'))
             USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'Call it in its own transaction, or in one at READ COMMITTED.';
+                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
     SELECT * INTO STRICT created FROM api_keys._create_signing_key();
     INSERT INTO api_keys.audit_log (action, actor, app_actor, details)
@@ -224,5 +228,6 @@ REVOKE ALL ON FUNCTION api_keys._new_signing_key_id(), api_keys._new_signing_sec
                        api_keys._impl_rotate_signing_key(), api_keys.rotate_signing_key(),
                        api_keys._mint_signed_key(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys.rotate_signing_key() TO api_keys_admin;
+GRANT SELECT (id, created_at) ON api_keys.signing_keys TO api_keys_admin;
 GRANT SELECT (signing_key) ON api_keys.keys TO api_keys_admin;
 SELECT pg_catalog.pg_extension_config_dump('api_keys.signing_keys', '');

@@ -49,6 +49,9 @@ GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
                           api_keys.expire_due(),
                           api_keys.rotate_signing_key() TO api_keys_admin;
 GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog, api_keys.usage TO api_keys_admin;
+-- Signing keys' public ids (they are in every key) and dates, to retire one; never the
+-- secrets.
+GRANT SELECT (id, created_at) ON api_keys.signing_keys TO api_keys_admin;
 GRANT SELECT (id, prefix, name, description, key_type, environment, owner, status,
               status_reason, status_changed_at, scopes, allowed_cidrs, expires_at,
               created_at, created_by, last_used_at, last_used_ip, rotated_from,

@@ -1,7 +1,7 @@
 -- Server signing keys. Every key issued carries a MAC made with the newest signing key
 -- (src/core/key/signature.rs), so verification refuses a forged secret for the price
 -- of one HMAC: no key row, no argon2, no budget, no rate window. Keys signed with older
--- signing keys keep verifying; README ("Signing keys") says how to retire one.
+-- signing keys keep verifying; README ("Signed keys") says how to retire one.
 
 -- Verifying backends keep the signing keys in memory (src/postgres/signing_keys.rs):
 -- every change reaches them, and hot standbys, at commit.
@@ -28,7 +28,7 @@ BEGIN
     IF (SELECT count(*) FROM api_keys.signing_keys) >= 1000 THEN
         RAISE EXCEPTION 'api_keys already has 1000 signing keys'
             USING ERRCODE = 'program_limit_exceeded',
-                  HINT = 'Retire old signing keys first (README, "Signing keys").';
+                  HINT = 'Retire old signing keys first (README, "Signed keys").';
     END IF;
     LOOP
         new_id := api_keys._new_signing_key_id();
@@ -65,7 +65,7 @@ BEGIN
         RAISE EXCEPTION 'rotate_signing_key() runs only at READ COMMITTED, not %',
                         upper(current_setting('transaction_isolation'))
             USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'Call it in its own transaction, or in one at READ COMMITTED.';
+                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
     SELECT * INTO STRICT created FROM api_keys._create_signing_key();
     INSERT INTO api_keys.audit_log (action, actor, app_actor, details)

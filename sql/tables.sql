@@ -48,7 +48,7 @@ CREATE TABLE api_keys.keys (
     metadata              jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(metadata) = 'object'),
     -- The id of the signing key that signed the key (sql/signing.sql); NULL for a key
     -- issued before 0.5.0, which verifies without a signature until rotated.
-    signing_key           text
+    signing_key           text CHECK (signing_key ~ '^[0-9A-Za-z]{4}$')
 );
 
 COMMENT ON TABLE api_keys.keys IS
@@ -108,7 +108,7 @@ CREATE TABLE api_keys.usage (
 );
 
 COMMENT ON TABLE api_keys.usage IS
-    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check). Kept current within api_keys.flush_interval.';
+    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval.';
 
 CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
 

@@ -19,9 +19,9 @@ mod sql_api;
 ::pgrx::pg_module_magic!(name, version);
 
 // The SQL by concern, in the order each builds on the ones before (no forward references):
-// tables, views, validation (with _check_scopes from Rust), audit, lifecycle, issue,
-// listing, grants. The Rust-declared functions (verify, the request context, _mint_key,
-// stats) need only the tables.
+// tables, views, validation (with _check_scopes from Rust), audit, lifecycle, signing
+// (with the signing-key helpers from Rust), issue (with _mint_signed_key), listing,
+// grants. The Rust-declared functions need only the tables.
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["tables"]);
 extension_sql_file!(

@@ -4,9 +4,11 @@
 //! superusers only, and verifiers must not be able to read it), once, then kept until
 //! a relation cache invalidation names the table. The table's statement trigger sends
 //! one at commit for every change (`_signing_keys_changed`), which other backends and
-//! hot standbys (through the commit record) take in at their next transaction. A key
-//! naming a signing key this backend does not know makes it read the table again, at
-//! most once a second, in case an invalidation was missed (triggers disabled).
+//! hot standbys (through the commit record) take in at their next transaction; it fires
+//! also under the replica role. A key naming a signing key this backend does not know
+//! makes it read the table again, at most once a second, so a signing key added while
+//! the trigger was disabled is found too (one deleted so is forgotten only at the next
+//! change, or in new sessions).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -98,9 +100,13 @@ pub(crate) fn current() -> SigningKey {
 /// transaction, as for any query); None in a catalog from before signing.
 fn open() -> Option<pg_sys::Relation> {
     loop {
-        // SAFETY: catalog lookups by name; a missing schema raises an error.
+        // SAFETY: catalog lookups by name. The schema is missing only while the
+        // extension is dropped (this call waited for it): nothing signs, nothing raises.
         let table = unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), false);
+            let namespace = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), true);
+            if namespace == pg_sys::InvalidOid {
+                return None;
+            }
             pg_sys::get_relname_relid(c"signing_keys".as_ptr(), namespace)
         };
         if table == pg_sys::InvalidOid {

@@ -32,9 +32,14 @@ pub(crate) fn verify<'m>(
 /// A presentation the memo does not know: argon2 decides, and the memo remembers the
 /// answer. A signed presentation is the key this installation issued (only its MAC
 /// got it here), so it is never throttled; a key issued before signing is hashed
-/// within its prefix's budgets, as anyone can present a secret for its prefix.
+/// within its prefix's budgets, as anyone can present a secret for its prefix, and so
+/// is a signed one once its signing key has proved known outside (see below).
 fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: &str) -> bool {
-    if parsed.signature.is_none() && !shmem::spend_budget(parsed.prefix) {
+    let budgeted = parsed
+        .signature
+        .as_ref()
+        .is_none_or(|s| KNOWN_OUTSIDE.with_borrow(|k| k.contains(s.signing_key_id)));
+    if budgeted && !shmem::spend_budget(parsed.prefix) {
         return false;
     }
     let matches = shmem::argon2(Argon2For::Verifying, || {
@@ -46,21 +51,27 @@ fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: 
         Fact::DoesNotMatch
     };
     shmem::memo_remember(fact, known);
-    match &parsed.signature {
-        _ if matches => {}
-        None => shmem::record_failure(parsed.prefix),
-        Some(signature) => signing_key_known_outside(signature.signing_key_id),
+    if !matches {
+        shmem::record_failure(parsed.prefix);
+        if let Some(signature) = &parsed.signature {
+            signing_key_known_outside(signature.signing_key_id);
+        }
     }
     matches
 }
 
+thread_local! {
+    /// Signing keys this backend has seen make a valid signature on a wrong secret (at
+    /// most every signing key: only real ones make valid signatures).
+    static KNOWN_OUTSIDE: std::cell::RefCell<std::collections::HashSet<String>> =
+        Default::default();
+}
+
 /// A valid signature on a wrong secret: only a holder of the signing key can make one.
-/// Said in the server log once per backend and signing key (no secret in it).
+/// From then on this backend hashes that signing key's unknown presentations within the
+/// argon2 budgets, like unsigned ones; the server log says so once (no secret in it).
 fn signing_key_known_outside(signing_key_id: &str) {
-    thread_local! {
-        static SAID: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
-    }
-    if SAID.with_borrow_mut(|said| said.insert(signing_key_id.to_owned())) {
+    if KNOWN_OUTSIDE.with_borrow_mut(|k| k.insert(signing_key_id.to_owned())) {
         pgrx::log!(
             "api_keys: a key was presented with a valid signature by signing key {signing_key_id} and a wrong secret, so that signing key is known outside this database; rotate it and the keys it signed (README, Signed keys)"
         );
@@ -76,8 +87,8 @@ fn forged() -> Reason {
 }
 
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
-/// row counts in that key's usage; only calls that pass every other check consume
-/// rate-limit quota.
+/// row counts in that key's usage, except forgeries; only calls that pass every other
+/// check consume rate-limit quota.
 fn check<'m>(
     key: &'m [u8],
     client: Option<IpAddr>,

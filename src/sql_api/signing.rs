@@ -48,7 +48,7 @@ pub unsafe extern "C-unwind" fn _signing_keys_changed(
         let context = (*fcinfo).context;
         if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
             errors::raise(
-                PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
                 "_signing_keys_changed runs only as a trigger".into(),
                 None,
             );

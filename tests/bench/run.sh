@@ -7,8 +7,9 @@
 # (signed, as every key issued from 0.5.0 on), and 200 more made unsigned, like keys
 # issued before 0.5.0 (their rows' signing_key cleared, their text cut back to the
 # 43-character secret with a new checksum); pgbench then runs, 2 clients, prepared
-# statements, alternating rounds of a plain lookup of a key row by prefix and one
-# verification scenario:
+# statements, alternating rounds of a plain lookup of a key row by prefix (lookup.sql;
+# for the scenarios drawing from a pool, lookup_pool.sql drawing its prefix from that
+# pool) and one verification scenario:
 #   warm          valid signed keys already in the shared memo                 (warm.sql)
 #   garbage       key-shaped strings with a wrong checksum                       (garbage.sql)
 #   forged        signed-shaped forgeries for real prefixes: random secret, the
@@ -90,9 +91,10 @@ SELECT g, i.key, i.prefix
                                       rate_limit_per_minute => 1000000000,
                                       rate_limit_per_hour => 1000000000) i;
 -- The pools drawn from at random (n = 1 .. nwrong, interleaved over the prefixes):
-CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL);        -- wrong_secret
-CREATE TABLE bench.forged (n int PRIMARY KEY, key text NOT NULL);       -- forged
-CREATE TABLE bench.legacy_wrong (n int PRIMARY KEY, key text NOT NULL); -- legacy_flood
+-- The pools; each row's prefix lets the lookup baseline sample the same pool.
+CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);        -- wrong_secret
+CREATE TABLE bench.forged (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);       -- forged
+CREATE TABLE bench.legacy_wrong (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL); -- legacy_flood
 -- Keys as issued before 0.5.0: issued signed, then their rows marked unsigned (the
 -- guard forbids changing signing_key; a superuser's replica role skips it), and their
 -- text (computed below) cut back to the secret with a new checksum. The stored hash is
@@ -179,7 +181,7 @@ def pool(name, rows, make):
         for _ in range(per_key):      # interleaved, so every prefix is equally likely
             for n, key, prefix in rows:
                 i += 1
-                out.write(f"{i}\t{make(key, prefix)}\n")
+                out.write(f"{i}\t{make(key, prefix)}\t{prefix}\n")
 keys, legacy = load("keys.tsv"), load("legacy_signed.tsv")
 with open(f"{work}/extra.tsv", "w") as extra:
     for n, key, prefix in keys:
@@ -244,7 +246,8 @@ round() {
     local label=$1 n=$2 script=$3 out tps txns
     shift 3
     stats "$work/stats_${label}_${n}_a.tsv"
-    if ! out=$("${pgb[@]}" "$@" -f "$here/$script" postgres 2>&1); then
+    [[ $script = /* ]] || script=$here/$script
+    if ! out=$("${pgb[@]}" "$@" -f "$script" postgres 2>&1); then
         echo "$out" >&2
         exit 1
     fi
@@ -256,13 +259,22 @@ round() {
 }
 
 # Each scenario: lookup, scenario, lookup, scenario, ... so both see the same machine.
-scenarios=(warm:warm.sql: garbage:garbage.sql: forged:forged.sql: wrong_secret:wrong_secret.sql:
-           legacy_flood:legacy_flood.sql: new_sessions:warm.sql:-C)
+# The scenarios drawing from a pool of 200,000 keys compare with a lookup that draws its
+# prefix from the same pool (lookup_pool.sql), so both pay the same sampling.
+scenarios=(warm:warm.sql::lookup.sql garbage:garbage.sql::lookup.sql
+           forged:forged.sql::lookup_pool.sql wrong_secret:wrong_secret.sql::lookup_pool.sql
+           legacy_flood:legacy_flood.sql::lookup_pool.sql new_sessions:warm.sql:-C:lookup.sql)
 for s in "${scenarios[@]}"; do
-    IFS=: read -r label script flag <<<"$s"
-    echo "==> $label: $ROUNDS x (lookup${flag:+ $flag}, $label), ${SECS}s each"
+    IFS=: read -r label script flag baseline <<<"$s"
+    if [ "$baseline" = lookup_pool.sql ]; then
+        # (A table name cannot be a pgbench variable under -M prepared.)
+        pool=$(sed -n 's/.*FROM bench\.\([a-z_]*\) WHERE n = :w.*/\1/p' "$here/$script")
+        sed "s/:pool/bench.$pool/" "$here/lookup_pool.sql" >"$work/lookup_$pool.sql"
+        baseline=$work/lookup_$pool.sql
+    fi
+    echo "==> $label: $ROUNDS x ($(basename "$baseline" .sql)${flag:+ $flag}, $label), ${SECS}s each"
     for n in $(seq 1 "$ROUNDS"); do
-        round "lookup_for_$label" "$n" lookup.sql ${flag:+"$flag"}
+        round "lookup_for_$label" "$n" "$baseline" ${flag:+"$flag"}
         round "$label" "$n" "$script" ${flag:+"$flag"}
     done
 done
@@ -329,9 +341,9 @@ def other_reasons(d):
 rows = [
     ("warm valid keys (memo hit)", "warm", "lookup", 0.8),
     ("garbage (checksum fails)", "garbage", "lookup", 1.0),
-    ("forged signed secrets, real prefixes (flood)", "forged", "lookup", 1.1),
-    ("unsigned-shaped wrong secrets for signed keys", "wrong_secret", "lookup", 0.5),
-    ("wrong secrets for unsigned (pre-0.5.0) keys, real prefixes (flood)", "legacy_flood", "lookup", 0.5),
+    ("forged signed secrets, real prefixes (flood)", "forged", "lookup, same pool", 1.1),
+    ("unsigned-shaped wrong secrets for signed keys", "wrong_secret", "lookup, same pool", 0.5),
+    ("wrong secrets for unsigned (pre-0.5.0) keys, real prefixes (flood)", "legacy_flood", "lookup, same pool", 0.5),
     ("new sessions (`pgbench -C`, warm.sql, shared memo)", "new_sessions", "lookup `-C`", None),
 ]
 out = []
@@ -361,7 +373,11 @@ w(f"- Load: `pgbench -M prepared -c {E['BENCH_CLIENTS']} -j {E['BENCH_CLIENTS']}
   "the scenario; the table gives medians, and the ratio is scenario median / baseline "
   "median of the same alternation.")
 w("- Baseline `lookup.sql`: `SELECT id, status, scopes FROM api_keys.keys WHERE prefix = …` "
-  "as a superuser. New sessions compare `warm.sql` and `lookup.sql`, both with `-C` "
+  "as a superuser, the prefix drawn from `bench.keys` (200 rows) like the key of the warm "
+  "and garbage scripts. The scenarios drawing from a pool of "
+  f"{int(E['BENCH_NWRONG']):,} keys compare with `lookup_pool.sql`, the same lookup with "
+  "its prefix drawn from that pool the same way, so both pay the same sampling (a larger "
+  "table's index probe). New sessions compare `warm.sql` and `lookup.sql`, both with `-C` "
   "(a new connection per transaction).")
 w(f"- Pools: three of {int(E['BENCH_NWRONG']):,} precomputed keys each "
   f"({E['BENCH_WRONG_PER_KEY']} per prefix, all with a valid checksum), drawn at random each "

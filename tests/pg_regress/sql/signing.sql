@@ -134,7 +134,7 @@ SELECT id = :'k_id' AS first_key, signing_key = :'first_sk' AS signed_by_first,
 -- ... but never the signing keys: not read, written or made by hand
 SELECT label, regress.expect_error(stmt) FROM (VALUES
     ('select', 'SELECT * FROM api_keys.signing_keys'),
-    ('select id', 'SELECT id FROM api_keys.signing_keys'),
+    ('select secret', 'SELECT secret FROM api_keys.signing_keys'),
     ('insert', $$INSERT INTO api_keys.signing_keys (id, secret) VALUES ('evil', decode(repeat('00', 32), 'hex'))$$),
     ('delete', 'DELETE FROM api_keys.signing_keys'),
     ('update', $$UPDATE api_keys.signing_keys SET secret = decode(repeat('00', 32), 'hex')$$),
@@ -142,6 +142,9 @@ SELECT label, regress.expect_error(stmt) FROM (VALUES
     ('secret helper', 'SELECT api_keys._new_signing_secret()'),
     ('impl', 'SELECT * FROM api_keys._impl_rotate_signing_key()')
   ) AS t(label, stmt);
+-- ... only their public ids and dates (to retire one)
+SELECT count(*) AS admin_sees_ids, bool_and(id ~ '^[0-9A-Za-z]{4}$') AS ids_shaped
+  FROM (SELECT id, created_at FROM api_keys.signing_keys) s;
 RESET ROLE;
 SET ROLE regress_plain;
 SELECT regress.expect_error('SELECT * FROM api_keys.signing_keys');
