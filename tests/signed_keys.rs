@@ -1222,3 +1222,49 @@ fn a_standby_follows_signing_key_rotation_and_retirement() {
         standby.server_log()
     );
 }
+
+/// Someone holding a signing key can make valid signatures on wrong secrets. The first
+/// one tells the backend so (a LOG line naming the signing key, never a secret); from
+/// then on that backend hashes such presentations within the argon2 budgets, as for
+/// unsigned keys, instead of without limit.
+#[test]
+fn a_leaked_signing_key_falls_back_to_the_argon2_budgets() {
+    let cluster = Cluster::start("sk_leaked");
+    let mut su = cluster.connect_fast(DB);
+    let k = issue(&mut su, "'leaked', 'service', 'production'");
+    let signing_id = signing_id_of(&k).to_string();
+    let secret = signing_secret(&mut su, &signing_id);
+    let mut rng = rand::thread_rng();
+    let mut attacker = cluster.connect(DB);
+    attacker
+        .batch_execute("SET api_keys.argon2_budget_per_minute = 3")
+        .unwrap();
+    let d = delta(&mut su, || {
+        for _ in 0..12 {
+            let wrong = random_base62(&mut rng, SECRET_LEN);
+            let message = format!("{}_{wrong}{signing_id}", k.prefix);
+            let presented = signed_shape(&k.prefix, &wrong, &signing_id, &mac(&secret, &message));
+            assert_eq!(reason(&mut attacker, &presented), "invalid_secret");
+        }
+    });
+    // The first is hashed unbudgeted; the rest within 3 a minute (a minute boundary
+    // may refill it once), the others throttled.
+    assert!((2..=7).contains(&d["argon2_runs"]), "{d:?}");
+    assert_eq!(d["argon2_runs"] + d["argon2_throttled"], 12, "{d:?}");
+    assert_eq!(d["forged_signatures"], 0, "{d:?}");
+    let log = cluster.server_log();
+    assert!(
+        log.contains(&format!("signing key {signing_id} and a wrong secret")),
+        "no LOG line naming the signing key"
+    );
+    assert!(
+        !log.contains(&hex(&secret)),
+        "the signing key's secret is in the log"
+    );
+    // The real key, in another session, is not throttled.
+    assert_eq!(reason(&mut cluster.connect(DB), &k.key), "ok");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
