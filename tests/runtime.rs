@@ -334,6 +334,42 @@ fn the_worker_comes_back_after_it_is_killed() {
     assert_eq!(verified, 1);
 }
 
+/// pg_terminate_backend of the worker (SIGTERM, as a shutdown sends) is not the end of
+/// it: it flushes, exits, and the postmaster starts it again within one flush interval
+/// plus 5 s, which then flushes what came in meanwhile.
+#[test]
+fn the_worker_comes_back_after_pg_terminate_backend() {
+    let cluster = Cluster::start_with("terminated", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(&mut c, "'survivor', 'service', 'production'");
+    let pid = running_worker(&cluster);
+    let terminated: bool = c
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let started = std::time::Instant::now();
+    let mut c = recovered(&cluster, pid);
+    // One flush interval (1 s) plus the restart delay (5 s), and a margin for a busy
+    // machine's polling.
+    assert!(
+        started.elapsed() < Duration::from_secs(1 + 5 + 4),
+        "the worker came back after {:?}",
+        started.elapsed()
+    );
+    cheap_hashing(&mut c);
+    assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    wait_for_flush(&cluster);
+    let verified: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(verified, 1);
+}
+
 #[test]
 fn without_preload_limits_hold_per_session_and_say_so() {
     let cluster = Cluster::start_with("nopreload", &["shared_preload_libraries = ''"]);

@@ -4,7 +4,8 @@
 //! (`api_keys._expire_keys()`), each in a transaction of its own; at a clean shutdown it
 //! flushes once more. It works in the database named by `api_keys.database`
 //! and starts only once recovery has finished, so it never tries to write on a standby.
-//! If it dies, the postmaster starts it again.
+//! If it dies or is terminated (`pg_terminate_backend`), the postmaster starts it again
+//! 5 s later.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -63,7 +64,8 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !running {
-            // SIGTERM (clean shutdown): one last flush. Postmaster death: just go.
+            // SIGTERM (clean shutdown, or pg_terminate_backend): one last flush.
+            // Postmaster death: just go.
             if shutdown_requested() {
                 worker.round();
             }
@@ -71,6 +73,11 @@ pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
         }
         worker.round();
     }
+    // Exit code 1, not 0 (which would unregister the worker for good): after a
+    // pg_terminate_backend the postmaster starts it again in 5 s; in a shutdown it
+    // starts nothing.
+    // SAFETY: leaves the process the way PostgreSQL's own workers do.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 /// What the worker keeps between rounds.
