@@ -25,13 +25,12 @@ use crate::postgres::{datum, errors};
 /// Every signing key this database has, by public id (ids are unique within a
 /// database, but a restore merges the dumped keys with the one CREATE EXTENSION made,
 /// so two may share an id), and the one that signs new keys.
-#[derive(Default)]
 struct SigningKeys {
     table: pg_sys::Oid,
     by_id: HashMap<String, Vec<SigningKey>>,
     /// The newest (latest created_at, then greatest id).
     current: Option<SigningKey>,
-    read_at: Option<Instant>,
+    read_at: Instant,
 }
 
 thread_local! {
@@ -74,8 +73,7 @@ fn known() -> Rc<SigningKeys> {
 /// (one, unless a restore merged two). Reads no key row and changes nothing.
 pub(crate) fn made_by_us(signature: &Signature<'_>) -> bool {
     let mut keys = known();
-    if !keys.by_id.contains_key(signature.signing_key_id)
-        && keys.read_at.is_none_or(|at| at.elapsed() >= REREAD_AFTER)
+    if !keys.by_id.contains_key(signature.signing_key_id) && keys.read_at.elapsed() >= REREAD_AFTER
     {
         KNOWN.set(None);
         keys = known();
@@ -124,8 +122,10 @@ fn open() -> Option<pg_sys::Relation> {
 /// Read the whole table (a handful of rows) with the latest snapshot.
 fn read() -> SigningKeys {
     let mut keys = SigningKeys {
-        read_at: Some(Instant::now()),
-        ..SigningKeys::default()
+        table: pg_sys::InvalidOid,
+        by_id: HashMap::new(),
+        current: None,
+        read_at: Instant::now(),
     };
     let Some(rel) = open() else {
         return keys;
