@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use pgrx::{pg_guard, pg_sys, PgSqlErrorCode};
 
 use crate::core::cidr;
+use crate::core::key::signature::SIGNING_KEY_ID_LEN;
 use crate::core::verdict::KeyStatus;
 use crate::postgres::datum;
 use crate::postgres::errors;
@@ -40,9 +41,10 @@ pub(crate) struct KeyRow<'m> {
     cidrs: StoredRules,
     pub(crate) rate_limit_per_minute: Option<i32>,
     pub(crate) rate_limit_per_hour: Option<i32>,
-    /// The id of the signing key that signed the key; None for a key issued before
-    /// signing (or a catalog from before it).
-    pub(crate) signing_key: Option<String>,
+    /// The id of the signing key that signed the key (read without a copy on the heap;
+    /// a stored value of another length, which the table's CHECK forbids, matches no
+    /// key); None for a key issued before signing (or a catalog from before it).
+    pub(crate) signing_key: Option<[u8; SIGNING_KEY_ID_LEN]>,
     memory: PhantomData<&'m [u8]>,
 }
 
@@ -321,7 +323,8 @@ unsafe fn read_row<'m>(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow
             },
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
-            signing_key: get(c.signing_key).map(|d| datum::text_string(d)),
+            signing_key: get(c.signing_key)
+                .map(|d| <[u8; SIGNING_KEY_ID_LEN]>::try_from(datum::bytes(d)).unwrap_or_default()),
             memory: PhantomData,
         }
     }

@@ -104,7 +104,12 @@ fn check<'m>(
     }
     let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
     // A signed key is presented signed, by the signing key its row names.
-    if parsed.signature.as_ref().map(|s| s.signing_key_id) != row.signing_key.as_deref() {
+    if parsed
+        .signature
+        .as_ref()
+        .map(|s| s.signing_key_id.as_bytes())
+        != row.signing_key.as_ref().map(|id| &id[..])
+    {
         return Err(forged());
     }
     let key_id = row.key_id();

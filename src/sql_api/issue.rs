@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 use super::pattern::configured_brand;
 use super::{args, fmgr};
+use crate::core::key::signature::SigningKey;
 use crate::core::key::{format, hash, secret};
 use crate::core::scope::{MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::postgres::errors;
@@ -28,17 +29,9 @@ pub(crate) fn _mint_signed_key(
         name!(signing_key, String),
     ),
 > {
-    let env = environment_named(environment);
     let signing_key = signing_keys::current();
-    let secret = secret::secret();
-    let new = format::compose(
-        &configured_brand(),
-        env,
-        &secret::public_id(),
-        &secret,
-        &signing_key,
-    );
-    TableIterator::once((new.prefix, new.full, hash(&secret), signing_key.id))
+    let (prefix, key, secret_hash) = mint(environment, Some(&signing_key));
+    TableIterator::once((prefix, key, secret_hash, signing_key.id))
 }
 
 /// What catalogs before 0.5.0 call to mint a key, until `ALTER EXTENSION api_keys
@@ -55,10 +48,21 @@ fn _mint_key(
         name!(secret_hash, String),
     ),
 > {
+    TableIterator::once(mint(environment, None))
+}
+
+/// (prefix, full key, argon2id hash of the secret) of a fresh key.
+fn mint(environment: &str, signing_key: Option<&SigningKey>) -> (String, String, String) {
     let env = environment_named(environment);
     let secret = secret::secret();
-    let new = format::compose_unsigned(&configured_brand(), env, &secret::public_id(), &secret);
-    TableIterator::once((new.prefix, new.full, hash(&secret)))
+    let new = format::compose(
+        &configured_brand(),
+        env,
+        &secret::public_id(),
+        &secret,
+        signing_key,
+    );
+    (new.prefix, new.full, hash(&secret))
 }
 
 fn environment_named(environment: &str) -> format::Environment {

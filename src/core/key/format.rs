@@ -185,32 +185,22 @@ pub(crate) struct NewKey {
     pub(crate) full: String,
 }
 
-/// Assemble a signed key from its parts; the caller supplies a validated brand, the
-/// random parts and the signing key.
+/// Assemble a key from its parts; the caller supplies a validated brand, the random
+/// parts and the signing key (None: a key without a signature, as catalogs from before
+/// 0.5.0 still issue until `ALTER EXTENSION api_keys UPDATE`).
 pub(crate) fn compose(
     brand: &str,
     environment: Environment,
     public_id: &str,
     secret: &str,
-    signing_key: &SigningKey,
+    signing_key: Option<&SigningKey>,
 ) -> NewKey {
     let prefix = format!("{brand}_{}_{public_id}", environment.tag());
-    let message = format!("{prefix}_{secret}{}", signing_key.id);
-    let body = format!("{message}{}", signature::sign(signing_key, &message));
-    let full = format!("{body}{}", checksum(&body));
-    NewKey { prefix, full }
-}
-
-/// A key without a signature, as catalogs from before 0.5.0 still issue until
-/// `ALTER EXTENSION api_keys UPDATE` (their tables have no signing keys).
-pub(crate) fn compose_unsigned(
-    brand: &str,
-    environment: Environment,
-    public_id: &str,
-    secret: &str,
-) -> NewKey {
-    let prefix = format!("{brand}_{}_{public_id}", environment.tag());
-    let body = format!("{prefix}_{secret}");
+    let mut body = format!("{prefix}_{secret}");
+    if let Some(signing_key) = signing_key {
+        body.push_str(&signing_key.id);
+        body.push_str(&signature::sign(signing_key, &body));
+    }
     let full = format!("{body}{}", checksum(&body));
     NewKey { prefix, full }
 }
@@ -248,12 +238,18 @@ mod tests {
     }
 
     fn unsigned(brand: &str, env: Environment, public_id: &str, secret: &str) -> String {
-        compose_unsigned(brand, env, public_id, secret).full
+        compose(brand, env, public_id, secret, None).full
     }
 
     #[test]
     fn round_trip() {
-        let k = compose("ak", Environment::Production, ID, SECRET, &signing_key(1));
+        let k = compose(
+            "ak",
+            Environment::Production,
+            ID,
+            SECRET,
+            Some(&signing_key(1)),
+        );
         assert!(k.full.starts_with("ak_live_7Qx2aB9kLm0P_"));
         assert_eq!(k.full.len(), 2 + 6 + 12 + 1 + 43 + 4 + 17 + 6);
         assert_eq!(k.full.len(), MAX_KEY_LEN - 7);
@@ -314,7 +310,14 @@ mod tests {
 
     #[test]
     fn one_changed_character_fails_the_checksum() {
-        let k = compose("ak", Environment::Staging, ID, SECRET, &signing_key(1)).full;
+        let k = compose(
+            "ak",
+            Environment::Staging,
+            ID,
+            SECRET,
+            Some(&signing_key(1)),
+        )
+        .full;
         let i = k.len() - 10;
         let mut bytes = k.into_bytes();
         bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
@@ -323,7 +326,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        let good = compose("ak", Environment::Development, ID, SECRET, &signing_key(1)).full;
+        let good = compose(
+            "ak",
+            Environment::Development,
+            ID,
+            SECRET,
+            Some(&signing_key(1)),
+        )
+        .full;
         assert!(parse(good.as_bytes()).is_ok());
         for bad in [
             String::new(),
@@ -386,7 +396,7 @@ mod tests {
             ) {
                 let env = Environment::ALL[env];
                 let signing = SigningKey::new(signing_id, &signing_secret);
-                let key = compose(&brand, env, &id, &secret, &signing);
+                let key = compose(&brand, env, &id, &secret, Some(&signing));
                 let parsed = parse(key.full.as_bytes()).unwrap();
                 prop_assert_eq!(parsed.prefix, key.prefix.as_str());
                 prop_assert_eq!(parsed.brand, brand.as_str());
@@ -412,7 +422,7 @@ mod tests {
                 other_secret in base62(SECRET_LEN),
             ) {
                 let signing = signing_key(9);
-                let key = compose("ak", Environment::Production, &id, &secret, &signing).full;
+                let key = compose("ak", Environment::Production, &id, &secret, Some(&signing)).full;
                 let mac = &key[key.len() - CHECKSUM_LEN - MAC_LEN..key.len() - CHECKSUM_LEN];
                 for (i, s) in [(&other_id, &secret), (&id, &other_secret)] {
                     let body = format!("ak_live_{i}_{s}Sk01{mac}");
@@ -432,7 +442,7 @@ mod tests {
                 pos in 0usize..100,
                 change in 1u8..=255,
             ) {
-                let key = compose("ak", Environment::Production, &id, &secret, &signing_key(3)).full;
+                let key = compose("ak", Environment::Production, &id, &secret, Some(&signing_key(3))).full;
                 let mut bytes = key.clone().into_bytes();
                 let pos = pos % bytes.len();
                 // Any of the 255 other byte values, with no rejected cases.
