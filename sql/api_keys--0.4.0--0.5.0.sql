@@ -111,10 +111,9 @@ BEGIN
                   HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
     SELECT * INTO STRICT created FROM api_keys._create_signing_key();
-    INSERT INTO api_keys.audit_log (action, actor, app_actor, details)
-    VALUES ('signing_key_rotated', api_keys._caller(),
-            nullif(current_setting('api_keys.actor', true), ''),
-            jsonb_build_object('signing_key', created.id));
+    -- An entry of no key (key_id and prefix NULL).
+    PERFORM api_keys._audit('signing_key_rotated', NULL::api_keys.keys, NULL, NULL, NULL,
+                            jsonb_build_object('signing_key', created.id));
     RETURN QUERY SELECT created.id, created.created_at;
 END $$;
 

@@ -752,7 +752,6 @@ fn issuing_in_bulk_yields_argon2_slots_to_verification() {
             "first verifications took {waits:?}; one slow hash takes about {one_hash:?}"
         );
     });
-    assert!(stats(&mut verifier)["argon2_runs"] > 6);
 }
 
 /// An expiry that fails as a whole takes no usage with it: the flush commits on its own.

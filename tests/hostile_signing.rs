@@ -42,13 +42,6 @@ fn database(cluster: &Cluster, name: &str, version_clause: &str) {
         .unwrap();
 }
 
-/// A superuser session in `db` with cheap argon2 (fast issuing).
-fn session(cluster: &Cluster, db: &str) -> Client {
-    let mut c = cluster.connect(db);
-    common::cheap_hashing(&mut c);
-    c
-}
-
 fn random_base62(len: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -85,7 +78,7 @@ fn issue_in(c: &mut Client) -> Result<(String, String), postgres::Error> {
 fn a_backend_that_verified_before_the_update_to_0_5_0_issues_after_it() {
     let cluster = shared();
     database(&cluster, "hs_update", "VERSION '0.4.0'");
-    let mut pooled = session(&cluster, "hs_update");
+    let mut pooled = cluster.connect_fast("hs_update");
     // Before the update: a signed-shaped presentation (an attacker's, or a client that
     // already has a 0.5.0 key from elsewhere).
     let v = verify(&mut pooled, &signed_shape(), None, None);
@@ -99,7 +92,7 @@ fn a_backend_that_verified_before_the_update_to_0_5_0_issues_after_it() {
     let (key, _) = issued.unwrap_or_else(|e| {
         panic!("api_key_issue after the update, in a backend that verified before it: {e:?}")
     });
-    let mut fresh = session(&cluster, "hs_update");
+    let mut fresh = cluster.connect_fast("hs_update");
     assert_eq!(verify(&mut fresh, &key, None, None).reason, "ok");
 }
 
@@ -110,7 +103,7 @@ fn a_backend_that_verified_before_the_update_to_0_5_0_issues_after_it() {
 fn the_hint_of_no_signing_key_works_in_a_backend_that_verified_before_the_update() {
     let cluster = shared();
     database(&cluster, "hs_update_hint", "VERSION '0.4.0'");
-    let mut pooled = session(&cluster, "hs_update_hint");
+    let mut pooled = cluster.connect_fast("hs_update_hint");
     verify(&mut pooled, &signed_shape(), None, None);
     pooled
         .batch_execute("ALTER EXTENSION api_keys UPDATE")
@@ -159,15 +152,33 @@ fn the_cap_of_1000_signing_keys_holds_under_repeatable_read() {
             c
         })
         .collect();
+    let mut refusals = Vec::new();
     for a in &mut admins {
-        // Each rotates after the one before committed; each may succeed or be refused.
-        if a.batch_execute("SELECT api_keys.rotate_signing_key()")
-            .is_ok()
-        {
-            a.batch_execute("COMMIT").unwrap();
-        } else {
-            a.batch_execute("ROLLBACK").unwrap();
+        // Each rotates after the one before committed; each may succeed or be refused,
+        // for its isolation level (25000) or the cap (54000), nothing else.
+        match a.batch_execute("SELECT api_keys.rotate_signing_key()") {
+            Ok(()) => a.batch_execute("COMMIT").unwrap(),
+            Err(e) => {
+                refusals.push(e.code().map(|c| c.code().to_string()));
+                a.batch_execute("ROLLBACK").unwrap();
+            }
         }
+    }
+    assert!(
+        refusals
+            .iter()
+            .all(|c| matches!(c.as_deref(), Some("25000" | "54000"))),
+        "{refusals:?}"
+    );
+    // At READ COMMITTED, one after the other: the first takes the last place, the
+    // others meet the cap.
+    for expect in [None, Some("54000"), Some("54000")] {
+        let mut a = cluster.connect("hs_cap");
+        let got = a
+            .batch_execute("SET ROLE hs_admin; SELECT api_keys.rotate_signing_key()")
+            .err()
+            .map(|e| e.code().map(|c| c.code().to_string()));
+        assert_eq!(got.flatten().as_deref(), expect, "after {refusals:?}");
     }
     let (n, distinct): (i64, i64) = {
         let r = su
@@ -178,7 +189,7 @@ fn the_cap_of_1000_signing_keys_holds_under_repeatable_read() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert!(n <= 1000, "{n} signing keys: the cap of 1,000 did not hold");
+    assert_eq!(n, 1000, "the cap of 1,000 signing keys");
     assert_eq!(n, distinct, "two signing keys share an id");
 }
 
@@ -274,11 +285,18 @@ fn a_restore_that_meets_existing_signing_keys_prints_no_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
+        client_side.contains("already exists"),
+        "the restore met no existing signing key:\n{client_side}"
+    );
+    assert!(
         !client_side.contains(&secret),
         "a signing key's secret is in the restore's error:\n{client_side}"
     );
-    // The server log takes a moment to be written.
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for(
+        "the error in the server log",
+        Duration::from_secs(10),
+        || cluster.server_log().contains("already exists"),
+    );
     assert!(
         !cluster.server_log().contains(&secret),
         "a signing key's secret is in the server log"
@@ -295,8 +313,8 @@ fn a_restore_that_meets_existing_signing_keys_prints_no_secret() {
 fn a_signing_key_deleted_without_its_trigger_is_forgotten_by_cached_sessions() {
     let cluster = shared();
     database(&cluster, "hs_replica", "");
-    let mut pooled = session(&cluster, "hs_replica");
-    let mut dba = session(&cluster, "hs_replica");
+    let mut pooled = cluster.connect_fast("hs_replica");
+    let mut dba = cluster.connect_fast("hs_replica");
     let (k1, _) = issue_in(&mut pooled).unwrap();
     let newer: String = dba
         .query_one("SELECT id FROM api_keys.rotate_signing_key()", &[])
@@ -321,9 +339,8 @@ fn a_signing_key_deleted_without_its_trigger_is_forgotten_by_cached_sessions() {
          RESET session_replication_role"
     ))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
 
-    let mut fresh = session(&cluster, "hs_replica");
+    let mut fresh = cluster.connect_fast("hs_replica");
     assert_eq!(verify(&mut fresh, &k2, None, None).reason, "invalid_secret");
     assert_eq!(
         verify(&mut pooled, &k2, None, None).reason,

@@ -311,49 +311,19 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     assert_eq!(issued, 3);
 }
 
-#[test]
-fn the_worker_comes_back_after_it_is_killed() {
-    let cluster = Cluster::start_with("killed", WORKER_CONF);
+/// The worker is stopped by `stop(session, worker pid)`; a new one must come, within
+/// `within` of the stop, and write the usage of a verification made after it.
+fn the_worker_comes_back(name: &str, within: Duration, stop: impl FnOnce(&mut Client, i32)) {
+    let cluster = Cluster::start_with(name, WORKER_CONF);
     let mut c = cluster.connect_fast(DB);
     let k = issue(&mut c, "'survivor', 'service', 'production'");
     let pid = running_worker(&cluster);
-    // SIGKILL: the postmaster treats it as a crash, resets every backend and starts over.
-    kill_9(pid);
+    stop(&mut c, pid);
+    let started = std::time::Instant::now();
     drop(c);
     let mut c = recovered(&cluster, pid);
-    cheap_hashing(&mut c);
-    assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
-    wait_for_flush(&cluster);
-    let verified: i64 = c
-        .query_one(
-            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(verified, 1);
-}
-
-/// pg_terminate_backend of the worker (SIGTERM, as a shutdown sends) is not the end of
-/// it: it flushes, exits, and the postmaster starts it again within one flush interval
-/// plus 5 s, which then flushes what came in meanwhile.
-#[test]
-fn the_worker_comes_back_after_pg_terminate_backend() {
-    let cluster = Cluster::start_with("terminated", WORKER_CONF);
-    let mut c = cluster.connect_fast(DB);
-    let k = issue(&mut c, "'survivor', 'service', 'production'");
-    let pid = running_worker(&cluster);
-    let terminated: bool = c
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .unwrap()
-        .get(0);
-    assert!(terminated);
-    let started = std::time::Instant::now();
-    let mut c = recovered(&cluster, pid);
-    // One flush interval (1 s) plus the restart delay (5 s), and a margin for a busy
-    // machine's polling.
     assert!(
-        started.elapsed() < Duration::from_secs(1 + 5 + 4),
+        started.elapsed() < within,
         "the worker came back after {:?}",
         started.elapsed()
     );
@@ -368,6 +338,26 @@ fn the_worker_comes_back_after_pg_terminate_backend() {
         .unwrap()
         .get(0);
     assert_eq!(verified, 1);
+}
+
+/// SIGKILL: the postmaster treats it as a crash, resets every backend and starts over.
+#[test]
+fn the_worker_comes_back_after_it_is_killed() {
+    the_worker_comes_back("killed", Duration::from_secs(60), |_, pid| kill_9(pid));
+}
+
+/// pg_terminate_backend (SIGTERM, as a shutdown sends) is not the end of the worker:
+/// the postmaster starts it again within one flush interval (1 s) plus 5 s (and a
+/// margin for a busy machine's polling).
+#[test]
+fn the_worker_comes_back_after_pg_terminate_backend() {
+    the_worker_comes_back("terminated", Duration::from_secs(1 + 5 + 4), |c, pid| {
+        let terminated: bool = c
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap()
+            .get(0);
+        assert!(terminated);
+    });
 }
 
 #[test]

@@ -81,7 +81,6 @@ CREATE TABLE bench.keys (
     n int PRIMARY KEY,
     key text NOT NULL,
     prefix text NOT NULL,
-    wrong text,    -- real prefix, random 43-character secret, no signature, valid checksum
     garbage text   -- the real key with its last checksum character changed
 );
 INSERT INTO bench.keys (n, key, prefix)
@@ -90,8 +89,8 @@ SELECT g, i.key, i.prefix
        LATERAL api_keys.api_key_issue('bench ' || g, 'service', 'production',
                                       rate_limit_per_minute => 1000000000,
                                       rate_limit_per_hour => 1000000000) i;
--- The pools drawn from at random (n = 1 .. nwrong, interleaved over the prefixes):
--- The pools; each row's prefix lets the lookup baseline sample the same pool.
+-- The pools drawn from at random (n = 1 .. nwrong, interleaved over the prefixes); each
+-- row's prefix lets the lookup baseline sample the same pool.
 CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);        -- wrong_secret
 CREATE TABLE bench.forged (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);       -- forged
 CREATE TABLE bench.legacy_wrong (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL); -- legacy_flood
@@ -186,7 +185,7 @@ keys, legacy = load("keys.tsv"), load("legacy_signed.tsv")
 with open(f"{work}/extra.tsv", "w") as extra:
     for n, key, prefix in keys:
         last = "1" if key[-1] == "0" else "0"
-        extra.write(f"{n}\t{unsigned_wrong(prefix)}\t{key[:-1] + last}\n")
+        extra.write(f"{n}\t{key[:-1] + last}\n")
 with open(f"{work}/legacy.tsv", "w") as out:
     for n, key, prefix in legacy:
         body = key[:len(prefix) + 1 + SECRET]   # the key as issued before signing
@@ -195,9 +194,9 @@ pool("wrong.tsv", keys, lambda key, prefix: unsigned_wrong(prefix))
 pool("forged.tsv", keys, forged)
 pool("legacy_wrong.tsv", legacy, lambda key, prefix: unsigned_wrong(prefix))
 PY
-q -c "CREATE TEMP TABLE extra (n int, wrong text, garbage text)" \
+q -c "CREATE TEMP TABLE extra (n int, garbage text)" \
   -c "COPY extra FROM STDIN" \
-  -c "UPDATE bench.keys k SET wrong = e.wrong, garbage = e.garbage FROM extra e WHERE k.n = e.n" \
+  -c "UPDATE bench.keys k SET garbage = e.garbage FROM extra e WHERE k.n = e.n" \
   <"$work/extra.tsv"
 q -c "CREATE TEMP TABLE unsigned (n int, key text)" \
   -c "COPY unsigned FROM STDIN" \
