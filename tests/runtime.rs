@@ -5,25 +5,10 @@
 mod common;
 
 use common::{
-    cheap_hashing, issue, kill_9, recovered, running_worker, stats, verify, wait_for, Client,
-    Cluster, DB, WORKER_CONF,
+    cheap_hashing, issue, kill_9, recovered, running_worker, stats, verify, wait_for,
+    wait_for_room_in_window, Client, Cluster, DB, WORKER_CONF,
 };
 use std::time::Duration;
-
-/// Fixed windows: wait until the current clock minute (and hour) has at least
-/// `seconds` left, so that a test counting exact admissions stays inside one window.
-fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
-    let left: f64 = c
-        .query_one(
-            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) + interval '1 minute' - clock_timestamp())::float8",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    if left < seconds {
-        std::thread::sleep(Duration::from_secs_f64(left + 0.2));
-    }
-}
 
 fn flushes(c: &mut Client) -> i64 {
     stats(c)["flushes"]

@@ -446,3 +446,18 @@ pub fn recovered(cluster: &Cluster, old_worker: i32) -> Client {
     );
     c.unwrap()
 }
+
+/// Fixed windows: wait until the current clock minute (and hour) has at least
+/// `seconds` left, so that a test counting exact admissions stays inside one window.
+pub fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
+    let left: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) + interval '1 minute' - clock_timestamp())::float8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if left < seconds {
+        std::thread::sleep(Duration::from_secs_f64(left + 0.2));
+    }
+}
