@@ -64,7 +64,7 @@ pub extern "C-unwind" fn _PG_init() {
     postgres::gucs::init(preloading);
     if preloading {
         postgres::shmem::install_hooks();
-        postgres::worker::register();
+        postgres::launcher::register();
     }
 }
 

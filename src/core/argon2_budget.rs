@@ -8,23 +8,21 @@
 //!   A prefix with no recent failure (a legitimate key verified for the first time)
 //!   never waits on the server-wide allowance.
 //!
-//! Slots live in buckets of `WAYS` over a plain slice (shared or backend-local memory).
-//! Pure: no pgrx; the caller does the locking.
+//! One `Budget` per key (a prefix names exactly one key row), kept with the key's other
+//! state; the server-wide allowance is one GCRA state. Pure: no pgrx; the caller does
+//! the locking.
 
-use sha2::{Digest, Sha256};
-
-const WAYS: usize = 4;
 /// How long a wrong secret marks its prefix as under attack.
 pub(crate) const SUSPECT_MINUTES: u32 = 10;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 
+/// One key's argon2 budget.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BudgetSlot {
-    prefix_id: u64,
+pub(crate) struct Budget {
     minute: u32,
     spent: u32,
-    /// The prefix is suspect until this minute (exclusive); 0 = never failed.
+    /// The key is suspect until this minute (exclusive); 0 = never failed.
     suspect_until: u32,
 }
 
@@ -36,52 +34,8 @@ pub(crate) struct Limits {
     pub(crate) after_failure_per_second: u32,
 }
 
-pub(crate) fn prefix_id(prefix: &str) -> u64 {
-    let digest = Sha256::digest(prefix.as_bytes());
-    // 0 marks an empty slot.
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
-}
-
 fn minute_of(now_us: i64) -> u32 {
     (now_us.max(0) / MICROS_PER_MINUTE) as u32
-}
-
-/// The slot of `prefix_id`, claimed if absent. Reuses, in order: the prefix's own
-/// slot, a slot with neither a live window nor suspicion, a slot whose window is over,
-/// the slot that spent least. Forgetting a prefix only ever gives it a fresh budget.
-fn slot(slots: &mut [BudgetSlot], prefix_id: u64, minute: u32) -> &mut BudgetSlot {
-    let buckets = (slots.len() / WAYS).max(1);
-    let start = (prefix_id as usize % buckets) * WAYS;
-    let end = (start + WAYS).min(slots.len());
-    let bucket = &mut slots[start..end];
-    let i = bucket
-        .iter()
-        .position(|s| s.prefix_id == prefix_id)
-        .or_else(|| {
-            bucket
-                .iter()
-                .position(|s| s.minute != minute && s.suspect_until <= minute)
-        })
-        .or_else(|| bucket.iter().position(|s| s.minute != minute))
-        .unwrap_or_else(|| {
-            (0..bucket.len())
-                .min_by_key(|&i| bucket[i].spent)
-                .unwrap_or(0)
-        });
-    let slot = &mut bucket[i];
-    if slot.prefix_id != prefix_id {
-        *slot = BudgetSlot {
-            prefix_id,
-            minute,
-            spent: 0,
-            suspect_until: 0,
-        };
-    }
-    if slot.minute != minute {
-        slot.minute = minute;
-        slot.spent = 0;
-    }
-    slot
 }
 
 /// GCRA over one "theoretical arrival time": `per_second` a second, bursts of up to
@@ -100,38 +54,47 @@ fn gcra_take(tat_us: &mut i64, now_us: i64, per_second: u32) -> bool {
     true
 }
 
-/// Spend one argon2 computation for `prefix_id` at `now_us` (microseconds); false when
-/// a budget says no. `tat_us` is the server-wide allowance's state.
-pub(crate) fn try_spend(
-    slots: &mut [BudgetSlot],
-    tat_us: &mut i64,
-    prefix_id: u64,
-    now_us: i64,
-    limits: Limits,
-) -> bool {
-    if slots.is_empty() {
-        return true;
+impl Budget {
+    /// Spend one argon2 computation at `now_us` (microseconds); false when a budget
+    /// says no. `take_allowance` takes from the server-wide allowance (GCRA), asked
+    /// only for a suspect key.
+    pub(crate) fn try_spend(
+        &mut self,
+        now_us: i64,
+        per_prefix_per_minute: u32,
+        take_allowance: impl FnOnce() -> bool,
+    ) -> bool {
+        let minute = minute_of(now_us);
+        if self.minute != minute {
+            self.minute = minute;
+            self.spent = 0;
+        }
+        if per_prefix_per_minute != 0 && self.spent >= per_prefix_per_minute {
+            return false;
+        }
+        if self.suspect_until > minute && !take_allowance() {
+            return false;
+        }
+        self.spent += 1;
+        true
     }
-    let minute = minute_of(now_us);
-    let slot = slot(slots, prefix_id, minute);
-    let per_prefix = limits.per_prefix_per_minute;
-    if per_prefix != 0 && slot.spent >= per_prefix {
-        return false;
+
+    /// A wrong secret was presented for this key: it is suspect for a while.
+    pub(crate) fn record_failure(&mut self, now_us: i64) {
+        self.suspect_until = minute_of(now_us) + SUSPECT_MINUTES;
     }
-    if slot.suspect_until > minute && !gcra_take(tat_us, now_us, limits.after_failure_per_second) {
-        return false;
+
+    /// Still suspect, or with a budget spent this minute: forgetting it would change
+    /// what it allows.
+    pub(crate) fn is_live(&self, now_us: i64) -> bool {
+        let minute = minute_of(now_us);
+        self.suspect_until > minute || (self.minute == minute && self.spent > 0)
     }
-    slot.spent += 1;
-    true
 }
 
-/// A wrong secret was presented for `prefix_id`: it is suspect for a while.
-pub(crate) fn record_failure(slots: &mut [BudgetSlot], prefix_id: u64, now_us: i64) {
-    if slots.is_empty() {
-        return;
-    }
-    let minute = minute_of(now_us);
-    slot(slots, prefix_id, minute).suspect_until = minute + SUSPECT_MINUTES;
+/// Take one from the server-wide allowance kept in `tat_us` (see `gcra_take`).
+pub(crate) fn take_allowance(tat_us: &mut i64, now_us: i64, limits: Limits) -> bool {
+    gcra_take(tat_us, now_us, limits.after_failure_per_second)
 }
 
 #[cfg(test)]
@@ -144,68 +107,63 @@ mod tests {
         after_failure_per_second: 2,
     };
 
+    fn spend(b: &mut Budget, tat: &mut i64, now: i64) -> bool {
+        b.try_spend(now, LIMITS.per_prefix_per_minute, || {
+            take_allowance(tat, now, LIMITS)
+        })
+    }
+
     #[test]
-    fn budget_per_prefix_per_minute() {
-        let mut slots = vec![BudgetSlot::default(); 64];
+    fn budget_per_key_per_minute() {
+        let (mut a, mut b) = (Budget::default(), Budget::default());
         let mut tat = 0;
-        let a = prefix_id("ak_live_aaaaaaaaaaaa");
-        let b = prefix_id("ak_live_bbbbbbbbbbbb");
         let t = 7 * MIN;
-        assert!((0..5).all(|_| try_spend(&mut slots, &mut tat, a, t, LIMITS)));
-        assert!(!try_spend(&mut slots, &mut tat, a, t, LIMITS));
+        assert!((0..5).all(|_| spend(&mut a, &mut tat, t)));
+        assert!(!spend(&mut a, &mut tat, t));
+        assert!(spend(&mut b, &mut tat, t), "other keys are unaffected");
         assert!(
-            try_spend(&mut slots, &mut tat, b, t, LIMITS),
-            "other prefixes are unaffected"
-        );
-        assert!(
-            try_spend(&mut slots, &mut tat, a, t + MIN, LIMITS),
+            spend(&mut a, &mut tat, t + MIN),
             "a new minute brings a new budget"
         );
     }
 
     #[test]
-    fn suspect_prefixes_share_a_server_wide_allowance() {
-        let mut slots = vec![BudgetSlot::default(); 4096];
+    fn suspect_keys_share_a_server_wide_allowance() {
+        let mut keys = vec![Budget::default(); 200];
         let mut tat = 0;
         let t = 100 * MIN;
-        let prefixes: Vec<u64> = (0..200).map(|i| prefix_id(&format!("p{i}"))).collect();
-        // Every prefix's first failure is hashed: nothing is suspect yet.
-        for p in &prefixes {
-            assert!(try_spend(&mut slots, &mut tat, *p, t, LIMITS));
-            record_failure(&mut slots, *p, t);
+        // Every key's first failure is hashed: nothing is suspect yet.
+        for k in &mut keys {
+            assert!(spend(k, &mut tat, t));
+            k.record_failure(t);
         }
         // Afterwards the whole flood gets 2 a second (a burst of 2), not 200 × 4.
         let granted = (0..10_000)
             .filter(|i| {
                 let now = t + i64::from(*i) * 100; // 10,000 tries over one second
-                try_spend(
-                    &mut slots,
-                    &mut tat,
-                    prefixes[*i as usize % 200],
-                    now,
-                    LIMITS,
-                )
+                spend(&mut keys[*i as usize % 200], &mut tat, now)
             })
             .count();
         assert!((2..=4).contains(&granted), "{granted}");
-        // A prefix that never failed is not held back by the flood.
-        let fresh = prefix_id("fresh");
-        assert!(try_spend(&mut slots, &mut tat, fresh, t + 500_000, LIMITS));
+        // A key that never failed is not held back by the flood.
+        assert!(spend(&mut Budget::default(), &mut tat, t + 500_000));
         // Suspicion ends after SUSPECT_MINUTES without failures.
         let later = t + i64::from(SUSPECT_MINUTES) * MIN;
-        assert!((0..5).all(|_| try_spend(&mut slots, &mut tat, prefixes[0], later, LIMITS)));
+        assert!(keys[0].is_live(later - 1));
+        assert!(!keys[0].is_live(later));
+        assert!((0..5).all(|_| spend(&mut keys[0], &mut tat, later)));
     }
 
     #[test]
     fn zero_is_unlimited() {
-        let mut slots = vec![BudgetSlot::default(); 4];
+        let mut b = Budget::default();
         let mut tat = 0;
         let unlimited = Limits {
             per_prefix_per_minute: 0,
             after_failure_per_second: 0,
         };
-        record_failure(&mut slots, 42, MIN);
-        assert!((0..1000).all(|_| try_spend(&mut slots, &mut tat, 42, MIN, unlimited)));
+        b.record_failure(MIN);
+        assert!((0..1000).all(|_| b.try_spend(MIN, 0, || take_allowance(&mut tat, MIN, unlimited))));
     }
 
     #[test]
@@ -219,10 +177,5 @@ mod tests {
             "one more a third of a second later"
         );
         assert!(!gcra_take(&mut tat, t + 333_334, 3));
-    }
-
-    #[test]
-    fn ids_are_never_zero() {
-        assert_ne!(prefix_id(""), 0);
     }
 }

@@ -1,17 +1,17 @@
-//! Per-key activity between flushes: rate-limit windows and usage not yet written.
+//! One key's activity between flushes: rate-limit windows and usage not yet written.
 //!
 //! Rate limits count in fixed, clock-aligned windows: the UTC minute and the UTC hour
 //! (counted from 2000-01-01, Postgres' epoch, which is hour-aligned). A call is admitted
 //! when both windows have room, and then counts in both; so at most `per_minute` calls
 //! in any clock minute and `per_hour` in any clock hour, and up to twice a limit across
 //! a window boundary. Usage (verified / rejected per hour, last use) accumulates here
-//! until the background worker drains it into tables.
+//! until the background worker writes it: it takes a copy (`unflushed`), writes it, and
+//! only once that has committed subtracts what it wrote (`forget_flushed`), so calls
+//! counted in between are kept and nothing is written twice.
 //!
-//! Layout: buckets of `WAYS` slots keyed by key id over a plain slice (shared or
-//! backend-local memory). Pure: no pgrx; the caller does the locking and chooses the
-//! stripe with `bucket_index`.
+//! One `Activity` per key, wherever the caller keeps it (a shared hash table entry, or a
+//! backend-local map). Pure: no pgrx; the caller does the locking.
 
-pub(crate) const WAYS: usize = 8;
 const MICROS_PER_MINUTE: i64 = 60_000_000;
 const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
 
@@ -25,9 +25,7 @@ struct UsageCount {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct KeySlot {
-    /// All zero: an empty slot (no key has the nil uuid).
-    key_id: [u8; 16],
+pub(crate) struct Activity {
     minute: u32,
     in_minute: u32,
     hour: u32,
@@ -56,22 +54,27 @@ impl Limits {
     };
 }
 
-/// One key's usage in one hour, drained for flushing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One key's usage in one hour, copied for flushing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HourUsage {
-    pub(crate) key_id: [u8; 16],
     /// Start of the hour, µs since 2000-01-01 UTC.
     pub(crate) hour_start: i64,
     pub(crate) verified: u32,
     pub(crate) rejected: u32,
 }
 
-/// One key's last admitted call, drained for flushing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One key's last admitted call, copied for flushing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LastUse {
-    pub(crate) key_id: [u8; 16],
     pub(crate) at: i64,
     pub(crate) ip: Option<std::net::IpAddr>,
+}
+
+/// What one key has not had written yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Unflushed {
+    pub(crate) usage: Vec<HourUsage>,
+    pub(crate) last: Option<LastUse>,
 }
 
 fn minute_of(now: i64) -> u32 {
@@ -82,24 +85,19 @@ fn hour_of(now: i64) -> u32 {
     (now.max(0) / MICROS_PER_HOUR) as u32
 }
 
-/// Which bucket `key_id` lives in: callers lock by it.
-pub(crate) fn bucket_index(slots_len: usize, key_id: &[u8; 16]) -> usize {
-    let buckets = (slots_len / WAYS).max(1);
-    u64::from_le_bytes(key_id[..8].try_into().expect("8 bytes")) as usize % buckets
-}
-
-/// The slots of `key_id`'s bucket. The functions below take the whole table or just
-/// this bucket (a table of one bucket), so a caller may lend out only what it locked.
-pub(crate) fn bucket(slots_len: usize, key_id: &[u8; 16]) -> std::ops::Range<usize> {
-    let start = bucket_index(slots_len, key_id) * WAYS;
-    start..(start + WAYS).min(slots_len)
-}
-
-impl KeySlot {
-    fn is_empty(&self) -> bool {
-        self.key_id == [0; 16]
+fn ip_parts(ip: Option<std::net::IpAddr>) -> (u8, [u8; 16]) {
+    match ip {
+        None => (0, [0; 16]),
+        Some(std::net::IpAddr::V4(v4)) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (4, b)
+        }
+        Some(std::net::IpAddr::V6(v6)) => (6, v6.octets()),
     }
+}
 
+impl Activity {
     fn has_unflushed(&self) -> bool {
         self.last_used_at != 0 || self.usage.iter().any(|u| u.verified + u.rejected > 0)
     }
@@ -126,7 +124,7 @@ impl KeySlot {
         let hour = hour_of(now);
         let u = &mut self.usage[hour as usize % 2];
         if u.hour != hour {
-            // Counts two hours old were never drained (no worker): dropped.
+            // Counts two hours old were never written (no worker ran): dropped.
             *u = UsageCount {
                 hour,
                 ..UsageCount::default()
@@ -134,143 +132,108 @@ impl KeySlot {
         }
         u
     }
-}
 
-/// The slot of `key_id`, claimed if absent; None when the slice is empty. Reuses, in
-/// order: the key's own slot, an empty one, one with no live window and nothing
-/// unflushed, the least recently seen. `evicted` is set when live state was dropped
-/// (the evicted key starts afresh: its windows and unflushed usage are lost).
-fn slot<'a>(
-    slots: &'a mut [KeySlot],
-    key_id: &[u8; 16],
-    now: i64,
-    evicted: &mut bool,
-) -> Option<&'a mut KeySlot> {
-    if slots.is_empty() {
-        return None;
+    /// Is the key at or over a limit now? Counts nothing.
+    pub(crate) fn is_over(&mut self, now: i64, limits: Limits) -> bool {
+        self.roll(now);
+        self.over(limits)
     }
-    let range = bucket(slots.len(), key_id);
-    let bucket = &mut slots[range];
-    let hour = hour_of(now);
-    let i = bucket
-        .iter()
-        .position(|s| s.key_id == *key_id)
-        .or_else(|| bucket.iter().position(KeySlot::is_empty))
-        .or_else(|| {
-            bucket
-                .iter()
-                .position(|s| s.hour != hour && !s.has_unflushed())
-        })
-        .unwrap_or_else(|| {
-            *evicted = true;
-            (0..bucket.len())
-                .min_by_key(|&i| bucket[i].last_seen_minute)
-                .unwrap_or(0)
-        });
-    let s = &mut bucket[i];
-    if s.key_id != *key_id {
-        *s = KeySlot {
-            key_id: *key_id,
-            ..KeySlot::default()
-        };
-    }
-    s.roll(now);
-    Some(s)
-}
 
-/// Is the key at or over a limit now? Counts nothing.
-pub(crate) fn is_over(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64, limits: Limits) -> bool {
-    let mut evicted = false;
-    slot(slots, key_id, now, &mut evicted).is_some_and(|s| s.over(limits))
-}
-
-/// A call that passed every other check: admitted (counted in both windows, recorded
-/// as verified and as the last use) when both windows have room, else recorded as
-/// rejected. Returns (admitted, evicted another key's state).
-pub(crate) fn admit(
-    slots: &mut [KeySlot],
-    key_id: &[u8; 16],
-    now: i64,
-    limits: Limits,
-    ip: Option<std::net::IpAddr>,
-) -> (bool, bool) {
-    let mut evicted = false;
-    let Some(s) = slot(slots, key_id, now, &mut evicted) else {
-        return (true, evicted);
-    };
-    if s.over(limits) {
-        s.usage_now(now).rejected += 1;
-        return (false, evicted);
-    }
-    s.in_minute += 1;
-    s.in_hour += 1;
-    s.usage_now(now).verified += 1;
-    s.last_used_at = now;
-    (s.last_ip_family, s.last_ip) = match ip {
-        None => (0, [0; 16]),
-        Some(std::net::IpAddr::V4(v4)) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&v4.octets());
-            (4, b)
+    /// A call that passed every other check: admitted (counted in both windows,
+    /// recorded as verified and as the last use) when both windows have room, else
+    /// recorded as rejected.
+    pub(crate) fn admit(&mut self, now: i64, limits: Limits, ip: Option<std::net::IpAddr>) -> bool {
+        self.roll(now);
+        if self.over(limits) {
+            self.usage_now(now).rejected += 1;
+            return false;
         }
-        Some(std::net::IpAddr::V6(v6)) => (6, v6.octets()),
-    };
-    (true, evicted)
-}
-
-/// A call for this key that failed a check other than the rate limit.
-pub(crate) fn record_rejected(slots: &mut [KeySlot], key_id: &[u8; 16], now: i64) -> bool {
-    let mut evicted = false;
-    if let Some(s) = slot(slots, key_id, now, &mut evicted) {
-        s.usage_now(now).rejected += 1;
+        self.in_minute += 1;
+        self.in_hour += 1;
+        self.usage_now(now).verified += 1;
+        self.last_used_at = now;
+        (self.last_ip_family, self.last_ip) = ip_parts(ip);
+        true
     }
-    evicted
-}
 
-/// Take every unflushed count and last use out of `slots` (they start again from zero).
-pub(crate) fn drain(slots: &mut [KeySlot], usage: &mut Vec<HourUsage>, last: &mut Vec<LastUse>) {
-    for s in slots.iter_mut().filter(|s| !s.is_empty()) {
-        for u in s.usage.iter_mut().filter(|u| u.verified + u.rejected > 0) {
-            usage.push(HourUsage {
-                key_id: s.key_id,
+    /// A call for this key that failed a check other than the rate limit.
+    pub(crate) fn record_rejected(&mut self, now: i64) {
+        self.roll(now);
+        self.usage_now(now).rejected += 1;
+    }
+
+    /// A copy of what is not yet written; None when nothing is.
+    pub(crate) fn unflushed(&self) -> Option<Unflushed> {
+        if !self.has_unflushed() {
+            return None;
+        }
+        let usage = self
+            .usage
+            .iter()
+            .filter(|u| u.verified + u.rejected > 0)
+            .map(|u| HourUsage {
                 hour_start: i64::from(u.hour) * MICROS_PER_HOUR,
                 verified: u.verified,
                 rejected: u.rejected,
-            });
-            u.verified = 0;
-            u.rejected = 0;
-        }
-        if s.last_used_at != 0 {
-            let ip = match s.last_ip_family {
+            })
+            .collect();
+        let last = (self.last_used_at != 0).then(|| LastUse {
+            at: self.last_used_at,
+            ip: match self.last_ip_family {
                 4 => Some(std::net::IpAddr::from(
-                    <[u8; 4]>::try_from(&s.last_ip[..4]).expect("4 bytes"),
+                    <[u8; 4]>::try_from(&self.last_ip[..4]).expect("4 bytes"),
                 )),
-                6 => Some(std::net::IpAddr::from(s.last_ip)),
+                6 => Some(std::net::IpAddr::from(self.last_ip)),
                 _ => None,
-            };
-            last.push(LastUse {
-                key_id: s.key_id,
-                at: s.last_used_at,
-                ip,
-            });
-            s.last_used_at = 0;
+            },
+        });
+        Some(Unflushed { usage, last })
+    }
+
+    /// `written` (a copy `unflushed` gave) is now in the tables: take it out, keeping
+    /// whatever was counted since the copy.
+    pub(crate) fn forget_flushed(&mut self, written: &Unflushed) {
+        for w in &written.usage {
+            let hour = (w.hour_start / MICROS_PER_HOUR) as u32;
+            if let Some(u) = self.usage.iter_mut().find(|u| u.hour == hour) {
+                u.verified = u.verified.saturating_sub(w.verified);
+                u.rejected = u.rejected.saturating_sub(w.rejected);
+            }
         }
+        if written.last.is_some_and(|l| l.at == self.last_used_at) {
+            self.last_used_at = 0;
+        }
+    }
+
+    /// Add activity written to disk at a clean shutdown, read back at start.
+    pub(crate) fn restore(&mut self, saved: &Unflushed) {
+        for s in &saved.usage {
+            let u = self.usage_now(s.hour_start);
+            u.verified = u.verified.saturating_add(s.verified);
+            u.rejected = u.rejected.saturating_add(s.rejected);
+        }
+        if let Some(l) = saved.last {
+            if l.at > self.last_used_at {
+                self.last_used_at = l.at;
+                (self.last_ip_family, self.last_ip) = ip_parts(l.ip);
+            }
+        }
+    }
+
+    /// Nothing to write, and no window or trace that could still matter at `now`: last
+    /// seen more than an hour ago (so both windows are over).
+    pub(crate) fn is_idle(&self, now: i64) -> bool {
+        !self.has_unflushed() && minute_of(now).saturating_sub(self.last_seen_minute) > 60
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MIN: i64 = MICROS_PER_MINUTE;
     const HOUR: i64 = MICROS_PER_HOUR;
-
-    fn key(n: u8) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[0] = n;
-        k[15] = 1;
-        k
-    }
 
     fn limits(per_minute: u32, per_hour: u32) -> Limits {
         Limits {
@@ -280,120 +243,149 @@ mod tests {
     }
 
     #[test]
-    fn one_bucket_lent_alone_is_the_same_table() {
-        let mut table = vec![KeySlot::default(); 64];
-        let k = key(3);
-        let range = bucket(table.len(), &k);
-        let (t, l) = (1000 * HOUR, limits(2, 0));
-        assert!(admit(&mut table[range.clone()], &k, t, l, None).0);
-        assert!(admit(&mut table, &k, t, l, None).0);
-        assert!(
-            !admit(&mut table[range], &k, t, l, None).0,
-            "the same windows"
-        );
-    }
-
-    #[test]
     fn per_minute_window_is_exact_and_resets_on_the_clock_minute() {
-        let mut slots = vec![KeySlot::default(); 64];
+        let mut a = Activity::default();
         let t = 1000 * HOUR + 10 * MIN;
         let l = limits(3, 0);
-        let admitted = (0..10)
-            .filter(|i| admit(&mut slots, &key(1), t + i * 1000, l, None).0)
-            .count();
+        let admitted = (0..10).filter(|i| a.admit(t + i * 1000, l, None)).count();
         assert_eq!(admitted, 3);
-        assert!(is_over(&mut slots, &key(1), t + 59_000_000, l));
-        assert!(
-            !is_over(&mut slots, &key(1), t + MIN, l),
-            "next clock minute"
-        );
-        assert!(admit(&mut slots, &key(1), t + MIN, l, None).0);
-        assert!(
-            admit(&mut slots, &key(2), t, l, None).0,
-            "other keys are unaffected"
-        );
+        assert!(a.is_over(t + 59_000_000, l));
+        assert!(!a.is_over(t + MIN, l), "next clock minute");
+        assert!(a.admit(t + MIN, l, None));
     }
 
     #[test]
     fn per_hour_window_spans_minutes() {
-        let mut slots = vec![KeySlot::default(); 64];
+        let mut a = Activity::default();
         let t = 1000 * HOUR;
         let l = limits(100, 5);
-        let admitted = (0..20)
-            .filter(|i| admit(&mut slots, &key(1), t + i * MIN, l, None).0)
-            .count();
+        let admitted = (0..20).filter(|i| a.admit(t + i * MIN, l, None)).count();
         assert_eq!(admitted, 5);
-        assert!(admit(&mut slots, &key(1), t + HOUR, l, None).0);
+        assert!(a.admit(t + HOUR, l, None));
     }
 
     #[test]
     fn zero_is_unlimited_and_rejections_do_not_consume_quota() {
-        let mut slots = vec![KeySlot::default(); 8];
+        let mut a = Activity::default();
         let t = 5 * HOUR;
-        assert!((0..1000).all(|_| admit(&mut slots, &key(1), t, limits(0, 0), None).0));
+        assert!((0..1000).all(|_| a.admit(t, limits(0, 0), None)));
+        let mut b = Activity::default();
         for _ in 0..50 {
-            record_rejected(&mut slots, &key(2), t);
+            b.record_rejected(t);
         }
-        assert!(!is_over(&mut slots, &key(2), t, limits(1, 1)));
+        assert!(!b.is_over(t, limits(1, 1)));
     }
 
     #[test]
-    fn drain_reports_usage_per_hour_and_the_last_use_once() {
-        let mut slots = vec![KeySlot::default(); 64];
+    fn unflushed_reports_usage_per_hour_and_the_last_use() {
+        let mut a = Activity::default();
         let t = 7 * HOUR + 59 * MIN;
         let ip = "10.1.2.3".parse().ok();
-        admit(&mut slots, &key(1), t, limits(0, 0), None);
-        record_rejected(&mut slots, &key(1), t);
-        admit(&mut slots, &key(1), t + MIN, limits(0, 0), ip); // the next hour
-        let (mut usage, mut last) = (Vec::new(), Vec::new());
-        drain(&mut slots, &mut usage, &mut last);
-        usage.sort_by_key(|u| u.hour_start);
+        a.admit(t, limits(0, 0), None);
+        a.record_rejected(t);
+        a.admit(t + MIN, limits(0, 0), ip); // the next hour
+        let mut copy = a.unflushed().expect("something to write");
+        copy.usage.sort_by_key(|u| u.hour_start);
         assert_eq!(
-            usage,
+            copy.usage,
             vec![
                 HourUsage {
-                    key_id: key(1),
                     hour_start: 7 * HOUR,
                     verified: 1,
                     rejected: 1
                 },
                 HourUsage {
-                    key_id: key(1),
                     hour_start: 8 * HOUR,
                     verified: 1,
                     rejected: 0
                 },
             ]
         );
-        assert_eq!(
-            last,
-            vec![LastUse {
-                key_id: key(1),
-                at: t + MIN,
-                ip
-            }]
-        );
-        let (mut usage, mut last) = (Vec::new(), Vec::new());
-        drain(&mut slots, &mut usage, &mut last);
-        assert!(usage.is_empty() && last.is_empty(), "drained once");
+        assert_eq!(copy.last, Some(LastUse { at: t + MIN, ip }));
+        a.forget_flushed(&copy);
+        assert_eq!(a.unflushed(), None, "written once");
     }
 
     #[test]
-    fn a_full_bucket_evicts_the_least_recently_seen_key() {
-        let mut slots = vec![KeySlot::default(); WAYS];
+    fn calls_counted_while_a_flush_runs_are_kept() {
+        let mut a = Activity::default();
         let t = 3 * HOUR;
-        for n in 1..=WAYS as u8 {
-            admit(
-                &mut slots,
-                &key(n),
-                t + i64::from(n) * MIN,
-                limits(1, 0),
-                None,
-            );
+        a.admit(t, limits(0, 0), None);
+        let copy = a.unflushed().unwrap();
+        a.admit(t + 1, limits(0, 0), None); // during the flush
+        a.forget_flushed(&copy);
+        let left = a.unflushed().unwrap();
+        assert_eq!(left.usage[0].verified, 1);
+        assert_eq!(
+            left.last.map(|l| l.at),
+            Some(t + 1),
+            "the newer last use stays"
+        );
+    }
+
+    #[test]
+    fn restore_adds_saved_counts() {
+        let mut a = Activity::default();
+        let t = 9 * HOUR;
+        a.admit(t, limits(0, 0), None);
+        let saved = a.unflushed().unwrap();
+        let mut b = Activity::default();
+        b.admit(t + 5, limits(0, 0), None);
+        b.restore(&saved);
+        let both = b.unflushed().unwrap();
+        assert_eq!(both.usage[0].verified, 2);
+        assert_eq!(both.last.map(|l| l.at), Some(t + 5));
+    }
+
+    #[test]
+    fn idle_only_after_an_hour_unseen_and_once_written() {
+        let mut a = Activity::default();
+        let t = 20 * HOUR;
+        a.admit(t, limits(0, 2), None);
+        assert!(!a.is_idle(t + 2 * HOUR), "unwritten usage keeps it");
+        let copy = a.unflushed().unwrap();
+        a.forget_flushed(&copy);
+        assert!(!a.is_idle(t + 30 * MIN), "its hour window still counts");
+        assert!(a.is_idle(t + 62 * MIN));
+    }
+
+    proptest! {
+        /// However calls fall in time, no clock minute admits more than per_minute and
+        /// no clock hour more than per_hour, and every call is counted exactly once.
+        #[test]
+        fn windows_never_admit_more_than_the_limits(
+            steps in proptest::collection::vec(0i64..90_000_000, 1..300),
+            per_minute in 1u32..6,
+            per_hour in 1u32..20,
+        ) {
+            let mut a = Activity::default();
+            let l = limits(per_minute, per_hour);
+            let mut t = 400 * HOUR;
+            let mut by_minute = std::collections::HashMap::new();
+            let mut by_hour = std::collections::HashMap::new();
+            let (mut verified, mut rejected) = (0u32, 0u32);
+            for step in steps {
+                t += step;
+                if a.admit(t, l, None) {
+                    *by_minute.entry(t / MIN).or_insert(0u32) += 1;
+                    *by_hour.entry(t / HOUR).or_insert(0u32) += 1;
+                    verified += 1;
+                } else {
+                    rejected += 1;
+                }
+                if let Some(copy) = a.unflushed() {
+                    // Flushing as often as possible loses nothing.
+                    for u in &copy.usage {
+                        prop_assert!(u.verified + u.rejected <= verified + rejected);
+                    }
+                    verified -= copy.usage.iter().map(|u| u.verified).sum::<u32>();
+                    rejected -= copy.usage.iter().map(|u| u.rejected).sum::<u32>();
+                    a.forget_flushed(&copy);
+                }
+            }
+            prop_assert!(by_minute.values().all(|&n| n <= per_minute));
+            prop_assert!(by_hour.values().all(|&n| n <= per_hour));
+            prop_assert_eq!((verified, rejected), (0, 0));
         }
-        let (admitted, evicted) = admit(&mut slots, &key(100), t + 20 * MIN, limits(1, 0), None);
-        assert!(admitted && evicted);
-        // key(1) was seen least recently: it was dropped and starts afresh.
-        assert!(!is_over(&mut slots, &key(1), t + 20 * MIN, limits(1, 0)));
     }
 }

@@ -47,8 +47,8 @@ pub(crate) fn init(preloading: bool) {
         );
         GucRegistry::define_int_guc(
             c"api_keys.tracked_keys",
-            c"Keys whose rate windows and unflushed usage shared memory holds at once (about 90 bytes each).",
-            c"When more keys are active at once, the least recently seen key's windows start afresh (counted in api_keys.stats() as activity_evictions). Set at server start.",
+            c"Obsolete since 0.5.0, and ignored: shared memory now holds every key in use.",
+            c"Accepted so that configurations that set it keep starting; api_keys.stats() shows tracked_keys.",
             &TRACKED_KEYS,
             64,
             16 * 1024 * 1024,
@@ -57,16 +57,16 @@ pub(crate) fn init(preloading: bool) {
         );
         GucRegistry::define_string_guc(
             c"api_keys.database",
-            c"The database whose api_keys tables the background worker maintains (usage flush, expire_due).",
-            c"Set at server start.",
+            c"Obsolete since 0.5.0, and ignored: the worker now serves every database that has the extension.",
+            c"Accepted so that configurations that set it keep starting.",
             &DATABASE,
             GucContext::Postmaster,
             GucFlags::default(),
         );
         GucRegistry::define_int_guc(
             c"api_keys.flush_interval",
-            c"How often the background worker writes usage and last use, and expires keys past expires_at.",
-            c"Usage recorded since the last flush is lost if the server crashes.",
+            c"How often the background workers write usage and last use, and expire keys past expires_at, in each database with the extension.",
+            c"Usage recorded since the last flush is lost if the server crashes (a clean shutdown saves it).",
             &FLUSH_INTERVAL_S,
             1,
             3600,

@@ -6,6 +6,7 @@ pub(crate) mod datum;
 pub(crate) mod errors;
 pub(crate) mod gucs;
 pub(crate) mod key_row;
+pub(crate) mod launcher;
 pub(crate) mod request_context;
 pub(crate) mod request_info;
 pub(crate) mod scope_check;

@@ -34,12 +34,17 @@ pub(crate) fn verify<'m>(
 /// got it here), so it is never throttled; a key issued before signing is hashed
 /// within its prefix's budgets, as anyone can present a secret for its prefix, and so
 /// is a signed one once its signing key has proved known outside (see below).
-fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: &str) -> bool {
+fn secret_matches(
+    key_id: &[u8; 16],
+    fact: &[u8; 32],
+    parsed: &format::ParsedKey<'_>,
+    secret_hash: &str,
+) -> bool {
     let budgeted = parsed
         .signature
         .as_ref()
         .is_none_or(|s| KNOWN_OUTSIDE.with_borrow(|k| k.contains(s.signing_key_id)));
-    if budgeted && !shmem::spend_budget(parsed.prefix) {
+    if budgeted && !shmem::spend_budget(key_id) {
         return false;
     }
     let matches = shmem::argon2(Argon2For::Verifying, || {
@@ -50,9 +55,9 @@ fn secret_matches(fact: &[u8; 32], parsed: &format::ParsedKey<'_>, secret_hash: 
     } else {
         Fact::DoesNotMatch
     };
-    shmem::memo_remember(fact, known);
+    shmem::memo_remember(key_id, fact, known);
     if !matches {
-        shmem::record_failure(parsed.prefix);
+        shmem::record_failure(key_id);
         if let Some(signature) = &parsed.signature {
             signing_key_known_outside(signature.signing_key_id);
         }
@@ -167,11 +172,11 @@ fn judge_row(
     required_scope: Option<&[u8]>,
 ) -> Reason {
     let fact = memo::fact_id(&row.secret_hash, key);
-    let secret_ok = match shmem::memo_lookup(&fact) {
+    let secret_ok = match shmem::memo_lookup(key_id, &fact) {
         Some(known) => known == Fact::Matches,
         // A key over its limit costs no argon2.
         None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
-        None => secret_matches(&fact, parsed, &row.secret_hash),
+        None => secret_matches(key_id, &fact, parsed, &row.secret_hash),
     };
     if !secret_ok {
         return Reason::InvalidSecret;

@@ -1,179 +1,128 @@
-//! The background worker (preloaded library only). Every `api_keys.flush_interval` it
-//! writes the usage counted in shared memory (`api_keys.usage`, `last_used_at`,
-//! `last_used_ip`) in one statement, then marks keys past `expires_at` as expired
-//! (`api_keys._expire_keys()`), each in a transaction of its own; at a clean shutdown it
-//! flushes once more. It works in the database named by `api_keys.database`
-//! and starts only once recovery has finished, so it never tries to write on a standby.
-//! If it dies or is terminated (`pg_terminate_backend`), the postmaster starts it again
-//! 5 s later.
+//! The worker of one database: started by the launcher (`launcher.rs`) every
+//! `api_keys.flush_interval`, it writes the usage counted in shared memory
+//! (`api_keys.usage`, `last_used_at`, `last_used_ip`) in batches, drops the state of
+//! idle keys, then marks keys past `expires_at` as expired (`api_keys._expire_keys()`),
+//! each batch and step in a transaction of its own, and exits. Usage is copied, written,
+//! and only taken out of shared memory once written (`core::rate_limit`): a worker
+//! stopped at any point loses nothing and writes nothing twice. In a database without
+//! the extension it drops what shared memory held for it and exits.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::core::pending_usage::{PendingUsage, MAX_ENTRIES};
-use crate::postgres::gucs;
-use crate::postgres::shmem;
+use crate::core::rate_limit::Unflushed;
+use crate::postgres::launcher::shutdown_requested;
+use crate::postgres::shmem::{self, databases, key_state};
 
-/// Called from _PG_init while shared_preload_libraries is being processed.
-pub(crate) fn register() {
-    BackgroundWorkerBuilder::new("api_keys worker")
-        .set_type("api_keys worker")
-        .set_library("api_keys")
-        .set_function("api_keys_worker_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
-
-fn database() -> String {
-    gucs::DATABASE
-        .get()
-        .and_then(|d| d.into_string().ok())
-        .unwrap_or_else(|| "postgres".into())
-}
-
-fn interval() -> Duration {
-    Duration::from_secs(gucs::FLUSH_INTERVAL_S.get().max(1) as u64)
-}
-
-fn shutdown_requested() -> bool {
-    // SAFETY: a flag the signal handler sets; read without tearing as a sig_atomic_t.
-    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
-}
+/// Keys written per transaction: bounds one statement's arrays and one transaction's
+/// locks, whatever the number of keys in use.
+const BATCH: usize = 10_000;
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn api_keys_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = database();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    log!("api_keys worker started in database \"{database}\"");
-    let mut worker = Worker::default();
-    loop {
-        let running = BackgroundWorker::wait_latch(Some(interval()));
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: rereading postgresql.conf, as a SIGHUP asks, outside a transaction.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        if !running {
-            // SIGTERM (clean shutdown, or pg_terminate_backend): one last flush.
-            // Postmaster death: just go.
-            if shutdown_requested() {
-                worker.round();
-            }
+pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
+    // SIGTERM sets a flag the batches look at: a stop ends the round between two
+    // transactions.
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let oid = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
+    if step("extension check", installed) != Some(true) {
+        databases::note_round(oid, false, None);
+        // Nothing of this database's keys can be written anywhere: let it go.
+        key_state::drop_idle(oid, true);
+        // SAFETY: a clean exit; the launcher starts the next one.
+        unsafe { pg_sys::proc_exit(0) }
+    }
+    let written = flush_usage(oid);
+    key_state::drop_idle(oid, false);
+    if !shutdown_requested() {
+        step("expiry", expire);
+    }
+    databases::note_round(oid, true, Some(written));
+    shmem::count_flush();
+    // SAFETY: as above.
+    unsafe { pg_sys::proc_exit(0) }
+}
+
+/// Write every key's unflushed usage, a batch per transaction; returns the keys written.
+/// A key whose row a user has locked is left for a later round (SKIP LOCKED: the
+/// worker never waits on a user's lock); a batch that fails is logged and left whole.
+fn flush_usage(oid: pg_sys::Oid) -> i64 {
+    let copies = key_state::unflushed(oid);
+    let mut written = 0;
+    for batch in copies.chunks(BATCH) {
+        if shutdown_requested() {
             break;
         }
-        worker.round();
+        let Some(skipped) = step("usage flush", || {
+            // Triggers off for the flush (superuser-only setting): writing last use is
+            // not an edit to guard or audit, and no row's content can then fail it.
+            Spi::run(
+                "SET LOCAL search_path = pg_catalog, pg_temp; \
+                 SET LOCAL lock_timeout = '5s'; \
+                 SET LOCAL session_replication_role = replica",
+            )
+            .expect("flush settings");
+            flush(batch)
+        }) else {
+            continue;
+        };
+        let done: Vec<_> = batch
+            .iter()
+            .filter(|(key, _)| !skipped.contains(key))
+            .cloned()
+            .collect();
+        key_state::forget_flushed(oid, &done);
+        written += done.len() as i64;
     }
-    // Exit code 1, not 0 (which would unregister the worker for good): after a
-    // pg_terminate_backend the postmaster starts it again in 5 s; in a shutdown it
-    // starts nothing.
-    // SAFETY: leaves the process the way PostgreSQL's own workers do.
-    unsafe { pg_sys::proc_exit(1) }
+    written
 }
 
-/// What the worker keeps between rounds.
-#[derive(Default)]
-struct Worker {
-    pending: PendingUsage,
-    /// Keys whose expiry failed and was logged: each is logged once.
-    reported: HashSet<String>,
-}
-
-/// Keys not reported again, at most: beyond it the set starts afresh (a key may then
-/// be logged a second time).
-const MAX_REPORTED: usize = 10_000;
-
-impl Worker {
-    /// One round: flush usage, then expire keys, each in its own transaction. A round
-    /// never waits on a user's lock (rows a user has locked wait for a later round), and
-    /// an error ends its step, not the worker: counts are forgotten only once their
-    /// flush has committed, so what a failed step did not write is tried next round.
-    fn round(&mut self) {
-        let (usage, last) = shmem::drain_activity();
-        let dropped = self.pending.add(usage, last);
-        if dropped > 0 {
-            log!("api_keys worker: {dropped} usage counts dropped: more than {MAX_ENTRIES} wait to be written");
-        }
-        match step("usage flush", || self.flush()) {
-            Some(Some(left)) => self.pending.retain_keys(&left),
-            // No api_keys here: counts of another database's keys have nowhere to go.
-            Some(None) => self.pending = PendingUsage::default(),
-            None => {}
-        }
-        step("expiry", || self.expire());
-        shmem::count_flush();
+fn expire() {
+    Spi::run(
+        "SET LOCAL search_path = pg_catalog, pg_temp; \
+         SET LOCAL lock_timeout = '5s'; \
+         SET LOCAL api_keys.actor = 'api_keys worker'",
+    )
+    .expect("expiry settings");
+    // Before 0.4.0's SQL (until ALTER EXTENSION api_keys UPDATE): its expire_due().
+    let current = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('api_keys._expire_keys()') IS NOT NULL",
+    );
+    if current != Ok(Some(true)) {
+        Spi::get_one::<i32>("SELECT api_keys.expire_due()").expect("expire_due");
+        return;
     }
-
-    /// The keys it could not write this round (locked by a user); None when the
-    /// extension is not installed in this database, so there is nowhere to write.
-    fn flush(&self) -> Option<HashSet<[u8; 16]>> {
-        if !installed() {
-            return None;
-        }
-        // Triggers off for the flush (superuser-only setting): writing last use is not an
-        // edit to guard or audit, and no row's content can then fail it.
-        Spi::run(
-            "SET LOCAL search_path = pg_catalog, pg_temp; \
-             SET LOCAL lock_timeout = '5s'; \
-             SET LOCAL session_replication_role = replica",
-        )
-        .expect("flush settings");
-        Some(flush(&self.pending))
-    }
-
-    fn expire(&mut self) {
-        if !installed() {
-            return;
-        }
-        Spi::run(
-            "SET LOCAL search_path = pg_catalog, pg_temp; \
-             SET LOCAL lock_timeout = '5s'; \
-             SET LOCAL api_keys.actor = 'api_keys worker'",
-        )
-        .expect("expiry settings");
-        // Before 0.4.0's SQL (until ALTER EXTENSION api_keys UPDATE): its expire_due().
-        let current = Spi::get_one::<bool>(
-            "SELECT pg_catalog.to_regprocedure('api_keys._expire_keys()') IS NOT NULL",
-        );
-        if current != Ok(Some(true)) {
-            Spi::get_one::<i32>("SELECT api_keys.expire_due()").expect("expire_due");
-            return;
-        }
-        let failed: Vec<(String, String)> = Spi::connect(|client| {
-            client
-                .select(
-                    // The error as bytes: in a SQL_ASCII or LATIN1 database it need not
-                    // be UTF-8.
-                    "SELECT s::text, pg_catalog.convert_to(e, 'SQL_ASCII') \
-                       FROM api_keys._expire_keys() x, \
-                            ROWS FROM (pg_catalog.unnest(x.skipped), pg_catalog.unnest(x.errors)) AS f(s, e)",
-                    None,
-                    &[],
-                )
-                .expect("expire keys")
-                .map(|row| {
-                    let key_id = row.get::<String>(1).expect("a key id").unwrap_or_default();
-                    let error = row.get::<Vec<u8>>(2).expect("bytes").unwrap_or_default();
-                    (key_id, String::from_utf8_lossy(&error).into_owned())
-                })
-                .collect()
-        });
-        if self.reported.len() > MAX_REPORTED {
-            self.reported.clear();
-        }
-        for (key_id, error) in failed {
-            if self.reported.insert(key_id.clone()) {
-                log!("api_keys worker: key {key_id} could not be marked expired, skipped (it verifies as expired regardless): {error}");
-            }
+    let failed: Vec<([u8; 16], String)> = Spi::connect(|client| {
+        client
+            .select(
+                // The error as bytes: in a SQL_ASCII or LATIN1 database it need not be
+                // UTF-8.
+                "SELECT s, pg_catalog.convert_to(e, 'SQL_ASCII') \
+                   FROM api_keys._expire_keys() x, \
+                        ROWS FROM (pg_catalog.unnest(x.skipped), pg_catalog.unnest(x.errors)) AS f(s, e)",
+                None,
+                &[],
+            )
+            .expect("expire keys")
+            .filter_map(|row| {
+                let key_id = row.get::<pgrx::datum::Uuid>(1).ok().flatten()?;
+                let error = row.get::<Vec<u8>>(2).expect("bytes").unwrap_or_default();
+                Some((*key_id.as_bytes(), String::from_utf8_lossy(&error).into_owned()))
+            })
+            .collect()
+    });
+    for (key_id, error) in failed {
+        // Logged once per key while its state lives (an hour after its last use).
+        if key_state::first_expiry_failure(&key_id) {
+            log!(
+                "api_keys worker: key {} could not be marked expired, skipped (it verifies as expired regardless): {error}",
+                uuid_text(&key_id)
+            );
         }
     }
 }
@@ -256,22 +205,22 @@ fn uuid_text(id: &[u8; 16]) -> String {
     pgrx::datum::Uuid::from_bytes(*id).to_string()
 }
 
-fn flush(pending: &PendingUsage) -> HashSet<[u8; 16]> {
-    if pending.is_empty() {
-        return HashSet::new();
-    }
+/// Write `batch`; returns the keys it left for a later round.
+fn flush(batch: &[([u8; 16], Unflushed)]) -> HashSet<[u8; 16]> {
     let (mut ids, mut hours, mut verified, mut rejected) = (vec![], vec![], vec![], vec![]);
-    for (key, hour, v, r) in pending.usage() {
-        ids.push(uuid_text(&key));
-        hours.push(hour);
-        verified.push(v);
-        rejected.push(r);
-    }
     let (mut last_ids, mut last_at, mut last_ip) = (vec![], vec![], vec![]);
-    for (key, at, ip) in pending.last_uses() {
-        last_ids.push(uuid_text(&key));
-        last_at.push(at);
-        last_ip.push(ip.map(|ip| ip.to_string()));
+    for (key, u) in batch {
+        for h in &u.usage {
+            ids.push(uuid_text(key));
+            hours.push(h.hour_start);
+            verified.push(i64::from(h.verified));
+            rejected.push(i64::from(h.rejected));
+        }
+        if let Some(l) = u.last {
+            last_ids.push(uuid_text(key));
+            last_at.push(l.at);
+            last_ip.push(l.ip.map(|ip| ip.to_string()));
+        }
     }
     Spi::connect(|client| {
         client

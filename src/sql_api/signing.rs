@@ -6,10 +6,13 @@ use pgrx::prelude::*;
 use super::fmgr;
 use crate::core::key::secret;
 use crate::postgres::errors;
+use crate::postgres::shmem;
 
-/// A new signing key's public id (sql/signing.sql makes sure it is unused).
+/// A new signing key's public id (sql/signing.sql makes sure it is unused). Called when
+/// the extension is created, so it also tells the launcher this database has it.
 #[pg_extern(volatile, requires = ["tables"])]
 fn _new_signing_key_id() -> String {
+    shmem::databases::note_extension_here();
     secret::signing_key_id()
 }
 

@@ -1,72 +1,68 @@
-//! The argon2 budgets in shared memory (`core::argon2_budget`), under one lock.
+//! The argon2 budgets (`core::argon2_budget`): each key's in its state, and the
+//! server-wide allowance for suspect keys in the fixed segment.
 
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::counters::bump;
-use super::{
-    budget_offset, now, shared, shared_slots, Held, Local, BUDGET_LOCK, BUDGET_SLOTS, LOCAL,
-};
-use crate::core::argon2_budget::{self, BudgetSlot};
+use super::key_state::with_key;
+use super::{now, shared};
+use crate::core::argon2_budget::{self, Limits};
 use crate::postgres::gucs;
 
-/// The server-wide allowance of `core::argon2_budget` for prefixes that saw a wrong
-/// secret (GCRA state); guarded by the budget lock with the budget slots.
-#[repr(C)]
-#[derive(Default)]
-pub(super) struct Allowance {
-    theoretical_arrival: AtomicI64,
+thread_local! {
+    /// Without shared memory: the session's allowance.
+    static LOCAL_ALLOWANCE: Cell<i64> = const { Cell::new(0) };
 }
 
-/// Run `f` over the argon2 budget: its slots and the server-wide allowance's state.
-fn with_budget<R>(f: impl FnOnce(&mut [BudgetSlot], &mut i64) -> R) -> R {
+/// Take one from the server-wide allowance (GCRA over one shared value, updated with
+/// compare-and-swap).
+fn take_allowance(now: i64, limits: Limits) -> bool {
     match shared() {
         Some(header) => {
-            let mut held = Held::take(header, BUDGET_LOCK);
-            // SAFETY: the budget slots follow the memo; the budget lock, held for as long
-            // as the slice lives, serialises them all.
-            let slots = unsafe {
-                shared_slots::<BudgetSlot>(
-                    &mut held,
-                    budget_offset(header.memo_slots),
-                    0..BUDGET_SLOTS,
-                )
-            };
-            let allowance = &header.argon2_allowance.theoretical_arrival;
-            let mut tat = allowance.load(Relaxed);
-            let result = f(slots, &mut tat);
-            allowance.store(tat, Relaxed);
-            result
+            let tat = &header.argon2_allowance;
+            let mut seen = tat.load(Relaxed);
+            loop {
+                let mut next = seen;
+                if !argon2_budget::take_allowance(&mut next, now, limits) {
+                    return false;
+                }
+                match tat.compare_exchange_weak(seen, next, Relaxed, Relaxed) {
+                    Ok(_) => return true,
+                    Err(current) => seen = current,
+                }
+            }
         }
-        None => LOCAL.with_borrow_mut(|l| {
-            let Local {
-                budget,
-                after_failure_tat,
-                ..
-            } = l;
-            f(budget, after_failure_tat)
+        None => LOCAL_ALLOWANCE.with(|tat| {
+            let mut next = tat.get();
+            let taken = argon2_budget::take_allowance(&mut next, now, limits);
+            tat.set(next);
+            taken
         }),
     }
 }
 
-/// Spend one argon2 computation for `prefix` (see `core::argon2_budget` for the two
+/// Spend one argon2 computation for the key (see `core::argon2_budget` for the two
 /// budgets).
-pub(crate) fn spend_budget(prefix: &str) -> bool {
-    let limits = argon2_budget::Limits {
+pub(crate) fn spend_budget(key_id: &[u8; 16]) -> bool {
+    let limits = Limits {
         per_prefix_per_minute: gucs::ARGON2_BUDGET_PER_MINUTE.get().max(0) as u32,
         after_failure_per_second: gucs::ARGON2_AFTER_FAILURE_PER_SECOND.get().max(0) as u32,
     };
     let now = now();
-    let id = argon2_budget::prefix_id(prefix);
-    let ok = with_budget(|slots, tat| argon2_budget::try_spend(slots, tat, id, now, limits));
+    let ok = with_key(key_id, |s| {
+        s.budget.try_spend(now, limits.per_prefix_per_minute, || {
+            take_allowance(now, limits)
+        })
+    });
     if !ok {
         bump(|c| &c.throttled);
     }
     ok
 }
 
-/// argon2 said a presented secret for `prefix` is wrong.
-pub(crate) fn record_failure(prefix: &str) {
+/// argon2 said a presented secret for the key is wrong.
+pub(crate) fn record_failure(key_id: &[u8; 16]) {
     let now = now();
-    let id = argon2_budget::prefix_id(prefix);
-    with_budget(|slots, _| argon2_budget::record_failure(slots, id, now));
+    with_key(key_id, |s| s.budget.record_failure(now));
 }

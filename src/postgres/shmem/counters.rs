@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::{is_shared, shared, LOCAL, LOCAL_KEY_SLOTS, LOCAL_MEMO_SLOTS};
+use super::{is_shared, shared, LOCAL, LOCAL_MEMO_SLOTS};
 use crate::core::verdict::Reason;
 
 #[repr(C)]
@@ -13,7 +13,6 @@ pub(super) struct Counters {
     pub(super) memo_misses: AtomicU64,
     pub(super) argon2_runs: AtomicU64,
     pub(super) throttled: AtomicU64,
-    pub(super) activity_evictions: AtomicU64,
     pub(super) flushes: AtomicU64,
     pub(super) forged: AtomicU64,
 }
@@ -55,10 +54,6 @@ pub(crate) fn snapshot() -> Vec<(String, i64)> {
         rows.push(("memo_misses".into(), c.memo_misses.load(Relaxed) as i64));
         rows.push(("argon2_runs".into(), c.argon2_runs.load(Relaxed) as i64));
         rows.push(("argon2_throttled".into(), c.throttled.load(Relaxed) as i64));
-        rows.push((
-            "activity_evictions".into(),
-            c.activity_evictions.load(Relaxed) as i64,
-        ));
         rows.push(("flushes".into(), c.flushes.load(Relaxed) as i64));
         rows.push(("forged_signatures".into(), c.forged.load(Relaxed) as i64));
         rows
@@ -73,8 +68,8 @@ pub(crate) fn snapshot() -> Vec<(String, i64)> {
         shared().map_or(LOCAL_MEMO_SLOTS, |h| h.memo_slots) as i64,
     ));
     rows.push((
-        "tracked_keys_capacity".into(),
-        shared().map_or(LOCAL_KEY_SLOTS, |h| h.key_slots) as i64,
+        "tracked_keys".into(),
+        super::key_state::tracked().unwrap_or_else(|| LOCAL.with_borrow(|l| l.keys.len() as i64)),
     ));
     rows
 }

@@ -1,8 +1,12 @@
-//! The verification memo in shared memory (`core::memo`), striped over MEMO_LOCKS.
+//! The verification memo: a key's known-good presentation lives in its state
+//! (`key_state`), never evicted while the key is in use; wrong presentations go to the
+//! bounded memo of `core::memo` in the fixed segment, striped over MEMO_LOCKS (losing
+//! one of those costs an argon2 computation within the key's budget, nothing more).
 
 use std::mem::size_of;
 
 use super::counters::bump;
+use super::key_state::with_key;
 use super::{memo_lock, shared, shared_slots, Header, Held, LOCAL};
 use crate::core::memo::{self, Fact, Slot};
 
@@ -24,8 +28,12 @@ fn with_memo<R>(id: &[u8; 32], f: impl FnOnce(&mut [Slot]) -> R) -> R {
     }
 }
 
-pub(crate) fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
-    let found = with_memo(id, |slots| memo::lookup(slots, id));
+pub(crate) fn memo_lookup(key_id: &[u8; 16], id: &[u8; 32]) -> Option<Fact> {
+    let found = if with_key(key_id, |s| s.knows_match(id)) {
+        Some(Fact::Matches)
+    } else {
+        with_memo(id, |slots| memo::lookup(slots, id))
+    };
     bump(|c| {
         if found.is_some() {
             &c.memo_hits
@@ -36,6 +44,9 @@ pub(crate) fn memo_lookup(id: &[u8; 32]) -> Option<Fact> {
     found
 }
 
-pub(crate) fn memo_remember(id: &[u8; 32], fact: Fact) {
-    with_memo(id, |slots| memo::remember(slots, id, fact));
+pub(crate) fn memo_remember(key_id: &[u8; 16], id: &[u8; 32], fact: Fact) {
+    match fact {
+        Fact::Matches => with_key(key_id, |s| s.remember_match(id)),
+        Fact::DoesNotMatch => with_memo(id, |slots| memo::remember(slots, id, fact)),
+    }
 }

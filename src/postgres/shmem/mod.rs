@@ -1,28 +1,35 @@
-//! Shared state of verification, one file per structure: the memo (`memo`), the argon2
-//! budgets (`argon2_budget`), per-key rate windows and unflushed usage (`rate_limit`),
-//! the cap on concurrent argon2 computations (`argon2_cap`) and the counters of
-//! `api_keys.stats()` (`counters`). This file lays them out, sets them up and locks them.
+//! Shared state of verification, one file per structure: the memo of wrong secrets
+//! (`memo`), each key's state (`key_state`: rate windows, unflushed usage, argon2
+//! budget, its known-good presentation) in one hash table per database, the directory
+//! of those databases (`databases`), the cap on concurrent argon2 computations
+//! (`argon2_cap`) and the counters of `api_keys.stats()` (`counters`). This file lays
+//! them out, sets them up and locks them.
 //!
-//! With `shared_preload_libraries = 'api_keys'` it lives in shared memory (sized by
-//! `api_keys.memo_entries` at server start), so every session, new ones included,
-//! shares one warm memo. Without preloading each backend keeps its own small copy:
-//! verification stays correct, only colder.
+//! With `shared_preload_libraries = 'api_keys'` it lives in shared memory: a fixed
+//! segment sized at server start (the memo, by `api_keys.memo_entries`) and a `dsa`
+//! area that grows with the number of keys in use (`dshash` tables, as PostgreSQL's
+//! own statistics keep theirs). Without preloading each backend keeps its own copy:
+//! verification stays correct, only colder, and limits hold per session.
 
 use std::cell::RefCell;
-use std::ffi::CStr;
+use std::collections::HashMap;
+use std::ffi::{c_int, CStr};
 use std::mem::{align_of, size_of};
 use std::ptr;
+use std::sync::atomic::AtomicI64;
 
 use pgrx::pg_sys;
 
-use crate::core::argon2_budget::BudgetSlot;
+use crate::core::key_state::KeyState;
 use crate::core::memo::Slot;
-use crate::core::rate_limit::KeySlot;
 use crate::postgres::gucs;
 
 mod argon2_budget;
 mod argon2_cap;
 mod counters;
+pub(crate) mod databases;
+mod dshash;
+pub(crate) mod key_state;
 mod memo;
 mod rate_limit;
 
@@ -30,32 +37,38 @@ pub(crate) use argon2_budget::{record_failure, spend_budget};
 pub(crate) use argon2_cap::{argon2, Argon2For};
 pub(crate) use counters::{count, count_flush, count_forged, snapshot};
 pub(crate) use memo::{memo_lookup, memo_remember};
-pub(crate) use rate_limit::{admit, drain_activity, rate_limited, record_rejected};
+pub(crate) use rate_limit::{admit, rate_limited, record_rejected};
 
-use argon2_budget::Allowance;
 use argon2_cap::Argon2Cap;
 use counters::Counters;
 
 const NAME: &CStr = c"api_keys";
-/// LWLocks: the memo is striped over the first `MEMO_LOCKS`, then one guards the
-/// budgets, then per-key activity is striped over `KEY_LOCKS`.
+/// LWLocks: the memo is striped over `MEMO_LOCKS`. The hash tables lock their own
+/// partitions (tranche "api_keys hash"), the dsa area its own (tranche "api_keys dsa").
 const MEMO_LOCKS: usize = 15;
-const BUDGET_LOCK: usize = MEMO_LOCKS;
-const KEY_LOCKS: usize = 16;
-const LOCKS: usize = MEMO_LOCKS + 1 + KEY_LOCKS;
-const BUDGET_SLOTS: usize = 4096;
+const LOCKS: usize = MEMO_LOCKS;
 const LOCAL_MEMO_SLOTS: usize = 1024;
-const LOCAL_KEY_SLOTS: usize = 1024;
+/// Size of the part of the dsa area that sits in the fixed segment: the directory of
+/// databases and the first key tables fit in it; beyond it the area adds segments.
+const DSA_IN_PLACE: usize = 1 << 20;
+/// Without preloading: past this many keys a session drops the idle ones.
+const LOCAL_KEYS_BEFORE_PRUNING: usize = 4096;
 
-/// What sits at the start of the shared segment; the memo slots, the budget slots and
-/// the key slots follow it (`budget_offset`, `key_offset`).
+/// What sits at the start of the shared segment; the memo slots and the in-place part
+/// of the dsa area follow it (`dsa_offset`).
 #[repr(C)]
 struct Header {
     counters: Counters,
     argon2_cap: Argon2Cap,
-    argon2_allowance: Allowance,
+    /// The server-wide argon2 allowance for suspect keys (GCRA state, µs).
+    argon2_allowance: AtomicI64,
     memo_slots: usize,
-    key_slots: usize,
+    dsa_tranche: c_int,
+    hash_tranche: c_int,
+    /// The directory of databases (`databases`), a dshash table in the area.
+    directory: pg_sys::dsa_pointer,
+    /// Entries in all key tables.
+    tracked_keys: AtomicI64,
 }
 
 // Set once in the postmaster's shmem_startup hook; forked backends inherit them.
@@ -67,41 +80,28 @@ static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 struct Local {
     counters: Counters,
     memo: Vec<Slot>,
-    budget: Vec<BudgetSlot>,
-    after_failure_tat: i64,
-    keys: Vec<KeySlot>,
+    keys: HashMap<[u8; 16], KeyState>,
 }
 
 thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local {
         counters: Counters::default(),
         memo: vec![Slot::default(); LOCAL_MEMO_SLOTS],
-        budget: vec![BudgetSlot::default(); BUDGET_SLOTS / 16],
-        after_failure_tat: 0,
-        keys: vec![KeySlot::default(); LOCAL_KEY_SLOTS],
+        keys: HashMap::new(),
     });
 }
 
-fn budget_offset(memo_slots: usize) -> usize {
+fn dsa_offset(memo_slots: usize) -> usize {
     let end = size_of::<Header>() + memo_slots * size_of::<Slot>();
-    end.next_multiple_of(align_of::<BudgetSlot>())
+    end.next_multiple_of(align_of::<u64>().max(16))
 }
 
-fn key_offset(memo_slots: usize) -> usize {
-    let end = budget_offset(memo_slots) + BUDGET_SLOTS * size_of::<BudgetSlot>();
-    end.next_multiple_of(align_of::<KeySlot>())
-}
-
-fn shared_size(memo_slots: usize, key_slots: usize) -> usize {
-    key_offset(memo_slots) + key_slots * size_of::<KeySlot>()
+fn shared_size(memo_slots: usize) -> usize {
+    dsa_offset(memo_slots) + DSA_IN_PLACE
 }
 
 fn memo_slots_setting() -> usize {
     gucs::MEMO_ENTRIES.get().max(0) as usize
-}
-
-fn key_slots_setting() -> usize {
-    gucs::TRACKED_KEYS.get().max(0) as usize
 }
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
@@ -125,7 +125,7 @@ unsafe extern "C-unwind" fn request_shmem() {
         if let Some(prev) = PREV_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting(), key_slots_setting()));
+        pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting()));
         pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), LOCKS as i32);
     }
 }
@@ -155,16 +155,17 @@ unsafe extern "C-unwind" fn startup_shmem() {
         }
         let init_lock = addin_shmem_init_lock();
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let (slots, keys) = (memo_slots_setting(), key_slots_setting());
-        let size = shared_size(slots, keys);
+        let slots = memo_slots_setting();
+        let size = shared_size(slots);
         let mut found = false;
         let header = pg_sys::ShmemInitStruct(NAME.as_ptr(), size, &mut found).cast::<Header>();
         if !found {
-            // All-zero is a valid empty state for every part (empty slots, zero counters).
+            // All-zero is a valid empty state for every fixed part (empty slots, zero
+            // counters); the dsa area and the directory are made here, in place.
             ptr::write_bytes(header.cast::<u8>(), 0, size);
             (*header).argon2_cap.init();
             (*header).memo_slots = slots;
-            (*header).key_slots = keys;
+            databases::create_in_place(header, header.cast::<u8>().add(dsa_offset(slots)));
         }
         SHARED = header;
         LWLOCKS = pg_sys::GetNamedLWLockTranche(NAME.as_ptr());
@@ -215,13 +216,8 @@ fn memo_lock(stripe: usize) -> usize {
     stripe % MEMO_LOCKS
 }
 
-/// The lock of key-slot stripe `stripe`.
-fn key_lock(stripe: usize) -> usize {
-    BUDGET_LOCK + 1 + stripe % KEY_LOCKS
-}
-
 impl Held {
-    /// Take our lock `index` (`memo_lock`, `BUDGET_LOCK`, `key_lock`); `_header` shows
+    /// Take our lock `index` (`memo_lock`); `_header` shows
     /// the shared segment, and so our lock tranche, exists.
     fn take(_header: &Header, index: usize) -> Held {
         assert!(index < LOCKS, "api_keys has {LOCKS} locks");

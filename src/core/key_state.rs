@@ -1,0 +1,76 @@
+//! Everything the server keeps about one key between calls: its rate windows and
+//! unflushed usage (`rate_limit`), its argon2 budget (`argon2_budget`) and the one
+//! presentation known to match its stored hash. One entry per key that was presented,
+//! kept until it is idle, so nothing in it is ever forgotten while it can change an
+//! answer. Pure: no pgrx; the caller finds the entry and locks it.
+
+use subtle::ConstantTimeEq;
+
+use crate::core::argon2_budget::Budget;
+use crate::core::rate_limit::Activity;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyState {
+    pub(crate) activity: Activity,
+    pub(crate) budget: Budget,
+    /// The memo fact (`memo::fact_id`) of the last presentation argon2 accepted; all
+    /// zero: none. A hash change (rotation) changes every fact, so a stale one never
+    /// matches.
+    matched: [u8; 32],
+    /// The worker has logged that it could not mark this key expired.
+    expiry_reported: bool,
+}
+
+impl KeyState {
+    /// Did argon2 already accept exactly this presentation against this hash?
+    pub(crate) fn knows_match(&self, fact: &[u8; 32]) -> bool {
+        self.matched != [0; 32] && bool::from(self.matched.ct_eq(fact))
+    }
+
+    pub(crate) fn remember_match(&mut self, fact: &[u8; 32]) {
+        self.matched = *fact;
+    }
+
+    /// True the first time (while this state lives) expiring the key fails.
+    pub(crate) fn first_expiry_failure(&mut self) -> bool {
+        !std::mem::replace(&mut self.expiry_reported, true)
+    }
+
+    /// Safe to drop at `now`: nothing to write, no live window, budget or suspicion.
+    /// Dropping it costs the key one argon2 computation at its next presentation.
+    pub(crate) fn is_idle(&self, now: i64) -> bool {
+        self.activity.is_idle(now) && !self.budget.is_live(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::rate_limit::Limits;
+
+    #[test]
+    fn remembers_one_matching_presentation() {
+        let mut s = KeyState::default();
+        assert!(!s.knows_match(&[0; 32]), "an empty entry knows nothing");
+        s.remember_match(&[7; 32]);
+        assert!(s.knows_match(&[7; 32]));
+        assert!(!s.knows_match(&[8; 32]));
+    }
+
+    #[test]
+    fn a_suspect_key_is_not_idle() {
+        const HOUR: i64 = 3_600_000_000;
+        let mut s = KeyState::default();
+        let t = 50 * HOUR;
+        s.activity.record_rejected(t);
+        let copy = s.activity.unflushed().unwrap();
+        s.activity.forget_flushed(&copy);
+        s.budget.record_failure(t + 55 * 60_000_000);
+        assert!(!s.is_idle(t + 62 * 60_000_000), "suspect for 10 minutes");
+        assert!(s.is_idle(t + 66 * 60_000_000));
+        let mut fresh = KeyState::default();
+        assert!(fresh.activity.admit(t, Limits::UNLIMITED, None));
+        assert!(!fresh.is_idle(t + 3 * HOUR), "unwritten usage");
+    }
+}

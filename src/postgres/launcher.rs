@@ -1,0 +1,228 @@
+//! The launcher (preloaded library only): one background worker, connected to no
+//! database, that every `api_keys.flush_interval` starts a short-lived worker
+//! (`worker.rs`) in each database that has the extension, one at a time, and waits for
+//! it. It needs no configuration: it lists the databases from `pg_database`, and a
+//! database it has not seen yet gets one worker that looks for the extension. A
+//! database without it costs a short visit every `RECHECK`; a database's first use of
+//! api_keys (CREATE EXTENSION, a verification) tells the launcher at once. Nothing
+//! stays connected between rounds, so DROP DATABASE never waits on a worker for long,
+//! and the launcher drops a dropped database's shared state.
+//!
+//! It starts once recovery has finished (never on a standby). At a clean shutdown it
+//! writes the usage not yet flushed to `SAVED_USAGE` and reads it back at start. If it
+//! dies or is terminated, the postmaster starts it again 5 s later.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+
+use crate::core::saved_usage;
+use crate::postgres::gucs;
+use crate::postgres::shmem::{databases, key_state};
+
+/// Where unflushed usage waits across a clean restart (relative to the data directory,
+/// the server's working directory). pg_stat: kept by a restart, and holds only
+/// statistics-like files.
+const SAVED_USAGE: &str = "pg_stat/api_keys_usage";
+/// How often a database known to lack the extension is looked at again (µs).
+const RECHECK: i64 = 5 * 60 * 1_000_000;
+
+/// Called from _PG_init while shared_preload_libraries is being processed.
+pub(crate) fn register() {
+    BackgroundWorkerBuilder::new("api_keys launcher")
+        .set_type("api_keys launcher")
+        .set_library("api_keys")
+        .set_function("api_keys_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+pub(crate) fn interval() -> Duration {
+    Duration::from_secs(gucs::FLUSH_INTERVAL_S.get().max(1) as u64)
+}
+
+pub(crate) fn shutdown_requested() -> bool {
+    // SAFETY: a flag the signal handler sets; read without tearing as a sig_atomic_t.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: pg_database is a shared catalog, and a launcher connected to one
+    // database would stand in the way of dropping it.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    restore_saved_usage();
+    log!("api_keys launcher started");
+    loop {
+        serve_databases();
+        if !BackgroundWorker::wait_latch(Some(interval())) || shutdown_requested() {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: rereading postgresql.conf, as a SIGHUP asks, outside a transaction.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+    if shutdown_requested() {
+        save_usage();
+    }
+    // Exit code 1, not 0 (which would unregister it for good): after a
+    // pg_terminate_backend the postmaster starts it again in 5 s; in a shutdown it
+    // starts nothing.
+    // SAFETY: leaves the process the way PostgreSQL's own workers do.
+    unsafe { pg_sys::proc_exit(1) }
+}
+
+/// A database a worker can connect to.
+struct Database {
+    oid: pg_sys::Oid,
+    name: String,
+}
+
+/// The databases of `pg_database` that accept connections: not templates (a
+/// connection to one would make CREATE DATABASE fail), not half-dropped.
+fn connectable_databases() -> Vec<Database> {
+    BackgroundWorker::transaction(|| {
+        let mut found = Vec::new();
+        // SAFETY: a catalog scan in a transaction, as the autovacuum launcher lists
+        // databases; every tuple is read before the next call, the scan and relation
+        // are closed before commit.
+        unsafe {
+            let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
+            let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+            loop {
+                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tuple.is_null() {
+                    break;
+                }
+                let data = (*tuple).t_data;
+                let form = data
+                    .cast::<u8>()
+                    .add(usize::from((*data).t_hoff))
+                    .cast::<pg_sys::FormData_pg_database>();
+                // -2: DATCONNLIMIT_INVALID_DB, a DROP DATABASE that did not finish.
+                if (*form).datallowconn && !(*form).datistemplate && (*form).datconnlimit != -2 {
+                    found.push(Database {
+                        oid: (*form).oid,
+                        name: CStr::from_ptr((*form).datname.data.as_ptr())
+                            .to_string_lossy()
+                            .into_owned(),
+                    });
+                }
+            }
+            pg_sys::table_endscan(scan);
+            pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        }
+        found
+    })
+}
+
+/// One round: drop the state of databases that are gone, then run a worker in each
+/// database that has (or may have) the extension.
+fn serve_databases() {
+    let known = databases::list();
+    let present = connectable_databases();
+    for db in &known {
+        if !present.iter().any(|p| p.oid == db.oid()) {
+            databases::forget(db.oid());
+        }
+    }
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    for db in &present {
+        if shutdown_requested() {
+            return;
+        }
+        let entry = known.iter().find(|k| k.oid() == db.oid);
+        let due = match entry.map(|e| (e.extension(), e.checked_at())) {
+            Some((databases::Extension::Absent, checked_at)) => now - checked_at >= RECHECK,
+            _ => true,
+        };
+        if due {
+            run_worker(db);
+        }
+    }
+}
+
+/// Start the worker of `db` and wait for it to finish.
+fn run_worker(db: &Database) {
+    let started = BackgroundWorkerBuilder::new(&format!("api_keys worker {}", db.name))
+        .set_type("api_keys worker")
+        .set_library("api_keys")
+        .set_function("api_keys_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_argument(Some(pg_sys::Datum::from(u32::from(db.oid))))
+        // SAFETY: this process's pid.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic();
+    match started {
+        // Stopped or never started (its database went away): either way, done.
+        Ok(worker) => drop(worker.wait_for_shutdown()),
+        Err(_) => log!(
+            "api_keys launcher: no background worker slot for database \"{}\" this round (max_worker_processes); tried again next round",
+            db.name
+        ),
+    }
+}
+
+/// At a clean shutdown: every key's unflushed usage, to `SAVED_USAGE`.
+fn save_usage() {
+    let mut records = Vec::new();
+    for db in databases::list() {
+        for (key, u) in key_state::unflushed(db.oid()) {
+            records.push((u32::from(db.oid()), key, u));
+        }
+    }
+    if records.is_empty() {
+        return;
+    }
+    let tmp = format!("{SAVED_USAGE}.tmp");
+    let written = std::fs::write(&tmp, saved_usage::encode(&records))
+        .and_then(|()| std::fs::rename(&tmp, SAVED_USAGE));
+    match written {
+        Ok(()) => log!(
+            "api_keys launcher: usage of {} keys saved for the next start",
+            records.len()
+        ),
+        Err(e) => log!("api_keys launcher: could not save unflushed usage: {e}"),
+    }
+}
+
+/// At start: add the usage a clean shutdown saved, once (the file goes).
+fn restore_saved_usage() {
+    let bytes = match std::fs::read(SAVED_USAGE) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            log!("api_keys launcher: could not read saved usage: {e}");
+            return;
+        }
+    };
+    // Removed first: whatever happens next, it is never added twice.
+    if let Err(e) = std::fs::remove_file(SAVED_USAGE) {
+        log!("api_keys launcher: saved usage ignored, it could not be removed: {e}");
+        return;
+    }
+    match saved_usage::decode(&bytes) {
+        Ok(records) => {
+            let mut by_db: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+            for (db, key, u) in records {
+                by_db.entry(db).or_default().push((key, u));
+            }
+            for (db, saved) in &by_db {
+                key_state::restore(pg_sys::Oid::from(*db), saved);
+            }
+        }
+        Err(e) => log!("api_keys launcher: saved usage ignored: {e}"),
+    }
+}

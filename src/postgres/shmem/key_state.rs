@@ -1,0 +1,122 @@
+//! Each key's state (`core::key_state`) in its database's key table: one entry per key
+//! presented, made on its first presentation and dropped by the worker once idle, so
+//! shared memory grows with the keys in use and forgets nothing that could change an
+//! answer. Without shared memory, a map in the session.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use pgrx::pg_sys;
+
+use super::databases;
+use super::dshash::Entry;
+use super::{now, shared, LOCAL, LOCAL_KEYS_BEFORE_PRUNING};
+use crate::core::key_state::KeyState;
+use crate::core::rate_limit::Unflushed;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KeyEntry {
+    key_id: [u8; 16],
+    state: KeyState,
+}
+
+// SAFETY: `key_id` leads; all-zero is a key with no state yet.
+unsafe impl Entry for KeyEntry {
+    const KEY_SIZE: usize = 16;
+}
+
+/// Run `f` over the state of key `key_id` of this backend's database, under its lock.
+pub(super) fn with_key<R>(key_id: &[u8; 16], f: impl FnOnce(&mut KeyState) -> R) -> R {
+    if let Some(header) = shared() {
+        return databases::with_own_keys(|table| {
+            let (mut entry, inserted) = table.find_or_insert(key_id);
+            if inserted {
+                header.tracked_keys.fetch_add(1, Relaxed);
+            }
+            f(&mut entry.state)
+        })
+        .expect("the area is made with the shared segment");
+    }
+    LOCAL.with_borrow_mut(|l| {
+        if l.keys.len() >= LOCAL_KEYS_BEFORE_PRUNING && !l.keys.contains_key(key_id) {
+            let now = now();
+            l.keys.retain(|_, s| !s.is_idle(now));
+        }
+        f(l.keys.entry(*key_id).or_default())
+    })
+}
+
+/// True the first time (while the key's state lives) the worker fails to expire it.
+pub(crate) fn first_expiry_failure(key_id: &[u8; 16]) -> bool {
+    with_key(key_id, KeyState::first_expiry_failure)
+}
+
+/// What the keys of database `oid` have not had written yet, copied (see
+/// `core::rate_limit`: written, then `forget_flushed`).
+pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
+    databases::with_keys_of(oid, false, |table| {
+        let mut all = Vec::new();
+        table.retain(|e| {
+            if let Some(u) = e.state.activity.unflushed() {
+                all.push((e.key_id, u));
+            }
+            true
+        });
+        all
+    })
+    .unwrap_or_default()
+}
+
+/// `written` is committed: take it out of the keys' state.
+pub(crate) fn forget_flushed(oid: pg_sys::Oid, written: &[([u8; 16], Unflushed)]) {
+    databases::with_keys_of(oid, false, |table| {
+        for (key_id, w) in written {
+            if let Some(mut entry) = table.find(key_id) {
+                entry.state.activity.forget_flushed(w);
+            }
+        }
+    });
+}
+
+/// Drop the idle keys of database `oid` (or, when `everything`, all of them: the
+/// extension is gone); returns how many are left.
+pub(crate) fn drop_idle(oid: pg_sys::Oid, everything: bool) -> i64 {
+    let now = now();
+    let (mut dropped, mut left) = (0, 0);
+    databases::with_keys_of(oid, false, |table| {
+        table.retain(|e| {
+            let drop = everything || e.state.is_idle(now);
+            if drop {
+                dropped += 1;
+            } else {
+                left += 1;
+            }
+            !drop
+        });
+    });
+    if let Some(header) = shared() {
+        header.tracked_keys.fetch_sub(dropped, Relaxed);
+    }
+    left
+}
+
+/// Add activity saved at a clean shutdown back to database `oid`'s keys (the launcher,
+/// at start).
+pub(crate) fn restore(oid: pg_sys::Oid, saved: &[([u8; 16], Unflushed)]) {
+    databases::with_keys_of(oid, true, |table| {
+        let mut inserted = 0;
+        for (key_id, s) in saved {
+            let (mut entry, new) = table.find_or_insert(key_id);
+            inserted += i64::from(new);
+            entry.state.activity.restore(s);
+        }
+        if let Some(header) = shared() {
+            header.tracked_keys.fetch_add(inserted, Relaxed);
+        }
+    });
+}
+
+/// Keys tracked in the whole server (entries of every key table).
+pub(crate) fn tracked() -> Option<i64> {
+    shared().map(|h| h.tracked_keys.load(Relaxed))
+}
