@@ -760,10 +760,7 @@ fn issuing_in_bulk_yields_argon2_slots_to_verification() {
 /// lock_timeout, every round; the use of another key is written all the same.
 #[test]
 fn a_failing_expiry_loses_no_usage() {
-    let cluster = Cluster::start_with(
-        "oldsql",
-        &["api_keys.database = 'old'", "api_keys.flush_interval = 1"],
-    );
+    let cluster = Cluster::start_with("oldsql", WORKER_CONF);
     let mut admin = cluster.connect(DB);
     admin.batch_execute("CREATE DATABASE old").unwrap();
     admin.batch_execute("CREATE ROLE plain LOGIN").unwrap();

@@ -248,13 +248,9 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     // A long interval: only the shutdown flush can write these counts.
     let cluster = Cluster::start_with(
         "shutdown",
-        &[
-            "api_keys.database = 'api_keys_test'",
-            "api_keys.flush_interval = 3600",
-        ],
+        &["api_keys.flush_interval = 3600"],
     );
     let mut c = cluster.connect_fast(DB);
-    // The worker first starts before the test database exists and retries after 5 s.
     running_worker(&cluster);
     let keys: Vec<_> = (0..3)
         .map(|i| issue(&mut c, &format!("'k{i}', 'service', 'production'")))

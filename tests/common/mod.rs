@@ -28,11 +28,8 @@ fn cluster_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_cluster.sh")
 }
 
-/// Settings for a cluster whose worker runs in [`DB`] and flushes every second.
-pub const WORKER_CONF: &[&str] = &[
-    "api_keys.database = 'api_keys_test'",
-    "api_keys.flush_interval = 1",
-];
+/// Settings for a cluster whose workers flush every second.
+pub const WORKER_CONF: &[&str] = &["api_keys.flush_interval = 1"];
 
 /// A port nobody is listening on right now (the server only uses it to name its socket,
 /// but a distinct port per cluster keeps socket and shared-memory names apart).
@@ -400,10 +397,11 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
     }
 }
 
-/// The background worker's pid, when it runs.
+/// The launcher's pid, when it runs (the long-lived process of the background work;
+/// the workers it starts live one round each).
 pub fn worker_pid(c: &mut Client) -> Option<i32> {
     c.query_opt(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys worker'",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys launcher'",
         &[],
     )
     .unwrap()

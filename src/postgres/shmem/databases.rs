@@ -224,18 +224,20 @@ pub(crate) fn note_round(oid: pg_sys::Oid, extension: bool, flushed_keys: Option
     });
 }
 
-/// Run `f` over the key table of database `oid` (made when absent and `create`),
-/// attached only for the call unless it is this backend's own database. None when it
-/// has none, or without shared memory.
+/// Run `f` over the key table of database `oid` (made when absent and `create`): this
+/// backend's cached attachment when it is its own database and already attached, else
+/// attached only for the call. None when it has none, or without shared memory.
 pub(super) fn with_keys_of<R>(
     oid: pg_sys::Oid,
     create: bool,
     f: impl FnOnce(&Table<KeyEntry>) -> R,
 ) -> Option<R> {
-    if oid == current_database() {
-        return with_own_keys(f);
-    }
     with_attached(|a, header| {
+        if oid == current_database() {
+            if let Some(own) = &a.own_keys {
+                return Some(f(own));
+            }
+        }
         let table = keys_table(a, header, oid, create)?;
         let result = f(&table);
         table.detach();
