@@ -10,13 +10,18 @@
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::core::rate_limit::Unflushed;
-use crate::postgres::launcher::shutdown_requested;
 use crate::postgres::shmem::{self, databases, key_state};
+
+// PostgreSQL's `die`, by address (pgrx's `pg_sys::die` is a Rust wrapper, which a
+// signal handler must not be).
+unsafe extern "C-unwind" {
+    fn die(signal: std::ffi::c_int);
+}
 
 /// Keys written per transaction: bounds one statement's arrays and one transaction's
 /// locks, whatever the number of keys in use.
@@ -25,9 +30,15 @@ const BATCH: usize = 10_000;
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
-    // SIGTERM sets a flag the batches look at: a stop ends the round between two
-    // transactions.
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    // SIGTERM (a shutdown, pg_terminate_backend, DROP DATABASE … WITH (FORCE)) ends the
+    // worker at its next interrupt check, as in any backend, lock waits included: usage
+    // leaves shared memory only once written, so stopping anywhere loses nothing.
+    // SAFETY: `die` is PostgreSQL's SIGTERM handler for backends; signals were blocked
+    // until now, as for every background worker.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     let oid = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
     if step("extension check", installed) != Some(true) {
@@ -39,9 +50,8 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
     }
     let written = flush_usage(oid);
     key_state::drop_idle(oid, false);
-    if !shutdown_requested() {
-        step("expiry", expire);
-    }
+    pg_sys::check_for_interrupts!();
+    step("expiry", expire);
     databases::note_round(oid, true, Some(written));
     shmem::count_flush();
     // SAFETY: as above.
@@ -55,9 +65,7 @@ fn flush_usage(oid: pg_sys::Oid) -> i64 {
     let copies = key_state::unflushed(oid);
     let mut written = 0;
     for batch in copies.chunks(BATCH) {
-        if shutdown_requested() {
-            break;
-        }
+        pg_sys::check_for_interrupts!();
         let Some(skipped) = step("usage flush", || {
             // Triggers off for the flush (superuser-only setting): writing last use is
             // not an edit to guard or audit, and no row's content can then fail it.

@@ -459,3 +459,18 @@ pub fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
         std::thread::sleep(Duration::from_secs_f64(left + 0.2));
     }
 }
+
+/// Like [`wait_for_room_in_window`], for the clock hour: a test counting exact per-hour
+/// admissions waits for the next hour when fewer than `seconds` are left in this one.
+pub fn wait_for_room_in_hour(c: &mut Client, seconds: f64) {
+    let left: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM date_trunc('hour', clock_timestamp()) + interval '1 hour' - clock_timestamp())::float8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if left < seconds {
+        std::thread::sleep(Duration::from_secs_f64(left + 0.2));
+    }
+}
