@@ -14,7 +14,7 @@ PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 # under make -j.
 .NOTPARALLEL:
 
-.PHONY: run test bench fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
+.PHONY: run test bench bench-scale release-install fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -43,10 +43,17 @@ test: deps lint install regress isolation pgrx-test
 
 ## make bench: pgbench against a preloaded cluster with a release build; writes
 ## tests/bench/REPORT.md (see README, Performance).
-bench: deps
+bench: release-install
+	PATH=$(PG_BIN):$$PATH tests/bench/run.sh
+
+## make bench-scale: 1,000,000 keys: exact limits over four passes, shared memory per
+## key, warm verification against 200 keys; writes tests/bench/SCALE.md (about 15 min).
+bench-scale: release-install
+	PATH=$(PG_BIN):$$PATH tests/bench/scale.sh
+
+release-install: deps
 	sudo mv -f $(PKGLIB_DIR)/api_keys.so $(PKGLIB_DIR)/api_keys.so.replaced 2>/dev/null || true
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	PATH=$(PG_BIN):$$PATH tests/bench/run.sh
 
 # rust-toolchain.toml names 1.95.0, the toolchain this builds with. Where rustup knows it
 # only as "stable" (the same compiler, and nothing can be downloaded), give it that name

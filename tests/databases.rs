@@ -114,7 +114,10 @@ fn every_database_with_the_extension_gets_flushes_and_sweeps() {
                 .query_one("SELECT extract(epoch FROM now())::float8", &[])
                 .unwrap()
                 .get(0);
-            assert!((now as i64 - at).abs() < 30, "{other} flushed at {at}, now {now}");
+            assert!(
+                (now as i64 - at).abs() < 30,
+                "{other} flushed at {at}, now {now}"
+            );
         }
     }
     // No worker stays connected to a database between rounds; none ever to `postgres`,
@@ -152,7 +155,9 @@ fn a_copy_of_a_database_does_not_share_its_keys_windows() {
     let mut copy = cluster.connect("copy");
     wait_for_room_in_window(&mut original, 20.0);
     for c in [&mut original, &mut copy] {
-        let answers: Vec<String> = (0..3).map(|_| verify(c, &k.key, None, None).reason).collect();
+        let answers: Vec<String> = (0..3)
+            .map(|_| verify(c, &k.key, None, None).reason)
+            .collect();
         assert_eq!(answers, ["ok", "ok", "rate_limited"]);
     }
 }
@@ -174,19 +179,27 @@ fn dropping_one_database_disturbs_no_other() {
     // Many drops in a row, each racing the rounds: none fails on a worker.
     for round in 0..5 {
         let name = format!("scratch{round}");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         cluster
             .connect(&name)
             .batch_execute("CREATE EXTENSION api_keys")
             .unwrap();
         std::thread::sleep(Duration::from_millis(700));
-        admin.batch_execute(&format!("DROP DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .unwrap();
     }
     let tracked_before = stats(&mut admin)["tracked_keys"];
-    admin.batch_execute("DROP DATABASE shop WITH (FORCE)").unwrap();
-    wait_for("the dropped database's keys forgotten", Duration::from_secs(30), || {
-        stats(&mut admin)["tracked_keys"] == tracked_before - 1
-    });
+    admin
+        .batch_execute("DROP DATABASE shop WITH (FORCE)")
+        .unwrap();
+    wait_for(
+        "the dropped database's keys forgotten",
+        Duration::from_secs(30),
+        || stats(&mut admin)["tracked_keys"] == tracked_before - 1,
+    );
     assert!(!stats(&mut admin).keys().any(|k| k.ends_with(":shop")));
     let mut billing = cluster.connect_fast("billing");
     for _ in 0..3 {
@@ -216,16 +229,20 @@ fn a_worker_stopped_mid_round_is_followed_by_another() {
         .unwrap();
     let mut admin = cluster.connect("postgres");
     let mut stuck = None;
-    wait_for("a worker waiting on the lock", Duration::from_secs(30), || {
-        stuck = admin
+    wait_for(
+        "a worker waiting on the lock",
+        Duration::from_secs(30),
+        || {
+            stuck = admin
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE backend_type = 'api_keys worker' AND wait_event_type = 'Lock'",
                 &[],
             )
             .unwrap()
             .map(|r| r.get::<_, i32>(0));
-        stuck.is_some()
-    });
+            stuck.is_some()
+        },
+    );
     let stopped = Instant::now();
     let terminated: bool = admin
         .query_one("SELECT pg_terminate_backend($1)", &[&stuck.unwrap()])
@@ -233,9 +250,15 @@ fn a_worker_stopped_mid_round_is_followed_by_another() {
         .get(0);
     assert!(terminated);
     held.rollback().unwrap();
-    wait_for("the use written by a later round", Duration::from_secs(30), || {
-        usage_and_last_use(&mut c, &used) == (1, true)
-    });
+    wait_for(
+        "the use written by a later round",
+        Duration::from_secs(30),
+        || usage_and_last_use(&mut c, &used) == (1, true),
+    );
     // One flush interval (1 s) plus 5 s, and a margin for a busy machine.
-    assert!(stopped.elapsed() < Duration::from_secs(1 + 5 + 4), "{:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(1 + 5 + 4),
+        "{:?}",
+        stopped.elapsed()
+    );
 }

@@ -246,10 +246,7 @@ fn the_worker_expires_keys_and_audits_each() {
 #[test]
 fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     // A long interval: only the shutdown flush can write these counts.
-    let cluster = Cluster::start_with(
-        "shutdown",
-        &["api_keys.flush_interval = 3600"],
-    );
+    let cluster = Cluster::start_with("shutdown", &["api_keys.flush_interval = 3600"]);
     let mut c = cluster.connect_fast(DB);
     running_worker(&cluster);
     let keys: Vec<_> = (0..3)

@@ -76,6 +76,10 @@ fn a_per_hour_limit_is_exact_for_100_000_keys() {
                 &[],
             )
             .unwrap();
-        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)) == (2 * KEYS, 2 * KEYS, KEYS)
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        ) == (2 * KEYS, 2 * KEYS, KEYS)
     });
 }

@@ -165,13 +165,21 @@ fn run_worker(db: &Database) {
         // SAFETY: this process's pid.
         .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
+    thread_local! {
+        /// Saying so once per shortage, not every round.
+        static SHORT_OF_SLOTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
     match started {
-        // Stopped or never started (its database went away): either way, done.
-        Ok(worker) => drop(worker.wait_for_shutdown()),
-        Err(_) => log!(
-            "api_keys launcher: no background worker slot for database \"{}\" this round (max_worker_processes); tried again next round",
+        Ok(worker) => {
+            SHORT_OF_SLOTS.set(false);
+            // Stopped or never started (its database went away): either way, done.
+            let _ = worker.wait_for_shutdown();
+        }
+        Err(_) if !SHORT_OF_SLOTS.replace(true) => log!(
+            "api_keys launcher: no background worker slot for database \"{}\" (max_worker_processes is in use); databases are skipped until one is free",
             db.name
         ),
+        Err(_) => {}
     }
 }
 
