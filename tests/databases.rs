@@ -262,3 +262,28 @@ fn a_worker_stopped_mid_round_is_followed_by_another() {
         stopped.elapsed()
     );
 }
+
+/// A database closed to new connections (or made a template) is no longer visited, but
+/// its sessions keep their keys' state: windows still count.
+#[test]
+fn a_database_closed_to_new_connections_keeps_its_state() {
+    let cluster = Cluster::start_with("closed", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(
+        &mut c,
+        "'kept', 'service', 'production', rate_limit_per_minute => 3",
+    );
+    wait_for_room_in_window(&mut c, 20.0);
+    for _ in 0..2 {
+        assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    }
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute(&format!("ALTER DATABASE {DB} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    // Several launcher rounds.
+    std::thread::sleep(Duration::from_secs(4));
+    let answers: Vec<String> = (0..2).map(|_| verify(&mut c, &k.key, None, None).reason).collect();
+    assert_eq!(answers, ["ok", "rate_limited"]);
+    assert_eq!(stats(&mut c)["tracked_keys"], 1);
+}

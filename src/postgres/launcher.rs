@@ -81,15 +81,17 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) }
 }
 
-/// A database a worker can connect to.
+/// A database of `pg_database`.
 struct Database {
     oid: pg_sys::Oid,
     name: String,
+    /// It accepts connections, is not a template (a connection to one would make
+    /// CREATE DATABASE fail), and is not half-dropped: a worker may go there.
+    servable: bool,
 }
 
-/// The databases of `pg_database` that accept connections: not templates (a
-/// connection to one would make CREATE DATABASE fail), not half-dropped.
-fn connectable_databases() -> Vec<Database> {
+/// Every database of `pg_database`.
+fn all_databases() -> Vec<Database> {
     BackgroundWorker::transaction(|| {
         let mut found = Vec::new();
         // SAFETY: a catalog scan in a transaction, as the autovacuum launcher lists
@@ -108,15 +110,16 @@ fn connectable_databases() -> Vec<Database> {
                     .cast::<u8>()
                     .add(usize::from((*data).t_hoff))
                     .cast::<pg_sys::FormData_pg_database>();
-                // -2: DATCONNLIMIT_INVALID_DB, a DROP DATABASE that did not finish.
-                if (*form).datallowconn && !(*form).datistemplate && (*form).datconnlimit != -2 {
-                    found.push(Database {
-                        oid: (*form).oid,
-                        name: CStr::from_ptr((*form).datname.data.as_ptr())
-                            .to_string_lossy()
-                            .into_owned(),
-                    });
-                }
+                found.push(Database {
+                    oid: (*form).oid,
+                    name: CStr::from_ptr((*form).datname.data.as_ptr())
+                        .to_string_lossy()
+                        .into_owned(),
+                    // -2: DATCONNLIMIT_INVALID_DB, a DROP DATABASE that did not finish.
+                    servable: (*form).datallowconn
+                        && !(*form).datistemplate
+                        && (*form).datconnlimit != -2,
+                });
             }
             pg_sys::table_endscan(scan);
             pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
@@ -128,8 +131,12 @@ fn connectable_databases() -> Vec<Database> {
 /// One round: drop the state of databases that are gone, then run a worker in each
 /// database that has (or may have) the extension.
 fn serve_databases() {
+    // The directory first, the catalog after: a database a backend put in the directory
+    // was committed before, so the catalog read later shows it unless it was dropped.
+    // Only a database gone from the catalog is forgotten (one that merely stopped
+    // accepting connections may still have sessions using its state).
     let known = databases::list();
-    let present = connectable_databases();
+    let present = all_databases();
     for db in &known {
         if !present.iter().any(|p| p.oid == db.oid()) {
             databases::forget(db.oid());
@@ -137,7 +144,7 @@ fn serve_databases() {
     }
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    for db in &present {
+    for db in present.iter().filter(|d| d.servable) {
         if shutdown_requested() {
             return;
         }
