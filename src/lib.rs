@@ -65,6 +65,7 @@ pub extern "C-unwind" fn _PG_init() {
     if preloading {
         postgres::shmem::install_hooks();
         postgres::launcher::register();
+        postgres::database_ddl::install_hook();
     }
 }
 

@@ -283,7 +283,9 @@ fn a_database_closed_to_new_connections_keeps_its_state() {
         .unwrap();
     // Several launcher rounds.
     std::thread::sleep(Duration::from_secs(4));
-    let answers: Vec<String> = (0..2).map(|_| verify(&mut c, &k.key, None, None).reason).collect();
+    let answers: Vec<String> = (0..2)
+        .map(|_| verify(&mut c, &k.key, None, None).reason)
+        .collect();
     assert_eq!(answers, ["ok", "rate_limited"]);
     assert_eq!(stats(&mut c)["tracked_keys"], 1);
 }

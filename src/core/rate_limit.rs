@@ -38,6 +38,9 @@ pub(crate) struct Activity {
     /// 0 none, 4 IPv4 (first 4 bytes), 6 IPv6.
     last_ip_family: u8,
     last_seen_minute: u32,
+    /// Calls counted here that can no longer be written: an hour left unwritten for two
+    /// hours (no flush could write it) was pushed out. Taken by `take_lost` for stats().
+    lost: u32,
 }
 
 /// Per key; 0 = unlimited.
@@ -99,7 +102,7 @@ fn ip_parts(ip: Option<std::net::IpAddr>) -> (u8, [u8; 16]) {
 
 impl Activity {
     fn has_unflushed(&self) -> bool {
-        self.last_used_at != 0 || self.usage.iter().any(|u| u.verified + u.rejected > 0)
+        self.last_used_at != 0 || self.usage.iter().any(|u| u.verified > 0 || u.rejected > 0)
     }
 
     fn roll(&mut self, now: i64) {
@@ -120,17 +123,37 @@ impl Activity {
             || (limits.per_hour != 0 && self.in_hour >= limits.per_hour)
     }
 
-    fn usage_now(&mut self, now: i64) -> &mut UsageCount {
-        let hour = hour_of(now);
+    /// The count of `hour`: its slot, taken over from an older hour (whose unwritten
+    /// counts are then lost); None when the slot holds a newer hour not yet written
+    /// (a call or a saved count older than that is lost instead).
+    fn usage_for(&mut self, hour: u32) -> Option<&mut UsageCount> {
         let u = &mut self.usage[hour as usize % 2];
         if u.hour != hour {
-            // Counts two hours old were never written (no worker ran): dropped.
+            let unwritten = u.verified.saturating_add(u.rejected);
+            if unwritten > 0 && u.hour > hour {
+                return None;
+            }
+            self.lost = self.lost.saturating_add(unwritten);
             *u = UsageCount {
                 hour,
                 ..UsageCount::default()
             };
         }
-        u
+        Some(u)
+    }
+
+    fn count(&mut self, now: i64, verified: bool) {
+        match self.usage_for(hour_of(now)) {
+            Some(u) if verified => u.verified = u.verified.saturating_add(1),
+            Some(u) => u.rejected = u.rejected.saturating_add(1),
+            // The clock went back past an unwritten hour.
+            None => self.lost = self.lost.saturating_add(1),
+        }
+    }
+
+    /// Calls counted and lost since the last call (see `lost`).
+    pub(crate) fn take_lost(&mut self) -> u32 {
+        std::mem::take(&mut self.lost)
     }
 
     /// Is the key at or over a limit now? Counts nothing.
@@ -145,12 +168,12 @@ impl Activity {
     pub(crate) fn admit(&mut self, now: i64, limits: Limits, ip: Option<std::net::IpAddr>) -> bool {
         self.roll(now);
         if self.over(limits) {
-            self.usage_now(now).rejected += 1;
+            self.count(now, false);
             return false;
         }
         self.in_minute += 1;
         self.in_hour += 1;
-        self.usage_now(now).verified += 1;
+        self.count(now, true);
         self.last_used_at = now;
         (self.last_ip_family, self.last_ip) = ip_parts(ip);
         true
@@ -159,7 +182,7 @@ impl Activity {
     /// A call for this key that failed a check other than the rate limit.
     pub(crate) fn record_rejected(&mut self, now: i64) {
         self.roll(now);
-        self.usage_now(now).rejected += 1;
+        self.count(now, false);
     }
 
     /// A copy of what is not yet written; None when nothing is.
@@ -170,7 +193,7 @@ impl Activity {
         let usage = self
             .usage
             .iter()
-            .filter(|u| u.verified + u.rejected > 0)
+            .filter(|u| u.verified > 0 || u.rejected > 0)
             .map(|u| HourUsage {
                 hour_start: i64::from(u.hour) * MICROS_PER_HOUR,
                 verified: u.verified,
@@ -208,9 +231,17 @@ impl Activity {
     /// Add activity written to disk at a clean shutdown, read back at start.
     pub(crate) fn restore(&mut self, saved: &Unflushed) {
         for s in &saved.usage {
-            let u = self.usage_now(s.hour_start);
-            u.verified = u.verified.saturating_add(s.verified);
-            u.rejected = u.rejected.saturating_add(s.rejected);
+            match self.usage_for(hour_of(s.hour_start)) {
+                Some(u) => {
+                    u.verified = u.verified.saturating_add(s.verified);
+                    u.rejected = u.rejected.saturating_add(s.rejected);
+                }
+                None => {
+                    self.lost = self
+                        .lost
+                        .saturating_add(s.verified.saturating_add(s.rejected));
+                }
+            }
         }
         if let Some(l) = saved.last {
             if l.at > self.last_used_at {
@@ -347,6 +378,48 @@ mod tests {
         a.forget_flushed(&copy);
         assert!(!a.is_idle(t + 30 * MIN), "its hour window still counts");
         assert!(a.is_idle(t + 62 * MIN));
+    }
+
+    #[test]
+    fn an_hour_left_unwritten_for_two_hours_is_counted_as_lost() {
+        let mut a = Activity::default();
+        let t = 30 * HOUR;
+        a.admit(t, limits(0, 0), None);
+        a.record_rejected(t);
+        assert_eq!(a.take_lost(), 0);
+        a.admit(t + 2 * HOUR, limits(0, 0), None); // the same slot, two hours on
+        assert_eq!(a.take_lost(), 2, "both calls of the unwritten hour");
+        assert_eq!(a.take_lost(), 0, "taken once");
+    }
+
+    #[test]
+    fn restoring_an_old_hour_never_pushes_out_a_newer_one() {
+        let mut a = Activity::default();
+        let t = 40 * HOUR;
+        a.admit(t, limits(0, 0), None);
+        let old = Unflushed {
+            usage: vec![HourUsage {
+                hour_start: t - 2 * HOUR,
+                verified: 3,
+                rejected: 1,
+            }],
+            last: None,
+        };
+        a.restore(&old);
+        assert_eq!(a.take_lost(), 4, "the saved hour is the one lost");
+        let now = a.unflushed().unwrap();
+        assert_eq!(
+            now.usage,
+            vec![HourUsage {
+                hour_start: t,
+                verified: 1,
+                rejected: 0
+            }]
+        );
+        // A clock that goes back past an unwritten hour loses that call, not the hour.
+        a.record_rejected(t - 2 * HOUR);
+        assert_eq!(a.take_lost(), 1);
+        assert_eq!(a.unflushed().unwrap().usage[0].verified, 1);
     }
 
     proptest! {

@@ -1,7 +1,8 @@
-//! The file the launcher writes at a clean shutdown with the usage not yet flushed, and
-//! reads back at start: so a clean restart loses no count (a crash still loses up to
-//! one flush interval). Little-endian records behind a magic and a version; a file
-//! that does not decode whole is refused, never half-read. Pure: no pgrx.
+//! The file the launcher writes when it stops (a clean shutdown) with the usage not yet
+//! flushed, and reads back at start: so a clean restart loses no count (a crash still
+//! loses up to one flush interval). Little-endian records behind a magic (with the
+//! version) and the server's identity; a file that does not decode whole is refused,
+//! never half-read. Pure: no pgrx.
 
 use std::net::IpAddr;
 
@@ -14,9 +15,18 @@ const MAX_HOURS: u8 = 2;
 /// One key's unflushed usage, and the database it belongs to.
 pub(crate) type Saved = (u32, [u8; 16], Unflushed);
 
-pub(crate) fn encode(records: &[Saved]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + records.len() * 64);
+/// Which server saved the file: only the same system on the same timeline takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) system_identifier: u64,
+    pub(crate) timeline: u32,
+}
+
+pub(crate) fn encode(origin: Origin, records: &[Saved]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 12 + records.len() * 64);
     out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&origin.system_identifier.to_le_bytes());
+    out.extend_from_slice(&origin.timeline.to_le_bytes());
     out.extend_from_slice(&(records.len() as u64).to_le_bytes());
     for (db, key, u) in records {
         out.extend_from_slice(&db.to_le_bytes());
@@ -66,11 +76,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Saved>, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Vec<Saved>), String> {
     let mut r = Reader(bytes);
     if r.take(MAGIC.len())? != MAGIC {
         return Err("not an api_keys usage file".into());
     }
+    let origin = Origin {
+        system_identifier: u64::from_le_bytes(r.array()?),
+        timeline: u32::from_le_bytes(r.array()?),
+    };
     let count = u64::from_le_bytes(r.array()?);
     // Each record is at least 22 bytes: a count beyond what the file holds is a lie.
     if count > (bytes.len() / 22) as u64 {
@@ -112,13 +126,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Saved>, String> {
     if !r.0.is_empty() {
         return Err("bytes after the last record".into());
     }
-    Ok(records)
+    Ok((origin, records))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const ORIGIN: Origin = Origin {
+        system_identifier: 7,
+        timeline: 1,
+    };
 
     fn record() -> impl Strategy<Value = Saved> {
         let hour = (any::<i64>(), any::<u32>(), any::<u32>()).prop_map(|(h, v, r)| HourUsage {
@@ -143,8 +162,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(records in proptest::collection::vec(record(), 0..20)) {
-            prop_assert_eq!(decode(&encode(&records)).unwrap(), records);
+        fn round_trip(
+            records in proptest::collection::vec(record(), 0..20),
+            system_identifier in any::<u64>(),
+            timeline in any::<u32>(),
+        ) {
+            let origin = Origin { system_identifier, timeline };
+            prop_assert_eq!(decode(&encode(origin, &records)).unwrap(), (origin, records));
         }
 
         #[test]
@@ -152,7 +176,7 @@ mod tests {
             records in proptest::collection::vec(record(), 1..5),
             cut in 1usize..40,
         ) {
-            let bytes = encode(&records);
+            let bytes = encode(ORIGIN, &records);
             let cut = cut.min(bytes.len());
             prop_assert!(decode(&bytes[..bytes.len() - cut]).is_err());
             let mut grown = bytes.clone();
@@ -168,8 +192,8 @@ mod tests {
 
     #[test]
     fn a_huge_count_is_refused_before_allocating() {
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut bytes = encode(ORIGIN, &[]);
+        bytes[MAGIC.len() + 12..].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&bytes).is_err());
     }
 }

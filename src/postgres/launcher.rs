@@ -16,7 +16,8 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
 };
 use pgrx::prelude::*;
 
@@ -30,6 +31,9 @@ use crate::postgres::shmem::{databases, key_state};
 const SAVED_USAGE: &str = "pg_stat/api_keys_usage";
 /// How often a database known to lack the extension is looked at again (µs).
 const RECHECK: i64 = 5 * 60 * 1_000_000;
+/// A worker that has not moved on for this long is stopped (µs): one database's
+/// trouble never holds up the others for longer.
+const STALL: i64 = 30 * 1_000_000;
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
 pub(crate) fn register() {
@@ -63,7 +67,9 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     log!("api_keys launcher started");
     loop {
         serve_databases();
-        if !BackgroundWorker::wait_latch(Some(interval())) || shutdown_requested() {
+        // Asked before sleeping: a SIGTERM during a round set the latch a wait for the
+        // worker then reset.
+        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval())) {
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -72,6 +78,8 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
         }
     }
     if shutdown_requested() {
+        // Also after pg_terminate_backend: what is saved leaves shared memory, and the
+        // next launcher adds it back, so it counts once either way.
         save_usage();
     }
     // Exit code 1, not 0 (which would unregister it for good): after a
@@ -179,8 +187,7 @@ fn run_worker(db: &Database) {
     match started {
         Ok(worker) => {
             SHORT_OF_SLOTS.set(false);
-            // Stopped or never started (its database went away): either way, done.
-            let _ = worker.wait_for_shutdown();
+            wait_for(worker, db);
         }
         Err(_) if !SHORT_OF_SLOTS.replace(true) => log!(
             "api_keys launcher: no background worker slot for database \"{}\" (max_worker_processes is in use); databases are skipped until one is free",
@@ -190,30 +197,88 @@ fn run_worker(db: &Database) {
     }
 }
 
-/// At a clean shutdown: every key's unflushed usage, to `SAVED_USAGE`.
+/// Wait for `worker` to finish its round (also when a shutdown is asked for: it saves
+/// nothing until the worker is gone), stopping it once it has not moved on for STALL.
+fn wait_for(worker: DynamicBackgroundWorker, db: &Database) {
+    use pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted;
+    // SAFETY: reads the clock.
+    let now = || unsafe { pg_sys::GetCurrentTimestamp() };
+    let started = now();
+    loop {
+        match worker.pid() {
+            Ok(_) | Err(NotYetStarted) => {}
+            // Stopped, or the postmaster died: done.
+            Err(_) => return,
+        }
+        BackgroundWorker::wait_latch(Some(Duration::from_millis(100)));
+        let progress = databases::progress_at(db.oid).unwrap_or(0).max(started);
+        if now() - progress > STALL {
+            log!(
+                "api_keys launcher: the worker of database \"{}\" made no progress for {} s, stopped; tried again next round",
+                db.name,
+                STALL / 1_000_000
+            );
+            let _ = worker.terminate().wait_for_shutdown();
+            return;
+        }
+    }
+}
+
+/// This server's identity in its saved usage: its system identifier and timeline. A
+/// copy of the data directory that is promoted later (a new timeline) or another
+/// cluster ignores the file.
+fn server_identity() -> saved_usage::Origin {
+    // SAFETY: both read the control file's values kept in shared memory.
+    unsafe {
+        saved_usage::Origin {
+            system_identifier: pg_sys::GetSystemIdentifier(),
+            timeline: pg_sys::GetWALInsertionTimeLine(),
+        }
+    }
+}
+
+/// When the launcher stops (a clean shutdown, or pg_terminate_backend): every key's
+/// unflushed usage to `SAVED_USAGE`, written and synced, then taken out of shared
+/// memory, so it is counted once whether the server stops or only the launcher does.
 fn save_usage() {
     let mut records = Vec::new();
+    let mut by_db = Vec::new();
     for db in databases::list() {
-        for (key, u) in key_state::unflushed(db.oid()) {
-            records.push((u32::from(db.oid()), key, u));
-        }
+        let copies = key_state::unflushed(db.oid());
+        records.extend(
+            copies
+                .iter()
+                .map(|(key, u)| (u32::from(db.oid()), *key, u.clone())),
+        );
+        by_db.push((db.oid(), copies));
     }
     if records.is_empty() {
         return;
     }
     let tmp = format!("{SAVED_USAGE}.tmp");
-    let written = std::fs::write(&tmp, saved_usage::encode(&records))
-        .and_then(|()| std::fs::rename(&tmp, SAVED_USAGE));
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&saved_usage::encode(server_identity(), &records))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, SAVED_USAGE)?;
+        std::fs::File::open("pg_stat")?.sync_all()
+    })();
     match written {
-        Ok(()) => log!(
-            "api_keys launcher: usage of {} keys saved for the next start",
-            records.len()
-        ),
+        Ok(()) => {
+            for (oid, copies) in &by_db {
+                key_state::forget_flushed(*oid, copies);
+            }
+            log!(
+                "api_keys launcher: usage of {} keys saved for the next launcher",
+                records.len()
+            );
+        }
         Err(e) => log!("api_keys launcher: could not save unflushed usage: {e}"),
     }
 }
 
-/// At start: add the usage a clean shutdown saved, once (the file goes).
+/// At start: add the usage a launcher saved, once (the file goes first).
 fn restore_saved_usage() {
     let bytes = match std::fs::read(SAVED_USAGE) {
         Ok(bytes) => bytes,
@@ -229,7 +294,10 @@ fn restore_saved_usage() {
         return;
     }
     match saved_usage::decode(&bytes) {
-        Ok(records) => {
+        Ok((origin, _)) if origin != server_identity() => log!(
+            "api_keys launcher: saved usage ignored: it was saved by another server or timeline"
+        ),
+        Ok((_, records)) => {
             let mut by_db: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
             for (db, key, u) in records {
                 by_db.entry(db).or_default().push((key, u));

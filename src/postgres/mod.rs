@@ -2,6 +2,7 @@
 //! shared memory, the request context and the caller, the background worker.
 
 pub(crate) mod caller;
+pub(crate) mod database_ddl;
 pub(crate) mod datum;
 pub(crate) mod errors;
 pub(crate) mod gucs;

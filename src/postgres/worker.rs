@@ -30,9 +30,10 @@ const BATCH: usize = 10_000;
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
-    // SIGTERM (a shutdown, pg_terminate_backend, DROP DATABASE … WITH (FORCE)) ends the
-    // worker at its next interrupt check, as in any backend, lock waits included: usage
-    // leaves shared memory only once written, so stopping anywhere loses nothing.
+    // SIGTERM (a shutdown, pg_terminate_backend, DROP DATABASE … WITH (FORCE), the
+    // launcher stopping a stalled round) ends the worker at its next interrupt check,
+    // as in any backend, lock waits included: usage leaves shared memory only once
+    // written, so stopping anywhere loses nothing.
     // SAFETY: `die` is PostgreSQL's SIGTERM handler for backends; signals were blocked
     // until now, as for every background worker.
     unsafe {
@@ -40,30 +41,69 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     let oid = pg_sys::Oid::from(arg.value() as u32);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
-    if step("extension check", installed) != Some(true) {
-        databases::note_round(oid, false, None);
-        // Nothing of this database's keys can be written anywhere: let it go.
-        key_state::drop_idle(oid, true);
+    // One round at a time per database: a worker left running by a launcher that went
+    // away finishes its round alone.
+    if !databases::claim_round(oid) {
         // SAFETY: a clean exit; the launcher starts the next one.
         unsafe { pg_sys::proc_exit(0) }
     }
-    let written = flush_usage(oid);
+    // SAFETY: registered once; runs at exit (an error's too), before shared memory
+    // is detached.
+    unsafe { pg_sys::before_shmem_exit(Some(release_round), arg) };
+    // A connection blocked on the database's lock (a user's open ALTER DATABASE … RENAME)
+    // gives up after 5 s instead of holding up the launcher.
+    // SAFETY: sets a setting of this process, before it connects.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            c"5s".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
+    // SAFETY: reads the clock.
+    let looked_at = unsafe { pg_sys::GetCurrentTimestamp() };
+    databases::note_progress(oid);
+    match step("extension check", installed) {
+        Some(true) => {}
+        Some(false) => {
+            databases::note_round(oid, false, looked_at, None);
+            // Nothing of this database's keys can be written anywhere: let it go.
+            key_state::drop_idle(oid, true);
+            // SAFETY: as above.
+            unsafe { pg_sys::proc_exit(0) }
+        }
+        // Could not tell (logged): the next round looks again; nothing is dropped.
+        None => {
+            // SAFETY: as above.
+            unsafe { pg_sys::proc_exit(0) }
+        }
+    }
+    let flushed = flush_usage(oid);
     key_state::drop_idle(oid, false);
     pg_sys::check_for_interrupts!();
     step("expiry", expire);
-    databases::note_round(oid, true, Some(written));
+    databases::note_round(oid, true, looked_at, flushed);
     shmem::count_flush();
     // SAFETY: as above.
     unsafe { pg_sys::proc_exit(0) }
 }
 
-/// Write every key's unflushed usage, a batch per transaction; returns the keys written.
-/// A key whose row a user has locked is left for a later round (SKIP LOCKED: the
-/// worker never waits on a user's lock); a batch that fails is logged and left whole.
-fn flush_usage(oid: pg_sys::Oid) -> i64 {
+/// # Safety
+/// Called by Postgres at process exit, with the database oid as `arg`.
+#[pg_guard]
+unsafe extern "C-unwind" fn release_round(_code: std::ffi::c_int, arg: pg_sys::Datum) {
+    databases::release_round(pg_sys::Oid::from(arg.value() as u32));
+}
+
+/// Write every key's unflushed usage, a batch per transaction; returns the keys written,
+/// or None when a batch failed (logged; its keys are left whole for the next round). A
+/// key whose row a user has locked is left for a later round (SKIP LOCKED: the worker
+/// never waits on a user's row lock).
+fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
     let copies = key_state::unflushed(oid);
-    let mut written = 0;
+    let (mut written, mut failed) = (0, false);
     for batch in copies.chunks(BATCH) {
         pg_sys::check_for_interrupts!();
         let Some(skipped) = step("usage flush", || {
@@ -77,6 +117,7 @@ fn flush_usage(oid: pg_sys::Oid) -> i64 {
             .expect("flush settings");
             flush(batch)
         }) else {
+            failed = true;
             continue;
         };
         let done: Vec<_> = batch
@@ -86,8 +127,9 @@ fn flush_usage(oid: pg_sys::Oid) -> i64 {
             .collect();
         key_state::forget_flushed(oid, &done);
         written += done.len() as i64;
+        databases::note_progress(oid);
     }
-    written
+    (!failed).then_some(written)
 }
 
 fn expire() {

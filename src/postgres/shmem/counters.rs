@@ -15,6 +15,7 @@ pub(super) struct Counters {
     pub(super) throttled: AtomicU64,
     pub(super) flushes: AtomicU64,
     pub(super) forged: AtomicU64,
+    pub(super) usage_lost: AtomicU64,
 }
 
 /// The background worker finished a flush.
@@ -32,9 +33,13 @@ pub(crate) fn count(reason: Reason) {
 }
 
 pub(super) fn bump(which: impl Fn(&Counters) -> &AtomicU64) {
+    add(which, 1);
+}
+
+pub(super) fn add(which: impl Fn(&Counters) -> &AtomicU64, n: u64) {
     match shared() {
-        Some(header) => which(&header.counters).fetch_add(1, Relaxed),
-        None => LOCAL.with_borrow(|l| which(&l.counters).fetch_add(1, Relaxed)),
+        Some(header) => which(&header.counters).fetch_add(n, Relaxed),
+        None => LOCAL.with_borrow(|l| which(&l.counters).fetch_add(n, Relaxed)),
     };
 }
 
@@ -56,6 +61,7 @@ pub(crate) fn snapshot() -> Vec<(String, i64)> {
         rows.push(("argon2_throttled".into(), c.throttled.load(Relaxed) as i64));
         rows.push(("flushes".into(), c.flushes.load(Relaxed) as i64));
         rows.push(("forged_signatures".into(), c.forged.load(Relaxed) as i64));
+        rows.push(("usage_lost".into(), c.usage_lost.load(Relaxed) as i64));
         rows
     };
     let mut rows = match shared() {

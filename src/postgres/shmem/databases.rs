@@ -35,6 +35,16 @@ pub(crate) struct DatabaseEntry {
     last_flush_at: i64,
     /// Keys whose usage the last flush wrote.
     last_flush_keys: i64,
+    /// The worker running a round here (0: none): one round at a time per database.
+    worker_pid: i32,
+    /// When that worker last moved on (µs): the launcher stops one that does not.
+    progress_at: i64,
+    /// When a backend here last said it has the extension (µs): a worker's older look
+    /// that found none does not undo it.
+    noted_at: i64,
+    /// No round starts before this (µs): a command that needs the database free of
+    /// sessions (DROP DATABASE …) is under way.
+    hold_off_until: i64,
 }
 
 // SAFETY: `oid` leads; all-zero is a database never seen (Unknown, no table).
@@ -183,6 +193,7 @@ pub(super) fn with_own_keys<R>(f: impl FnOnce(&Table<KeyEntry>) -> R) -> Option<
             let table = keys_table(a, header, oid, true).expect("made when absent");
             if let Some(mut db) = a.directory.find(&u32::from(oid).to_ne_bytes()) {
                 db.extension = 1;
+                db.noted_at = super::now();
             }
             a.own_keys = Some(table);
         }
@@ -193,7 +204,15 @@ pub(super) fn with_own_keys<R>(f: impl FnOnce(&Table<KeyEntry>) -> R) -> Option<
 /// Note that this backend's database has the extension (CREATE EXTENSION), so the
 /// launcher serves it from its next round.
 pub(crate) fn note_extension_here() {
+    let now = super::now();
     with_own_keys(|_| ());
+    with_attached(|a, _| {
+        let (mut db, _) = a
+            .directory
+            .find_or_insert(&u32::from(current_database()).to_ne_bytes());
+        db.extension = 1;
+        db.noted_at = now;
+    });
 }
 
 /// Every database in the directory.
@@ -209,19 +228,99 @@ pub(crate) fn list() -> Vec<DatabaseEntry> {
     .unwrap_or_default()
 }
 
-/// Record what a worker found: whether `oid` has the extension, and (when it flushed)
-/// how many keys it wrote.
-pub(crate) fn note_round(oid: pg_sys::Oid, extension: bool, flushed_keys: Option<i64>) {
+/// Record what a worker that looked at `looked_at` found: whether `oid` has the
+/// extension (a backend's note since then wins over "no"), and (when its flush wrote
+/// everything it could) how many keys it wrote.
+pub(crate) fn note_round(
+    oid: pg_sys::Oid,
+    extension: bool,
+    looked_at: i64,
+    flushed_keys: Option<i64>,
+) {
     let now = super::now();
     with_attached(|a, _| {
         let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
-        db.extension = if extension { 1 } else { 2 };
+        if extension || db.noted_at < looked_at {
+            db.extension = if extension { 1 } else { 2 };
+        }
         db.checked_at = now;
         if let Some(keys) = flushed_keys {
             db.last_flush_at = now;
             db.last_flush_keys = keys;
         }
     });
+}
+
+/// Take the round of database `oid` for this process; false when another live worker
+/// has it (one whose launcher went away mid-round). Released by `release_round`.
+pub(crate) fn claim_round(oid: pg_sys::Oid) -> bool {
+    let now = super::now();
+    // SAFETY: this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    with_attached(|a, _| {
+        let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
+        if now < db.hold_off_until {
+            return false;
+        }
+        let holder = db.worker_pid;
+        // SAFETY: looks a pid up in the proc array (under its own lock); NULL when no
+        // backend or worker has it.
+        let holder_alive =
+            holder != 0 && holder != me && !unsafe { pg_sys::BackendPidGetProc(holder) }.is_null();
+        if holder_alive {
+            return false;
+        }
+        db.worker_pid = me;
+        db.progress_at = now;
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// The worker running a round in `oid`, if any; no round starts there for the next
+/// `HOLD_OFF` (the caller is about to need the database free of sessions).
+pub(crate) fn worker_of(oid: pg_sys::Oid) -> Option<i32> {
+    const HOLD_OFF: i64 = 10 * 1_000_000;
+    let now = super::now();
+    with_attached(|a, _| {
+        let mut db = a.directory.find(&u32::from(oid).to_ne_bytes())?;
+        db.hold_off_until = now + HOLD_OFF;
+        (db.worker_pid != 0).then_some(db.worker_pid)
+    })
+    .flatten()
+}
+
+/// This process's round of `oid` is over (also when it exits on an error).
+pub(crate) fn release_round(oid: pg_sys::Oid) {
+    // SAFETY: this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    with_attached(|a, _| {
+        if let Some(mut db) = a.directory.find(&u32::from(oid).to_ne_bytes()) {
+            if db.worker_pid == me {
+                db.worker_pid = 0;
+            }
+        }
+    });
+}
+
+/// The worker of `oid` moved on (connected, wrote a batch, swept).
+pub(crate) fn note_progress(oid: pg_sys::Oid) {
+    let now = super::now();
+    with_attached(|a, _| {
+        if let Some(mut db) = a.directory.find(&u32::from(oid).to_ne_bytes()) {
+            db.progress_at = now;
+        }
+    });
+}
+
+/// When the worker of `oid` last moved on.
+pub(crate) fn progress_at(oid: pg_sys::Oid) -> Option<i64> {
+    with_attached(|a, _| {
+        a.directory
+            .find(&u32::from(oid).to_ne_bytes())
+            .map(|db| db.progress_at)
+    })
+    .flatten()
 }
 
 /// Run `f` over the key table of database `oid` (made when absent and `create`): this

@@ -104,14 +104,16 @@ pub(crate) fn drop_idle(oid: pg_sys::Oid, everything: bool) -> i64 {
 /// at start).
 pub(crate) fn restore(oid: pg_sys::Oid, saved: &[([u8; 16], Unflushed)]) {
     databases::with_keys_of(oid, true, |table| {
-        let mut inserted = 0;
+        let (mut inserted, mut lost) = (0, 0);
         for (key_id, s) in saved {
             let (mut entry, new) = table.find_or_insert(key_id);
             inserted += i64::from(new);
             entry.state.activity.restore(s);
+            lost += u64::from(entry.state.activity.take_lost());
         }
         if let Some(header) = shared() {
             header.tracked_keys.fetch_add(inserted, Relaxed);
+            header.counters.usage_lost.fetch_add(lost, Relaxed);
         }
     });
 }
