@@ -289,3 +289,80 @@ fn a_database_closed_to_new_connections_keeps_its_state() {
     assert_eq!(answers, ["ok", "rate_limited"]);
     assert_eq!(stats(&mut c)["tracked_keys"], 1);
 }
+
+/// A user's open `ALTER DATABASE … RENAME` holds its database's lock: that database's
+/// worker gives up connecting (lock_timeout) and the other databases are still served.
+#[test]
+fn a_database_locked_by_a_user_holds_up_no_other() {
+    let cluster = two_apps("locked_db");
+    let mut shop = cluster.connect_fast("shop");
+    let k = issue(&mut shop, "'k', 'service', 'production'");
+    drop(shop);
+    let mut admin = cluster.connect("postgres");
+    let mut rename = admin.transaction().unwrap();
+    rename
+        .batch_execute("ALTER DATABASE billing RENAME TO billing_renamed")
+        .unwrap();
+    let mut shop = cluster.connect("shop");
+    for _ in 0..3 {
+        assert_eq!(verify(&mut shop, &k.key, None, None).reason, "ok");
+    }
+    wait_for(
+        "shop served while billing is locked",
+        Duration::from_secs(30),
+        || usage_and_last_use(&mut shop, &k) == (3, true),
+    );
+    rename.rollback().unwrap();
+}
+
+/// The owner of a database (a plain role) drops it while its worker is in a long round
+/// (here a trigger that sleeps in the expiry sweep): the worker is stopped for the
+/// command, which does not fail on "being accessed by other users".
+#[test]
+fn an_owner_drops_a_database_during_a_long_round() {
+    let cluster = Cluster::start_with("long_round", WORKER_CONF);
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute("CREATE ROLE owner LOGIN CREATEDB")
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE slow OWNER owner")
+        .unwrap();
+    let mut slow = cluster.connect_fast("slow");
+    slow.batch_execute(
+        "CREATE EXTENSION api_keys;
+         CREATE FUNCTION public.sleepy() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.status = 'expired' THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER sleepy BEFORE UPDATE ON api_keys.keys
+           FOR EACH ROW EXECUTE FUNCTION public.sleepy();",
+    )
+    .unwrap();
+    issue(
+        &mut slow,
+        "'due', 'service', 'production', expires_at => clock_timestamp() + interval '1 second'",
+    );
+    drop(slow);
+    wait_for(
+        "a worker asleep in the sweep",
+        Duration::from_secs(30),
+        || {
+            admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'api_keys worker' AND wait_event = 'PgSleep'",
+                &[],
+            )
+            .unwrap()
+            .is_some()
+        },
+    );
+    let launcher = running_worker(&cluster);
+    let mut owner = cluster.connect_as("postgres", "owner");
+    let started = Instant::now();
+    owner.batch_execute("DROP DATABASE slow").unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(running_worker(&cluster), launcher);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     issue, running_worker, shared_cluster, stats, verify, wait_for, worker_pid, Client, Cluster,
-    NoTls, DB, WORKER_CONF,
+    DB, WORKER_CONF,
 };
 use postgres::GenericClient;
 
@@ -21,12 +21,6 @@ use postgres::GenericClient;
 fn shared() -> Arc<Cluster> {
     static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
     shared_cluster(&SHARED, || Cluster::start("roles"))
-}
-
-/// A session as `role` (no settings).
-fn connect_as(cluster: &Cluster, db: &str, role: &str) -> Client {
-    Client::connect(&format!("{} user={role}", cluster.conn_string(db)), NoTls)
-        .unwrap_or_else(|e| panic!("connect to {db} as {role}: {e:?}"))
 }
 
 /// The SQLSTATE and message of a statement that must fail with an error from the server.
@@ -141,7 +135,7 @@ fn has_scope_memory_is_bounded_and_the_server_survives() {
     // A crashed backend makes the postmaster end every session (its start time stays):
     // one opened before must still answer after.
     let mut witness = cluster.connect_fast(DB);
-    let mut c = connect_as(&cluster, DB, "plain");
+    let mut c = cluster.connect_as(DB, "plain");
     let pid = backend_pid(&mut c);
     // Loads the library and its caches before the baseline.
     count(
@@ -306,7 +300,7 @@ fn oversized_inputs_are_refused(cluster: &Cluster) {
         .connect(DB)
         .batch_execute("CREATE ROLE plain LOGIN")
         .unwrap();
-    let mut c = connect_as(cluster, DB, "plain");
+    let mut c = cluster.connect_as(DB, "plain");
     let own = issue(&mut c, "'own', 'service', 'production'");
     c.batch_execute(BIG_INPUTS).unwrap();
     c.batch_execute("SET statement_timeout = '2s'").unwrap();
@@ -564,7 +558,7 @@ fn worker_never_waits_on_a_users_lock() {
     let mut admin = cluster.connect_fast(DB);
     admin.batch_execute("CREATE ROLE plain LOGIN").unwrap();
     running_worker(&cluster);
-    let mut user = connect_as(&cluster, DB, "plain");
+    let mut user = cluster.connect_as(DB, "plain");
     let a = issue(
         &mut user,
         "'a', 'service', 'production', expires_at => now() + interval '3 seconds'",
@@ -626,13 +620,13 @@ fn definer_function_acts_for_its_owner() {
     )
     .unwrap();
     let bobs = issue(
-        &mut connect_as(&cluster, DB, "bob"),
+        &mut cluster.connect_as(DB, "bob"),
         "'bob''s', 'service', 'production'",
     );
-    let mut alice = connect_as(&cluster, DB, "alice");
+    let mut alice = cluster.connect_as(DB, "alice");
     alice.batch_execute(ALICE_FUNCTIONS).unwrap();
     let alices = issue(&mut alice, "'alice''s', 'service', 'production'");
-    let mut admin = connect_as(&cluster, DB, "keyadmin");
+    let mut admin = cluster.connect_as(DB, "keyadmin");
 
     let revoke = "SELECT alice.revoke_key($1::text::uuid)";
     let (code, message) = refusal(
@@ -680,7 +674,7 @@ fn empty_x_api_key_is_unauthorized() {
         .connect(DB)
         .batch_execute("CREATE ROLE gateway LOGIN IN ROLE api_keys_verifier")
         .unwrap();
-    let mut c = connect_as(&cluster, DB, "gateway");
+    let mut c = cluster.connect_as(DB, "gateway");
     for value in ["", "   "] {
         let mut t = c.transaction().unwrap();
         t.query_one(
@@ -768,7 +762,7 @@ fn a_failing_expiry_loses_no_usage() {
     old.batch_execute("CREATE EXTENSION api_keys VERSION '0.3.1'")
         .unwrap();
     let used = issue(&mut old, "'used', 'service', 'production'");
-    let mut user = connect_as(&cluster, "old", "plain");
+    let mut user = cluster.connect_as("old", "plain");
     let due = issue(
         &mut user,
         "'due', 'service', 'production', expires_at => now() + interval '2 seconds'",

@@ -359,3 +359,39 @@ fn without_preload_limits_hold_per_session_and_say_so() {
     );
     assert_eq!(stats(&mut c)["shared_memory"], 0);
 }
+
+/// The launcher terminated while counts wait to be written: they are saved and taken
+/// back by the next launcher, and written once (not once more per launcher).
+#[test]
+fn a_terminated_launcher_neither_loses_nor_doubles_counts() {
+    let cluster = Cluster::start_with("relaunch", &["api_keys.flush_interval = 3600"]);
+    let mut c = cluster.connect_fast(DB);
+    let k = issue(&mut c, "'counted', 'service', 'production'");
+    for _ in 0..5 {
+        assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    }
+    let pid = running_worker(&cluster);
+    let terminated: bool = c
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let mut c = recovered(&cluster, pid);
+    assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    c.batch_execute("ALTER SYSTEM SET api_keys.flush_interval = 1")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let verified = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    wait_for("the six uses written", Duration::from_secs(30), || {
+        verified(&mut c) >= 6
+    });
+    wait_for_flush(&cluster);
+    assert_eq!(verified(&mut c), 6, "{}", cluster.server_log());
+}

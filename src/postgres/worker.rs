@@ -112,6 +112,7 @@ fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
             Spi::run(
                 "SET LOCAL search_path = pg_catalog, pg_temp; \
                  SET LOCAL lock_timeout = '5s'; \
+                 SET LOCAL statement_timeout = '20s'; \
                  SET LOCAL session_replication_role = replica",
             )
             .expect("flush settings");
@@ -136,6 +137,7 @@ fn expire() {
     Spi::run(
         "SET LOCAL search_path = pg_catalog, pg_temp; \
          SET LOCAL lock_timeout = '5s'; \
+         SET LOCAL statement_timeout = '20s'; \
          SET LOCAL api_keys.actor = 'api_keys worker'",
     )
     .expect("expiry settings");

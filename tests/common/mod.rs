@@ -166,6 +166,12 @@ impl Cluster {
         Client::connect(&self.conn_string(db), NoTls)
     }
 
+    /// A session as `role` (no settings).
+    pub fn connect_as(&self, db: &str, role: &str) -> Client {
+        Client::connect(&format!("{} user={role}", self.conn_string(db)), NoTls)
+            .unwrap_or_else(|e| panic!("connect to {db} as {role}: {e:?}"))
+    }
+
     /// A plain new session as superuser `postgres` (nothing set).
     pub fn connect(&self, db: &str) -> Client {
         self.try_connect(db).unwrap_or_else(|e| {
