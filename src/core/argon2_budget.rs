@@ -1,7 +1,7 @@
 //! Budgets for argon2 computations on presentations the memo does not know:
 //!
-//! - per prefix, per clock minute (`argon2_budget_per_minute`), so a flood of wrong
-//!   secrets against one real prefix costs at most that many hashes a minute;
+//! - per key (its prefix), per clock minute (`argon2_budget_per_minute`), so a flood of
+//!   wrong secrets against one real prefix costs at most that many hashes a minute;
 //! - server-wide, for prefixes that have seen a wrong secret in the last
 //!   `SUSPECT_MINUTES` (`argon2_after_failure_per_second`), so a flood spread over many
 //!   real prefixes costs a bounded number of hashes a second, not prefixes × budget.
