@@ -298,6 +298,10 @@ fn a_database_locked_by_a_user_holds_up_no_other() {
     let mut shop = cluster.connect_fast("shop");
     let k = issue(&mut shop, "'k', 'service', 'production'");
     drop(shop);
+    let mut billing = cluster.connect_fast("billing");
+    let b = issue(&mut billing, "'b', 'service', 'production'");
+    assert_eq!(verify(&mut billing, &b.key, None, None).reason, "ok");
+    drop(billing);
     let mut admin = cluster.connect("postgres");
     let mut rename = admin.transaction().unwrap();
     rename
@@ -313,6 +317,18 @@ fn a_database_locked_by_a_user_holds_up_no_other() {
         || usage_and_last_use(&mut shop, &k) == (3, true),
     );
     rename.rollback().unwrap();
+    // Its workers failed to connect (an error exit each): the next one serves it.
+    let mut billing = cluster.connect("billing");
+    assert_eq!(verify(&mut billing, &b.key, None, None).reason, "ok");
+    wait_for(
+        "billing served once unlocked",
+        Duration::from_secs(30),
+        || usage_and_last_use(&mut billing, &b) == (2, true),
+    );
+    assert!(
+        cluster.server_log().contains("lock timeout"),
+        "a worker gave up connecting to billing"
+    );
 }
 
 /// The owner of a database (a plain role) drops it while its worker is in a long round
