@@ -20,7 +20,8 @@
 #            lookup pays what a table of a million rows costs (buffer misses), so the
 #            ratio shows what verification itself adds at that size.
 # Writes tests/bench/SCALE.md. Knobs: SCALE_KEYS, SCALE_SECS (10), SCALE_ROUNDS (5),
-# SCALE_PORT (55498).
+# SCALE_PORT (55498), SCALE_SHARED_BUFFERS (PostgreSQL's default, 128MB; another value
+# writes tests/bench/SCALE-shared_buffers-<value>.md instead).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -29,7 +30,8 @@ SECS=${SCALE_SECS:-10}
 ROUNDS=${SCALE_ROUNDS:-5}
 PORT=${SCALE_PORT:-55498}
 SMALL=200
-REPORT=$here/SCALE.md
+BUFFERS=${SCALE_SHARED_BUFFERS:-}
+REPORT=$here/SCALE${BUFFERS:+-shared_buffers-$BUFFERS}.md
 
 for tool in pgbench psql awk; do
     command -v "$tool" >/dev/null || { echo "bench-scale: $tool not found on PATH" >&2; exit 1; }
@@ -49,7 +51,7 @@ commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git -C "$root" diff --quiet HEAD -- src sql 2>/dev/null || commit+=" + uncommitted changes in src/ or sql/"
 
 echo "==> starting a preloaded cluster in $dir (port $PORT), default settings"
-"$root/tests/pg_cluster.sh" start "$dir" "$PORT"
+"$root/tests/pg_cluster.sh" start "$dir" "$PORT" ${BUFFERS:+"shared_buffers = '$BUFFERS'"}
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$PORT" -U postgres -d postgres "$@"; }
 counter() { q -c "SELECT value FROM api_keys.stats() WHERE counter = '$1'"; }
 # Dynamic shared memory of every PostgreSQL server on the machine (segments are not
