@@ -18,8 +18,15 @@ pub(crate) struct KeyState {
     /// zero: none. A hash change (rotation) changes every fact, so a stale one never
     /// matches.
     matched: [u8; 32],
-    /// The worker has logged that it could not mark this key expired.
-    expiry_reported: bool,
+    /// The minute (since 2000) the worker last logged that it could not mark this key
+    /// expired; 0: never.
+    expiry_reported_minute: u32,
+}
+
+const MICROS_PER_MINUTE: i64 = 60_000_000;
+
+fn minute_of(now: i64) -> u32 {
+    (now.max(0) / MICROS_PER_MINUTE) as u32
 }
 
 impl KeyState {
@@ -32,15 +39,24 @@ impl KeyState {
         self.matched = *fact;
     }
 
-    /// True the first time (while this state lives) expiring the key fails.
-    pub(crate) fn first_expiry_failure(&mut self) -> bool {
-        !std::mem::replace(&mut self.expiry_reported, true)
+    /// True when expiring the key failed and that was not logged in the last hour.
+    pub(crate) fn first_expiry_failure(&mut self, now: i64) -> bool {
+        let minute = minute_of(now);
+        if self.expiry_reported_minute != 0
+            && minute.saturating_sub(self.expiry_reported_minute) < 60
+        {
+            return false;
+        }
+        self.expiry_reported_minute = minute.max(1);
+        true
     }
 
     /// Safe to drop at `now`: nothing to write, no live window, budget or suspicion.
     /// Dropping it costs the key one argon2 computation at its next presentation.
     pub(crate) fn is_idle(&self, now: i64) -> bool {
-        self.activity.is_idle(now) && !self.budget.is_live(now)
+        self.activity.is_idle(now)
+            && !self.budget.is_live(now)
+            && minute_of(now).saturating_sub(self.expiry_reported_minute) > 60
     }
 }
 
@@ -56,6 +72,21 @@ mod tests {
         s.remember_match(&[7; 32]);
         assert!(s.knows_match(&[7; 32]));
         assert!(!s.knows_match(&[8; 32]));
+    }
+
+    #[test]
+    fn an_expiry_failure_is_reported_once_an_hour_and_keeps_the_state() {
+        const MIN: i64 = MICROS_PER_MINUTE;
+        let mut s = KeyState::default();
+        let t = 1000 * 60 * MIN;
+        assert!(s.first_expiry_failure(t));
+        assert!(!s.first_expiry_failure(t + MIN));
+        assert!(
+            !s.is_idle(t + 59 * MIN),
+            "kept, so the next round stays quiet"
+        );
+        assert!(s.first_expiry_failure(t + 60 * MIN), "again an hour later");
+        assert!(s.is_idle(t + 122 * MIN));
     }
 
     #[test]

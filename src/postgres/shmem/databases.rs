@@ -219,10 +219,7 @@ pub(crate) fn note_extension_here() {
 pub(crate) fn list() -> Vec<DatabaseEntry> {
     with_attached(|a, _| {
         let mut all = Vec::new();
-        a.directory.retain(|db| {
-            all.push(*db);
-            true
-        });
+        a.directory.for_each(|db| all.push(*db));
         all
     })
     .unwrap_or_default()
@@ -357,10 +354,7 @@ pub(crate) fn forget(oid: pg_sys::Oid) {
             // database, so nobody else is attached.
             let table = unsafe { Table::<KeyEntry>::attach(a.area, header.hash_tranche, db.keys) };
             let mut entries = 0;
-            table.retain(|_| {
-                entries += 1;
-                true
-            });
+            table.for_each(|_| entries += 1);
             table.destroy();
             header.tracked_keys.fetch_sub(entries, Relaxed);
         }

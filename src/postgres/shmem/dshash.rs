@@ -223,8 +223,28 @@ impl<E: Entry> Table<E> {
         })
     }
 
+    /// Visit every entry, one partition locked at a time (shared: verifications of
+    /// other keys in that partition go on). `f` must not raise a Postgres error or take
+    /// another lock.
+    pub(super) fn for_each(&self, mut f: impl FnMut(&E)) {
+        // SAFETY: `raw` is attached; every entry `dshash_seq_next` returns is locked
+        // (shared) until the next call.
+        unsafe {
+            let mut status = std::mem::MaybeUninit::<SeqStatus>::uninit();
+            guarded(|| dshash_seq_init(status.as_mut_ptr(), self.raw, false));
+            loop {
+                let entry = guarded(|| dshash_seq_next(status.as_mut_ptr()));
+                if entry.is_null() {
+                    break;
+                }
+                f(&*entry.cast::<E>());
+            }
+            guarded(|| dshash_seq_term(status.as_mut_ptr()));
+        }
+    }
+
     /// Visit every entry, one partition locked at a time (exclusively): `f` answers
-    /// whether to delete it. `f` must not raise a Postgres error or take another lock.
+    /// whether to keep it. `f` must not raise a Postgres error or take another lock.
     pub(super) fn retain(&self, mut f: impl FnMut(&mut E) -> bool) {
         // SAFETY: `raw` is attached; every entry `dshash_seq_next` returns is locked
         // until the next call, and `dshash_delete_current` deletes only that one.

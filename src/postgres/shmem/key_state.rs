@@ -46,9 +46,10 @@ pub(super) fn with_key<R>(key_id: &[u8; 16], f: impl FnOnce(&mut KeyState) -> R)
     })
 }
 
-/// True the first time (while the key's state lives) the worker fails to expire it.
+/// True when the worker fails to expire the key and has not said so in the last hour.
 pub(crate) fn first_expiry_failure(key_id: &[u8; 16]) -> bool {
-    with_key(key_id, KeyState::first_expiry_failure)
+    let now = now();
+    with_key(key_id, |s| s.first_expiry_failure(now))
 }
 
 /// What the keys of database `oid` have not had written yet, copied (see
@@ -56,11 +57,10 @@ pub(crate) fn first_expiry_failure(key_id: &[u8; 16]) -> bool {
 pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     databases::with_keys_of(oid, false, |table| {
         let mut all = Vec::new();
-        table.retain(|e| {
+        table.for_each(|e| {
             if let Some(u) = e.state.activity.unflushed() {
                 all.push((e.key_id, u));
             }
-            true
         });
         all
     })
