@@ -23,6 +23,8 @@ start)
         echo "unix_socket_directories = '$dir'"
         echo "port = $port"
         echo "fsync = off"
+        # Room for parallel queries and the api_keys workers (README, "Worker slots").
+        echo "max_worker_processes = 11"
         for line in "$@"; do echo "$line"; done
     } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null

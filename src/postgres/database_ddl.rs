@@ -1,4 +1,4 @@
-//! DROP DATABASE, ALTER DATABASE (RENAME, SET TABLESPACE) and CREATE DATABASE … TEMPLATE
+//! DROP DATABASE, ALTER DATABASE … RENAME / SET TABLESPACE and CREATE DATABASE … TEMPLATE
 //! need the database free of other sessions, and wait only 5 s for them. A worker's
 //! round there (`worker.rs`) may last longer at scale, and a plain owner's `WITH
 //! (FORCE)` may not end a superuser's process; so a ProcessUtility hook (preloaded
@@ -43,8 +43,10 @@ unsafe fn database_to_free(stmt: *mut pg_sys::Node) -> Option<*const c_char> {
         }
         match (*stmt).type_ {
             pg_sys::NodeTag::T_DropdbStmt => Some((*stmt.cast::<pg_sys::DropdbStmt>()).dbname),
+            // Of ALTER DATABASE, only SET TABLESPACE needs the database free.
             pg_sys::NodeTag::T_AlterDatabaseStmt => {
-                Some((*stmt.cast::<pg_sys::AlterDatabaseStmt>()).dbname)
+                let alter = &*stmt.cast::<pg_sys::AlterDatabaseStmt>();
+                option(alter.options, c"tablespace").map(|_| alter.dbname.cast_const())
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let rename = &*stmt.cast::<pg_sys::RenameStmt>();
@@ -53,24 +55,33 @@ unsafe fn database_to_free(stmt: *mut pg_sys::Node) -> Option<*const c_char> {
             }
             pg_sys::NodeTag::T_CreatedbStmt => {
                 let options = (*stmt.cast::<pg_sys::CreatedbStmt>()).options;
-                if options.is_null() {
-                    return None;
-                }
-                (0..(*options).length as usize).find_map(|i| {
-                    let def = (*(*options).elements.add(i))
-                        .ptr_value
-                        .cast::<pg_sys::DefElem>();
-                    let template = CStr::from_ptr((*def).defname) == c"template";
-                    // A template given as something other than a name: Postgres refuses
-                    // the statement itself.
-                    (template
-                        && !(*def).arg.is_null()
-                        && (*(*def).arg).type_ == pg_sys::NodeTag::T_String)
-                        .then(|| (*(*def).arg.cast::<pg_sys::String>()).sval.cast_const())
-                })
+                // A template given as something other than a name: Postgres refuses the
+                // statement itself.
+                option(options, c"template")
+                    .filter(|arg| (**arg).type_ == pg_sys::NodeTag::T_String)
+                    .map(|arg| (*arg.cast::<pg_sys::String>()).sval.cast_const())
             }
             _ => None,
         }
+    }
+}
+
+/// The argument of option `name` in a statement's `DefElem` list, if given.
+///
+/// # Safety
+/// `options` is a parse tree's list of DefElem (or NULL).
+unsafe fn option(options: *mut pg_sys::List, name: &CStr) -> Option<*mut pg_sys::Node> {
+    // SAFETY: the caller's promise; a DefElem's name is NUL-terminated.
+    unsafe {
+        if options.is_null() {
+            return None;
+        }
+        (0..(*options).length as usize).find_map(|i| {
+            let def = (*(*options).elements.add(i))
+                .ptr_value
+                .cast::<pg_sys::DefElem>();
+            (CStr::from_ptr((*def).defname) == name && !(*def).arg.is_null()).then(|| (*def).arg)
+        })
     }
 }
 

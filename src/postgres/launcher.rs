@@ -43,9 +43,14 @@ pub(crate) fn register() {
         .set_function("api_keys_launcher_main")
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
+        .set_restart_time(Some(RESTART))
         .load();
 }
+
+/// How soon the postmaster starts the launcher again after it exits (pg_terminate_backend,
+/// an error): short, as calls counted in between are saved by no one if the server then
+/// stops.
+const RESTART: Duration = Duration::from_secs(1);
 
 pub(crate) fn interval() -> Duration {
     Duration::from_secs(gucs::FLUSH_INTERVAL_S.get().max(1) as u64)
@@ -65,6 +70,7 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     restore_saved_usage();
     log!("api_keys launcher started");
+    warn_if_parallel_queries_can_take_every_slot();
     loop {
         serve_databases();
         // Asked before sleeping: a SIGTERM during a round set the latch a wait for the
@@ -87,6 +93,21 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     // starts nothing.
     // SAFETY: leaves the process the way PostgreSQL's own workers do.
     unsafe { pg_sys::proc_exit(1) }
+}
+
+/// Parallel queries draw on the same background worker slots as the launcher's
+/// workers: when they may take all of them, a busy server (or any role running parallel
+/// queries) leaves no slot for a round, and usage is written late. Say so at start.
+fn warn_if_parallel_queries_can_take_every_slot() {
+    // SAFETY: reads two settings of this process.
+    let (slots, parallel) = unsafe { (pg_sys::max_worker_processes, pg_sys::max_parallel_workers) };
+    // This launcher, its worker, the logical replication launcher.
+    if slots < parallel + 3 {
+        pgrx::warning!(
+            "api_keys: max_worker_processes ({slots}) leaves parallel queries (max_parallel_workers = {parallel}) room to take every background worker slot, and then usage is written late; set max_worker_processes to at least {}",
+            parallel + 3
+        );
+    }
 }
 
 /// A database of `pg_database`.
@@ -150,25 +171,68 @@ fn serve_databases() {
             databases::forget(db.oid());
         }
     }
+    BACKOFF.with_borrow_mut(|b| b.retain(|oid, _| present.iter().any(|p| p.oid == *oid)));
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    for db in present.iter().filter(|d| d.servable) {
+    let extension = |oid| {
+        known
+            .iter()
+            .find(|k| k.oid() == oid)
+            .map(|e| (e.extension(), e.checked_at()))
+    };
+    // Databases with the extension first, then the ones to look at.
+    let mut due: Vec<(&Database, bool)> = present
+        .iter()
+        .filter(|d| d.servable)
+        .filter(|d| BACKOFF.with_borrow(|b| b.get(&d.oid).is_none_or(|f| now >= f.next_try)))
+        .filter_map(|d| match extension(d.oid) {
+            Some((databases::Extension::Present, _)) => Some((d, true)),
+            Some((databases::Extension::Absent, checked_at)) if now - checked_at < RECHECK => None,
+            _ => Some((d, false)),
+        })
+        .collect();
+    due.sort_by_key(|(_, present)| !present);
+    for (db, _) in due {
         if shutdown_requested() {
             return;
         }
-        let entry = known.iter().find(|k| k.oid() == db.oid);
-        let due = match entry.map(|e| (e.extension(), e.checked_at())) {
-            Some((databases::Extension::Absent, checked_at)) => now - checked_at >= RECHECK,
-            _ => true,
-        };
-        if due {
-            run_worker(db);
-        }
+        let connected = run_worker(db);
+        BACKOFF.with_borrow_mut(|b| {
+            if connected {
+                b.remove(&db.oid);
+            } else {
+                // SAFETY: reads the clock.
+                let now = unsafe { pg_sys::GetCurrentTimestamp() };
+                let f = b.entry(db.oid).or_insert(Failures {
+                    count: 0,
+                    next_try: 0,
+                });
+                f.count = (f.count + 1).min(16);
+                let wait = (interval().as_micros() as i64)
+                    .saturating_mul(1 << f.count.min(10))
+                    .min(RECHECK);
+                f.next_try = now + wait;
+            }
+        });
     }
 }
 
-/// Start the worker of `db` and wait for it to finish.
-fn run_worker(db: &Database) {
+/// A database whose worker could not connect (its lock held, its worker slot taken):
+/// tried again after a wait that doubles with each failure, up to RECHECK, so that
+/// such databases cost the others almost nothing.
+struct Failures {
+    count: u32,
+    next_try: i64,
+}
+
+thread_local! {
+    static BACKOFF: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, Failures>> =
+        Default::default();
+}
+
+/// Start the worker of `db` and wait for it to finish; false when it never got to
+/// work there (no slot, or it could not connect).
+fn run_worker(db: &Database) -> bool {
     let started = BackgroundWorkerBuilder::new(&format!("api_keys worker {}", db.name))
         .set_type("api_keys worker")
         .set_library("api_keys")
@@ -184,16 +248,24 @@ fn run_worker(db: &Database) {
         /// Saying so once per shortage, not every round.
         static SHORT_OF_SLOTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
+    // SAFETY: reads the clock.
+    let before = unsafe { pg_sys::GetCurrentTimestamp() };
     match started {
         Ok(worker) => {
             SHORT_OF_SLOTS.set(false);
             wait_for(worker, db);
+            // It notes progress once connected.
+            databases::progress_at(db.oid).is_some_and(|at| at >= before)
         }
-        Err(_) if !SHORT_OF_SLOTS.replace(true) => log!(
-            "api_keys launcher: no background worker slot for database \"{}\" (max_worker_processes is in use); databases are skipped until one is free",
-            db.name
-        ),
-        Err(_) => {}
+        Err(_) => {
+            if !SHORT_OF_SLOTS.replace(true) {
+                log!(
+                    "api_keys launcher: no background worker slot for database \"{}\" (max_worker_processes is in use); databases are skipped until one is free",
+                    db.name
+                );
+            }
+            false
+        }
     }
 }
 

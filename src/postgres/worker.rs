@@ -50,16 +50,25 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
     // SAFETY: registered once; runs at exit (an error's too), before shared memory
     // is detached.
     unsafe { pg_sys::before_shmem_exit(Some(release_round), arg) };
-    // A connection blocked on the database's lock (a user's open ALTER DATABASE … RENAME)
-    // gives up after 5 s instead of holding up the launcher.
-    // SAFETY: sets a setting of this process, before it connects.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"lock_timeout".as_ptr(),
-            c"5s".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
+    // The worker is a superuser in a database whose owner may be anyone: the settings
+    // its owner gave it (ALTER DATABASE … SET) must not reach the worker's statements.
+    // Set here with a source that outranks them. A connection blocked on the database's
+    // lock (a user's open ALTER DATABASE … RENAME) gives up after 200 ms.
+    for (name, value) in [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"lock_timeout", c"200ms"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+    ] {
+        // SAFETY: sets a setting of this process, before it connects.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
     }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
     // SAFETY: reads the clock.
@@ -106,7 +115,7 @@ fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
     let (mut written, mut failed) = (0, false);
     for batch in copies.chunks(BATCH) {
         pg_sys::check_for_interrupts!();
-        let Some(skipped) = step("usage flush", || {
+        let Some(not_written) = step("usage flush", || {
             // Triggers off for the flush (superuser-only setting): writing last use is
             // not an edit to guard or audit, and no row's content can then fail it.
             Spi::run(
@@ -123,11 +132,14 @@ fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
         };
         let done: Vec<_> = batch
             .iter()
-            .filter(|(key, _)| !skipped.contains(key))
+            .filter(|(key, _)| !not_written.locked.contains(key))
             .cloned()
             .collect();
         key_state::forget_flushed(oid, &done);
-        written += done.len() as i64;
+        // No row: a key deleted, or one never committed (issued and verified in a
+        // transaction that rolled back). Its state goes now, not an hour later.
+        key_state::forget_keys(oid, &not_written.gone);
+        written += (done.len() - not_written.gone.len()) as i64;
         databases::note_progress(oid);
     }
     (!failed).then_some(written)
@@ -179,10 +191,11 @@ fn expire() {
     }
 }
 
+/// Does this database have the extension? A catalog lookup, no SQL: nothing a user
+/// defined (an operator, a search_path) can take part.
 fn installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'api_keys')",
-    ) == Ok(Some(true))
+    // SAFETY: a syscache-backed catalog lookup, in the step's transaction.
+    unsafe { pg_sys::get_extension_oid(c"api_keys".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
 /// Run `work` in a transaction of its own; on an error, roll it back, log it and answer
@@ -250,15 +263,24 @@ WITH batch AS (
        AND k.id IN (SELECT id FROM locked)
        AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.at)
 )
-SELECT k.id FROM api_keys.keys k
- WHERE k.id IN (SELECT key_id FROM wanted) AND k.id NOT IN (SELECT id FROM locked)";
+SELECT w.key_id, k.id IS NULL
+  FROM wanted w LEFT JOIN api_keys.keys k ON k.id OPERATOR(pg_catalog.=) w.key_id
+ WHERE k.id IS NULL OR k.id NOT IN (SELECT id FROM locked)";
 
 fn uuid_text(id: &[u8; 16]) -> String {
     pgrx::datum::Uuid::from_bytes(*id).to_string()
 }
 
-/// Write `batch`; returns the keys it left for a later round.
-fn flush(batch: &[([u8; 16], Unflushed)]) -> HashSet<[u8; 16]> {
+/// What a flush did not write: keys whose row a user has locked (for a later round),
+/// and keys with no row (gone, or never committed: their state is dropped).
+#[derive(Default)]
+struct NotWritten {
+    locked: HashSet<[u8; 16]>,
+    gone: Vec<[u8; 16]>,
+}
+
+/// Write `batch`.
+fn flush(batch: &[([u8; 16], Unflushed)]) -> NotWritten {
     let (mut ids, mut hours, mut verified, mut rejected) = (vec![], vec![], vec![], vec![]);
     let (mut last_ids, mut last_at, mut last_ip) = (vec![], vec![], vec![]);
     for (key, u) in batch {
@@ -290,10 +312,15 @@ fn flush(batch: &[([u8; 16], Unflushed)]) -> HashSet<[u8; 16]> {
                 ],
             )
             .expect("flush usage")
-            .map(|row| {
+            .fold(NotWritten::default(), |mut not, row| {
                 let id = row.get::<pgrx::datum::Uuid>(1).expect("a key id");
-                *id.expect("not NULL").as_bytes()
+                let id = *id.expect("not NULL").as_bytes();
+                if row.get::<bool>(2).expect("a flag") == Some(true) {
+                    not.gone.push(id);
+                } else {
+                    not.locked.insert(id);
+                }
+                not
             })
-            .collect()
     })
 }

@@ -268,7 +268,6 @@ pub(crate) fn claim_round(oid: pg_sys::Oid) -> bool {
             return false;
         }
         db.worker_pid = me;
-        db.progress_at = now;
         true
     })
     .unwrap_or(false)

@@ -78,6 +78,25 @@ pub(crate) fn forget_flushed(oid: pg_sys::Oid, written: &[([u8; 16], Unflushed)]
     });
 }
 
+/// Drop the state of these keys of database `oid` (their rows are gone).
+pub(crate) fn forget_keys(oid: pg_sys::Oid, keys: &[[u8; 16]]) {
+    if keys.is_empty() {
+        return;
+    }
+    let mut dropped = 0;
+    databases::with_keys_of(oid, false, |table| {
+        for key_id in keys {
+            if let Some(entry) = table.find(key_id) {
+                entry.delete();
+                dropped += 1;
+            }
+        }
+    });
+    if let Some(header) = shared() {
+        header.tracked_keys.fetch_sub(dropped, Relaxed);
+    }
+}
+
 /// Drop the idle keys of database `oid` (or, when `everything`, all of them: the
 /// extension is gone); returns how many are left.
 pub(crate) fn drop_idle(oid: pg_sys::Oid, everything: bool) -> i64 {
