@@ -8,8 +8,8 @@
 mod common;
 
 use common::{
-    issue, recovered, running_worker, stats, verify, wait_for, worker_pid, Client, Cluster, DB,
-    WORKER_CONF,
+    issue, recovered, running_worker, stats, total_verified, verify, wait_for, worker_pid, Client,
+    Cluster, DB, WORKER_CONF,
 };
 use std::time::{Duration, Instant};
 
@@ -24,15 +24,6 @@ fn now_s(c: &mut Client) -> i64 {
     c.query_one("SELECT extract(epoch FROM now())::int8", &[])
         .unwrap()
         .get(0)
-}
-
-fn verified_total(c: &mut Client) -> i64 {
-    c.query_one(
-        "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
-        &[],
-    )
-    .unwrap()
-    .get(0)
 }
 
 /// The worker runs as the bootstrap superuser in databases anyone may own: a search_path
@@ -186,7 +177,7 @@ fn a_clean_shutdown_right_after_a_launcher_restart_keeps_usage() {
     );
     assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
     wait_for("the first call written", Duration::from_secs(30), || {
-        verified_total(&mut c) == 1
+        total_verified(&mut c) == 1
     });
     let launcher = worker_pid(&mut c).expect("a launcher");
     c.execute("SELECT pg_terminate_backend($1)", &[&launcher])
@@ -205,7 +196,7 @@ fn a_clean_shutdown_right_after_a_launcher_restart_keeps_usage() {
     let mut c = cluster.connect(DB);
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
-        (verified_total(&mut c), stats(&mut c)["usage_lost"]),
+        (total_verified(&mut c), stats(&mut c)["usage_lost"]),
         (101, 0),
         "calls made around a launcher restart were lost or doubled by a clean shutdown"
     );

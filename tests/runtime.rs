@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    cheap_hashing, issue, kill_9, recovered, running_worker, stats, verify, wait_for,
-    wait_for_room_in_window, Client, Cluster, DB, WORKER_CONF,
+    cheap_hashing, issue, kill_9, recovered, running_worker, stats, total_verified, verify,
+    wait_for, wait_for_room_in_window, Client, Cluster, DB, WORKER_CONF,
 };
 use std::time::Duration;
 
@@ -258,15 +258,7 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     drop(c);
     cluster.restart("fast");
     let mut c = cluster.connect_fast(DB);
-    let verified = |c: &mut Client| -> i64 {
-        c.query_one(
-            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    };
-    assert_eq!(verified(&mut c), 5, "{}", cluster.server_log());
+    assert_eq!(total_verified(&mut c), 5, "{}", cluster.server_log());
 
     for _ in 0..4 {
         assert_eq!(verify(&mut c, &keys[1].key, None, None).reason, "ok");
@@ -275,7 +267,7 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     cluster.restart("immediate");
     let mut c = cluster.connect_fast(DB);
     // The 4 unflushed counts are gone with the crash; nothing else is.
-    assert_eq!(verified(&mut c), 5);
+    assert_eq!(total_verified(&mut c), 5);
     for k in &keys {
         assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
     }
@@ -308,14 +300,7 @@ fn the_worker_comes_back(name: &str, within: Duration, stop: impl FnOnce(&mut Cl
     cheap_hashing(&mut c);
     assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
     wait_for_flush(&cluster);
-    let verified: i64 = c
-        .query_one(
-            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(verified, 1);
+    assert_eq!(total_verified(&mut c), 1);
 }
 
 /// SIGKILL: the postmaster treats it as a crash, resets every backend and starts over.
@@ -381,17 +366,9 @@ fn a_terminated_launcher_neither_loses_nor_doubles_counts() {
     c.batch_execute("ALTER SYSTEM SET api_keys.flush_interval = 1")
         .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let verified = |c: &mut Client| -> i64 {
-        c.query_one(
-            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-    };
     wait_for("the six uses written", Duration::from_secs(30), || {
-        verified(&mut c) >= 6
+        total_verified(&mut c) >= 6
     });
     wait_for_flush(&cluster);
-    assert_eq!(verified(&mut c), 6, "{}", cluster.server_log());
+    assert_eq!(total_verified(&mut c), 6, "{}", cluster.server_log());
 }

@@ -454,9 +454,19 @@ pub fn recovered(cluster: &Cluster, old_worker: i32) -> Client {
 /// Fixed windows: wait until the current clock minute (and hour) has at least
 /// `seconds` left, so that a test counting exact admissions stays inside one window.
 pub fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
+    wait_for_room_in(c, "minute", seconds);
+}
+
+/// Like [`wait_for_room_in_window`], for the clock hour: a test counting exact per-hour
+/// admissions waits for the next hour when fewer than `seconds` are left in this one.
+pub fn wait_for_room_in_hour(c: &mut Client, seconds: f64) {
+    wait_for_room_in(c, "hour", seconds);
+}
+
+fn wait_for_room_in(c: &mut Client, unit: &str, seconds: f64) {
     let left: f64 = c
         .query_one(
-            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) + interval '1 minute' - clock_timestamp())::float8",
+            &format!("SELECT extract(epoch FROM date_trunc('{unit}', clock_timestamp()) + interval '1 {unit}' - clock_timestamp())::float8"),
             &[],
         )
         .unwrap()
@@ -466,17 +476,12 @@ pub fn wait_for_room_in_window(c: &mut Client, seconds: f64) {
     }
 }
 
-/// Like [`wait_for_room_in_window`], for the clock hour: a test counting exact per-hour
-/// admissions waits for the next hour when fewer than `seconds` are left in this one.
-pub fn wait_for_room_in_hour(c: &mut Client, seconds: f64) {
-    let left: f64 = c
-        .query_one(
-            "SELECT extract(epoch FROM date_trunc('hour', clock_timestamp()) + interval '1 hour' - clock_timestamp())::float8",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    if left < seconds {
-        std::thread::sleep(Duration::from_secs_f64(left + 0.2));
-    }
+/// Calls written to `api_keys.usage` as verified, all keys and hours.
+pub fn total_verified(c: &mut Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage",
+        &[],
+    )
+    .unwrap()
+    .get(0)
 }
