@@ -73,14 +73,15 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     warn_if_parallel_queries_can_take_every_slot();
     loop {
         serve_databases();
-        // Asked before sleeping: a SIGTERM during a round set the latch a wait for the
-        // worker then reset.
-        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval())) {
-            break;
-        }
+        // Both asked before sleeping: a SIGTERM or a SIGHUP during a round set the latch,
+        // which a wait for the worker then reset (and the sleep must use the new
+        // flush_interval).
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereading postgresql.conf, as a SIGHUP asks, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval())) {
+            break;
         }
     }
     if shutdown_requested() {
