@@ -46,7 +46,6 @@ const NAME: &CStr = c"api_keys";
 /// LWLocks: the memo is striped over `MEMO_LOCKS`. The hash tables lock their own
 /// partitions (tranche "api_keys hash"), the dsa area its own (tranche "api_keys dsa").
 const MEMO_LOCKS: usize = 15;
-const LOCKS: usize = MEMO_LOCKS;
 const LOCAL_MEMO_SLOTS: usize = 1024;
 /// Size of the part of the dsa area that sits in the fixed segment: the directory of
 /// databases and the first key tables fit in it; beyond it the area adds segments.
@@ -126,7 +125,7 @@ unsafe extern "C-unwind" fn request_shmem() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(shared_size(memo_slots_setting()));
-        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), LOCKS as i32);
+        pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), MEMO_LOCKS as i32);
     }
 }
 
@@ -220,8 +219,8 @@ impl Held {
     /// Take our lock `index` (`memo_lock`); `_header` shows
     /// the shared segment, and so our lock tranche, exists.
     fn take(_header: &Header, index: usize) -> Held {
-        assert!(index < LOCKS, "api_keys has {LOCKS} locks");
-        // SAFETY: index < LOCKS, the tranche's size; LWLOCKS is set with SHARED, which
+        assert!(index < MEMO_LOCKS, "api_keys has {MEMO_LOCKS} locks");
+        // SAFETY: index < MEMO_LOCKS, the tranche's size; LWLOCKS is set with SHARED, which
         // `_header` comes from.
         unsafe {
             let lock = &raw mut (*(&raw const LWLOCKS).read().add(index)).lock;
