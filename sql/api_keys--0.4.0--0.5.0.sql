@@ -1,4 +1,4 @@
--- api_keys 0.4.0 -> 0.5.0: signed keys (issue 14).
+-- api_keys 0.4.0 -> 0.5.0: signed keys (issue 14), usage from standbys (issue 16).
 -- * Every key issued carries a MAC under a server signing key (api_keys.signing_keys,
 --   superusers only, dumped); verification checks it before any table, so a forged
 --   secret never reaches argon2, a budget or a rate window. This update creates the
@@ -6,13 +6,14 @@
 -- * api_keys.rotate_signing_key() (admin) starts a new one; older ones keep verifying.
 -- * keys.signing_key names the signing key of each key; keys issued before this update
 --   have none and keep verifying as before until rotated.
+-- * api_keys.usage counts per server (source) with a write tick; standbys send theirs to
+--   the primary through api_keys._merge_usage (role api_keys_standby); usage_by_key sums
+--   over servers.
 -- CREATE OR REPLACE keeps every existing function's oid, privileges and comment.
 
 ALTER TABLE api_keys.keys ADD COLUMN signing_key text
     CHECK (signing_key ~ '^[0-9A-Za-z]{4}$');
 
-COMMENT ON TABLE api_keys.usage IS
-    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval.';
 
 ALTER TABLE api_keys.audit_log DROP CONSTRAINT audit_log_action_check;
 ALTER TABLE api_keys.audit_log ADD CONSTRAINT audit_log_action_check
@@ -230,3 +231,138 @@ GRANT EXECUTE ON FUNCTION api_keys.rotate_signing_key() TO api_keys_admin;
 GRANT SELECT (id, created_at) ON api_keys.signing_keys TO api_keys_admin;
 GRANT SELECT (signing_key) ON api_keys.keys TO api_keys_admin;
 SELECT pg_catalog.pg_extension_config_dump('api_keys.signing_keys', '');
+
+-- Usage per server (issue 16). Rows counted before this update keep the nil source.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_keys_standby') THEN
+        CREATE ROLE api_keys_standby NOLOGIN;
+    END IF;
+END
+$roles$;
+
+ALTER TABLE api_keys.usage
+    ADD COLUMN source uuid NOT NULL DEFAULT '00000000-0000-0000-0000-000000000000',
+    ADD COLUMN tick bigint NOT NULL DEFAULT 0,
+    DROP CONSTRAINT usage_pkey,
+    ADD PRIMARY KEY (key_id, hour, source);
+DROP INDEX api_keys.usage_hour_idx;
+CREATE INDEX usage_hour_tick_idx ON api_keys.usage (hour, tick);
+
+COMMENT ON TABLE api_keys.usage IS
+    'Verifications per key per hour and per server that counted them (source; the nil uuid: before 0.5.0): verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval; standbys send theirs to the primary.';
+COMMENT ON COLUMN api_keys.usage.source IS
+    'The server run that counted these calls: a primary, a standby, or one of them before a crash. Each writes its own totals, so a total sent twice counts once.';
+COMMENT ON COLUMN api_keys.usage.tick IS
+    'The api_keys.usage_clock tick of the write that last changed the row: servers read other servers'' new counts from the ticks they have not seen.';
+
+-- One row: the tick of the last usage write. Every write takes the next one with the
+-- row locked until it commits, so ticks become visible in order (on standbys too) and
+-- a reader that has seen tick n has seen every row written up to n. Not dumped: a
+-- restored database counts on from 0 (readers compare with this row, not with rows).
+CREATE TABLE api_keys.usage_clock (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    tick bigint NOT NULL DEFAULT 0
+);
+INSERT INTO api_keys.usage_clock DEFAULT VALUES;
+
+CREATE OR REPLACE VIEW api_keys.usage_by_key WITH (security_barrier) AS
+SELECT u.key_id, l.prefix, l.name, l.owner, u.hour,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected
+  FROM api_keys.usage u
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
+ GROUP BY u.key_id, l.prefix, l.name, l.owner, u.hour;
+
+CREATE FUNCTION api_keys._merge_usage(
+    source     uuid,
+    key_ids    uuid[],
+    hours      timestamptz[],
+    verified   bigint[],
+    rejected   bigint[],
+    last_ids   uuid[],
+    last_at    timestamptz[],
+    last_ip    inet[]
+) RETURNS TABLE (key_id uuid, gone boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+-- Writing last use is no edit for keys_guard to judge nor keys_audit to record.
+SET session_replication_role = replica
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    counts   integer := coalesce(cardinality(key_ids), 0);
+    uses     integer := coalesce(cardinality(last_ids), 0);
+    now_tick bigint;
+BEGIN
+    IF source IS NULL OR source = '00000000-0000-0000-0000-000000000000'::uuid THEN
+        RAISE EXCEPTION 'source must be a server''s usage source, not NULL or the nil uuid'
+            USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
+    END IF;
+    IF counts > 20000 OR uses > 10000 THEN
+        RAISE EXCEPTION 'too many counts in one call: % key-hours and % last uses', counts, uses
+            USING ERRCODE = '22023', HINT = 'At most 20000 key-hours and 10000 last uses a call.';
+    END IF;
+    IF coalesce(cardinality(hours), 0) <> counts OR coalesce(cardinality(verified), 0) <> counts
+       OR coalesce(cardinality(rejected), 0) <> counts
+       OR coalesce(cardinality(last_at), 0) <> uses OR coalesce(cardinality(last_ip), 0) <> uses THEN
+        RAISE EXCEPTION 'the arrays of counts, and of last uses, must have the same lengths'
+            USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
+    END IF;
+    IF EXISTS (SELECT FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
+                WHERE k IS NULL OR h IS NULL OR v IS NULL OR r IS NULL OR v < 0 OR r < 0
+                   OR date_trunc('hour', h, 'UTC') <> h)
+       OR EXISTS (SELECT FROM unnest(last_ids, last_at) AS u(k, a) WHERE k IS NULL OR a IS NULL) THEN
+        RAISE EXCEPTION 'counts need a key, a whole UTC hour and counts of 0 or more; last uses a key and a time'
+            USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
+    END IF;
+    -- The next tick, this row locked until commit: writes become visible in tick order.
+    UPDATE api_keys.usage_clock SET tick = usage_clock.tick + 1 RETURNING usage_clock.tick INTO now_tick;
+
+    RETURN QUERY
+    WITH batch AS (
+        SELECT c.k AS key_id, c.h AS hour, c.v AS verified, c.r AS rejected
+          FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
+    ), used AS (
+        -- The latest use of each key.
+        SELECT DISTINCT ON (u.k) u.k AS key_id, u.a AS at, u.ip
+          FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
+         ORDER BY u.k, u.a DESC
+    ), wanted AS (
+        SELECT b.key_id FROM batch b UNION SELECT u.key_id FROM used u
+    ), locked AS (
+        -- Keys whose row no user has locked; the others are sent again next round.
+        SELECT k.id FROM api_keys.keys k
+         WHERE k.id IN (SELECT w.key_id FROM wanted w)
+           FOR NO KEY UPDATE OF k SKIP LOCKED
+    ), counted AS (
+        INSERT INTO api_keys.usage AS u (key_id, hour, source, verified, rejected, tick)
+        SELECT b.key_id, b.hour, _merge_usage.source, b.verified, b.rejected, now_tick
+          FROM batch b
+         WHERE b.key_id IN (SELECT l.id FROM locked l)
+        ON CONFLICT ON CONSTRAINT usage_pkey DO UPDATE
+           SET verified = greatest(u.verified, EXCLUDED.verified),
+               rejected = greatest(u.rejected, EXCLUDED.rejected),
+               tick = EXCLUDED.tick
+         WHERE u.verified < EXCLUDED.verified OR u.rejected < EXCLUDED.rejected
+    ), touched AS (
+        UPDATE api_keys.keys k
+           SET last_used_at = l.at, last_used_ip = l.ip
+          FROM used l
+         WHERE k.id = l.key_id
+           AND k.id IN (SELECT x.id FROM locked x)
+           AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+    )
+    SELECT w.key_id, k.id IS NULL
+      FROM wanted w LEFT JOIN api_keys.keys k ON k.id = w.key_id
+     WHERE k.id IS NULL OR k.id NOT IN (SELECT x.id FROM locked x);
+END
+$$;
+
+COMMENT ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[], uuid[], timestamptz[], inet[]) IS
+    'Workers only: write one server''s usage totals (the larger total wins) and last uses; returns the keys left out: locked by a user (gone false, sent again) or with no row (gone true).';
+
+REVOKE ALL ON api_keys.usage_clock FROM PUBLIC;
+REVOKE ALL ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[],
+                                             uuid[], timestamptz[], inet[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[],
+                                                uuid[], timestamptz[], inet[]) TO api_keys_standby;

@@ -60,6 +60,11 @@ GRANT SELECT (id, prefix, name, description, key_type, environment, owner, statu
               expires_at, rate_limit_per_minute, rate_limit_per_hour, metadata)
    ON api_keys.keys TO api_keys_admin;
 
+-- A standby's worker sends its usage to the primary as a member of api_keys_standby
+-- (api_keys.primary_conninfo): it writes usage totals and last use, nothing else.
+GRANT EXECUTE ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[],
+                                                uuid[], timestamptz[], inet[]) TO api_keys_standby;
+
 -- pg_dump keeps the data of these tables (and the audit id sequence).
 SELECT pg_catalog.pg_extension_config_dump('api_keys.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('api_keys.scope_catalog', '');

@@ -11,6 +11,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_keys_verifier') THEN
         CREATE ROLE api_keys_verifier NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'api_keys_standby') THEN
+        CREATE ROLE api_keys_standby NOLOGIN;
+    END IF;
 END
 $roles$;
 
@@ -104,13 +107,30 @@ CREATE TABLE api_keys.usage (
     hour     timestamptz NOT NULL,
     verified bigint NOT NULL DEFAULT 0 CHECK (verified >= 0),
     rejected bigint NOT NULL DEFAULT 0 CHECK (rejected >= 0),
-    PRIMARY KEY (key_id, hour)
+    source   uuid NOT NULL DEFAULT '00000000-0000-0000-0000-000000000000',
+    tick     bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, hour, source)
 );
 
 COMMENT ON TABLE api_keys.usage IS
-    'Verifications per key per hour: verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval.';
+    'Verifications per key per hour and per server that counted them (source; the nil uuid: before 0.5.0): verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted). Kept current within api_keys.flush_interval; standbys send theirs to the primary.';
+COMMENT ON COLUMN api_keys.usage.source IS
+    'The server run that counted these calls: a primary, a standby, or one of them before a crash. Each writes its own totals, so a total sent twice counts once.';
+COMMENT ON COLUMN api_keys.usage.tick IS
+    'The api_keys.usage_clock tick of the write that last changed the row: servers read other servers'' new counts from the ticks they have not seen.';
 
-CREATE INDEX usage_hour_idx ON api_keys.usage (hour);
+-- Other servers' counts of the current hour, from the ticks a server has not read yet.
+CREATE INDEX usage_hour_tick_idx ON api_keys.usage (hour, tick);
+
+-- One row: the tick of the last usage write. Every write takes the next one with the
+-- row locked until it commits, so ticks become visible in order (on standbys too) and
+-- a reader that has seen tick n has seen every row written up to n. Not dumped: a
+-- restored database counts on from 0 (readers compare with this row, not with rows).
+CREATE TABLE api_keys.usage_clock (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    tick bigint NOT NULL DEFAULT 0
+);
+INSERT INTO api_keys.usage_clock DEFAULT VALUES;
 
 -- Server signing keys (sql/signing.sql): every key issued carries a MAC made with the
 -- newest, so verification refuses a forged secret for one HMAC. Superusers only.

@@ -59,10 +59,14 @@ SELECT l.*
 COMMENT ON VIEW api_keys.expiring_soon IS
     'Active keys expiring within setting api_keys.expiry_warning (default 7 days).';
 
+-- Summed over the servers that counted them (api_keys.usage.source).
 CREATE VIEW api_keys.usage_by_key WITH (security_barrier) AS
-SELECT u.key_id, l.prefix, l.name, l.owner, u.hour, u.verified, u.rejected
+SELECT u.key_id, l.prefix, l.name, l.owner, u.hour,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected
   FROM api_keys.usage u
-  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id;
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
+ GROUP BY u.key_id, l.prefix, l.name, l.owner, u.hour;
 
 COMMENT ON VIEW api_keys.usage_by_key IS
     'Hourly usage of the keys the caller may see.';

@@ -21,7 +21,7 @@ mod sql_api;
 // The SQL by concern, in the order each builds on the ones before (no forward references):
 // tables, views, validation (with _check_scopes from Rust), audit, lifecycle, signing
 // (with the signing-key helpers from Rust), issue (with _mint_signed_key), listing,
-// grants. The Rust-declared functions need only the tables.
+// usage (the workers' writes), grants. The Rust-declared functions need only the tables.
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["tables"]);
 extension_sql_file!(
@@ -55,6 +55,7 @@ extension_sql_file!(
     requires = ["signing", sql_api::issue::_mint_signed_key]
 );
 extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["issue"]);
+extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["listing"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

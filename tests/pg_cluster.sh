@@ -4,8 +4,12 @@
 #   tests/pg_cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   tests/pg_cluster.sh stop DIR
 #   tests/pg_cluster.sh restart DIR MODE        (pg_ctl stop -m MODE, then start again)
-#   tests/pg_cluster.sh standby PRIMARY_DIR PRIMARY_PORT DIR PORT
+#   tests/pg_cluster.sh standby PRIMARY_DIR PRIMARY_PORT DIR PORT [extra conf lines...]
 #                                               (pg_basebackup -R, then start it)
+#   tests/pg_cluster.sh stop-server DIR MODE    (pg_ctl stop -m MODE; DIR is kept)
+#   tests/pg_cluster.sh start-server DIR        (pg_ctl start, after stop-server)
+#   tests/pg_cluster.sh promote DIR             (pg_ctl promote -w: a standby becomes primary)
+#   tests/pg_cluster.sh append-conf DIR LINE... (append to postgresql.conf; no reload)
 set -euo pipefail
 PG_BIN=${PG_BIN:-$(pg_config --bindir)}
 as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
@@ -36,6 +40,7 @@ restart)
     ;;
 standby)
     primary=$2 primary_port=$3 dir=$4 port=$5
+    shift 5
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown postgres "$dir"
     as_pg "$PG_BIN/pg_basebackup" -h "$primary" -p "$primary_port" -U postgres \
@@ -43,8 +48,26 @@ standby)
     {
         echo "unix_socket_directories = '$dir'"
         echo "port = $port"
+        for line in "$@"; do echo "$line"; done
     } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+stop-server)
+    dir=$2 mode=$3
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m "$mode" -w stop >/dev/null
+    ;;
+start-server)
+    dir=$2
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    ;;
+promote)
+    dir=$2
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -w promote >/dev/null
+    ;;
+append-conf)
+    dir=$2
+    shift 2
+    for line in "$@"; do echo "$line"; done | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
     ;;
 stop)
     dir=$2
@@ -52,7 +75,9 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start DIR PORT [conf lines] | stop DIR | restart DIR MODE | standby PRIMARY_DIR PRIMARY_PORT DIR PORT" >&2
+    echo "usage: $0 start DIR PORT [conf lines] | stop DIR | restart DIR MODE |" \
+        "standby PRIMARY_DIR PRIMARY_PORT DIR PORT [conf lines] | stop-server DIR MODE |" \
+        "start-server DIR | promote DIR | append-conf DIR LINE..." >&2
     exit 2
     ;;
 esac

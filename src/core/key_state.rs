@@ -96,7 +96,7 @@ mod tests {
         let t = 50 * HOUR;
         s.activity.record_rejected(t);
         let copy = s.activity.unflushed().unwrap();
-        s.activity.forget_flushed(&copy);
+        s.activity.mark_written(&copy);
         s.budget.record_failure(t + 55 * 60_000_000);
         assert!(!s.is_idle(t + 62 * 60_000_000), "suspect for 10 minutes");
         assert!(s.is_idle(t + 66 * 60_000_000));

@@ -2,31 +2,44 @@
 //! flushed, and reads back at start: so a clean restart loses no count (a crash still
 //! loses up to one flush interval). Little-endian records behind a magic (with the
 //! version) and the server's identity; a file that does not decode whole is refused,
-//! never half-read. Pure: no pgrx.
+//! never half-read. Each hour keeps its totals and what of them was written, and the
+//! file keeps the server's usage source, so the next start goes on writing the same
+//! totals under the same source: nothing counts twice. Pure: no pgrx.
 
 use std::net::IpAddr;
 
 use crate::core::rate_limit::{HourUsage, LastUse, Unflushed};
 
-const MAGIC: &[u8; 8] = b"akusage1";
+const MAGIC: &[u8; 8] = b"akusage2";
 /// More hours than this per key cannot come from `Activity` (it keeps two).
 const MAX_HOURS: u8 = 2;
 
 /// One key's unflushed usage, and the database it belongs to.
 pub(crate) type Saved = (u32, [u8; 16], Unflushed);
 
-/// Which server saved the file: only the same system on the same timeline takes it.
+/// Which server saved the file: only the same system on the same timeline, still a
+/// standby or still not one, takes it (a copy of the data directory started as a
+/// standby of its original does not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Origin {
     pub(crate) system_identifier: u64,
     pub(crate) timeline: u32,
+    pub(crate) in_recovery: bool,
 }
 
-pub(crate) fn encode(origin: Origin, records: &[Saved]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + 12 + records.len() * 64);
+/// What the file holds besides the records: the source this server's usage rows are
+/// written under.
+pub(crate) type Source = [u8; 16];
+
+const HEADER: usize = 8 + 8 + 4 + 1 + 16 + 8;
+
+pub(crate) fn encode(origin: Origin, source: Source, records: &[Saved]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + records.len() * 80);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&origin.system_identifier.to_le_bytes());
     out.extend_from_slice(&origin.timeline.to_le_bytes());
+    out.push(u8::from(origin.in_recovery));
+    out.extend_from_slice(&source);
     out.extend_from_slice(&(records.len() as u64).to_le_bytes());
     for (db, key, u) in records {
         out.extend_from_slice(&db.to_le_bytes());
@@ -37,6 +50,8 @@ pub(crate) fn encode(origin: Origin, records: &[Saved]) -> Vec<u8> {
             out.extend_from_slice(&h.hour_start.to_le_bytes());
             out.extend_from_slice(&h.verified.to_le_bytes());
             out.extend_from_slice(&h.rejected.to_le_bytes());
+            out.extend_from_slice(&h.written_verified.to_le_bytes());
+            out.extend_from_slice(&h.written_rejected.to_le_bytes());
         }
         match u.last {
             None => out.push(0),
@@ -76,7 +91,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Vec<Saved>), String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Source, Vec<Saved>), String> {
     let mut r = Reader(bytes);
     if r.take(MAGIC.len())? != MAGIC {
         return Err("not an api_keys usage file".into());
@@ -84,7 +99,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Vec<Saved>), String> {
     let origin = Origin {
         system_identifier: u64::from_le_bytes(r.array()?),
         timeline: u32::from_le_bytes(r.array()?),
+        in_recovery: match r.array::<1>()?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err("the header is damaged".into()),
+        },
     };
+    let source: Source = r.array()?;
     let count = u64::from_le_bytes(r.array()?);
     // Each record is at least 22 bytes: a count beyond what the file holds is a lie.
     if count > (bytes.len() / 22) as u64 {
@@ -104,6 +125,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Vec<Saved>), String> {
                 hour_start: i64::from_le_bytes(r.array()?),
                 verified: u32::from_le_bytes(r.array()?),
                 rejected: u32::from_le_bytes(r.array()?),
+                written_verified: u32::from_le_bytes(r.array()?),
+                written_rejected: u32::from_le_bytes(r.array()?),
             });
         }
         let family = r.array::<1>()?[0];
@@ -126,7 +149,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Vec<Saved>), String> {
     if !r.0.is_empty() {
         return Err("bytes after the last record".into());
     }
-    Ok((origin, records))
+    Ok((origin, source, records))
 }
 
 #[cfg(test)]
@@ -137,13 +160,16 @@ mod tests {
     const ORIGIN: Origin = Origin {
         system_identifier: 7,
         timeline: 1,
+        in_recovery: false,
     };
 
     fn record() -> impl Strategy<Value = Saved> {
-        let hour = (any::<i64>(), any::<u32>(), any::<u32>()).prop_map(|(h, v, r)| HourUsage {
+        let hour = (any::<i64>(), any::<[u32; 4]>()).prop_map(|(h, [v, r, wv, wr])| HourUsage {
             hour_start: h,
             verified: v,
             rejected: r,
+            written_verified: wv,
+            written_rejected: wr,
         });
         let ip = prop_oneof![
             Just(None),
@@ -166,9 +192,14 @@ mod tests {
             records in proptest::collection::vec(record(), 0..20),
             system_identifier in any::<u64>(),
             timeline in any::<u32>(),
+            in_recovery in any::<bool>(),
+            source in any::<[u8; 16]>(),
         ) {
-            let origin = Origin { system_identifier, timeline };
-            prop_assert_eq!(decode(&encode(origin, &records)).unwrap(), (origin, records));
+            let origin = Origin { system_identifier, timeline, in_recovery };
+            prop_assert_eq!(
+                decode(&encode(origin, source, &records)).unwrap(),
+                (origin, source, records)
+            );
         }
 
         #[test]
@@ -176,7 +207,7 @@ mod tests {
             records in proptest::collection::vec(record(), 1..5),
             cut in 1usize..40,
         ) {
-            let bytes = encode(ORIGIN, &records);
+            let bytes = encode(ORIGIN, [1; 16], &records);
             let cut = cut.min(bytes.len());
             prop_assert!(decode(&bytes[..bytes.len() - cut]).is_err());
             let mut grown = bytes.clone();
@@ -192,8 +223,8 @@ mod tests {
 
     #[test]
     fn a_huge_count_is_refused_before_allocating() {
-        let mut bytes = encode(ORIGIN, &[]);
-        bytes[MAGIC.len() + 12..].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut bytes = encode(ORIGIN, [1; 16], &[]);
+        bytes[HEADER - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode(&bytes).is_err());
     }
 }

@@ -27,6 +27,8 @@ pub(crate) static TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(16384);
 pub(crate) static FLUSH_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub(crate) static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub(crate) static PRIMARY_CONNINFO: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 pub(crate) static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub(crate) static TRUSTED_PROXIES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
@@ -72,6 +74,15 @@ pub(crate) fn init(preloading: bool) {
             3600,
             GucContext::Sighup,
             GucFlags::UNIT_S,
+        );
+        // Superusers only, also to read: it may hold a password.
+        GucRegistry::define_string_guc(
+            c"api_keys.primary_conninfo",
+            c"On a hot standby: how its workers connect to the primary to send usage and last use (a libpq connection string without dbname; each worker adds its database's name).",
+            c"Its role needs LOGIN and membership in api_keys_standby. Empty: a standby keeps its counts in memory (two hours at most) and sends none.",
+            &PRIMARY_CONNINFO,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
         );
     }
     GucRegistry::define_string_guc(

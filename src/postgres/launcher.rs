@@ -8,9 +8,10 @@
 //! stays connected between rounds, so DROP DATABASE never waits on a worker for long,
 //! and the launcher drops a dropped database's shared state.
 //!
-//! It starts once recovery has finished (never on a standby). At a clean shutdown it
-//! writes the usage not yet flushed to `SAVED_USAGE` and reads it back at start. If it
-//! dies or is terminated, the postmaster starts it again 5 s later.
+//! It starts once the server accepts read-only connections, so on a hot standby too
+//! (whose workers send their usage to the primary). At a clean shutdown it writes the
+//! usage not yet flushed to `SAVED_USAGE` and reads it back at start. If it dies or is
+//! terminated, the postmaster starts it again 1 s later.
 
 use std::ffi::CStr;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use pgrx::prelude::*;
 
 use crate::core::saved_usage;
 use crate::postgres::gucs;
-use crate::postgres::shmem::{databases, key_state};
+use crate::postgres::shmem::{self, databases, key_state};
 
 /// Where unflushed usage waits across a clean restart (relative to the data directory,
 /// the server's working directory). pg_stat: kept by a restart, and holds only
@@ -42,7 +43,7 @@ pub(crate) fn register() {
         .set_library("api_keys")
         .set_function("api_keys_launcher_main")
         .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(RESTART))
         .load();
 }
@@ -71,7 +72,9 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     restore_saved_usage();
     log!("api_keys launcher started");
     warn_if_parallel_queries_can_take_every_slot();
+    let mut said_no_conninfo = false;
     loop {
+        say_if_a_standby_sends_nothing(&mut said_no_conninfo);
         serve_databases();
         // Both asked before sleeping: a SIGTERM or a SIGHUP during a round set the latch,
         // which a wait for the worker then reset (and the sleep must use the new
@@ -94,6 +97,20 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
     // starts nothing.
     // SAFETY: leaves the process the way PostgreSQL's own workers do.
     unsafe { pg_sys::proc_exit(1) }
+}
+
+/// On a hot standby without `api_keys.primary_conninfo`, say once (until it is set) that
+/// its usage stays here.
+fn say_if_a_standby_sends_nothing(said: &mut bool) {
+    // SAFETY: reads the recovery state from shared memory.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    let missing = gucs::PRIMARY_CONNINFO.get().is_none_or(|c| c.is_empty());
+    if standby && missing && !*said {
+        log!(
+            "api_keys launcher: api_keys.primary_conninfo is not set: usage counted on this standby stays in its memory (two hours at most) and per-hour limits do not count it on other servers"
+        );
+    }
+    *said = standby && missing;
 }
 
 /// Parallel queries draw on the same background worker slots as the launcher's
@@ -239,7 +256,7 @@ fn run_worker(db: &Database) -> bool {
         .set_library("api_keys")
         .set_function("api_keys_worker_main")
         .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(None)
         .set_argument(Some(pg_sys::Datum::from(u32::from(db.oid))))
         // SAFETY: this process's pid.
@@ -297,34 +314,44 @@ fn wait_for(worker: DynamicBackgroundWorker, db: &Database) {
     }
 }
 
-/// This server's identity in its saved usage: its system identifier and timeline. A
-/// copy of the data directory that is promoted later (a new timeline) or another
-/// cluster ignores the file.
+/// This server's identity in its saved usage: its system identifier, timeline, and
+/// whether it is a standby. A copy of the data directory that is promoted later (a new
+/// timeline), started as a standby of its original, or another cluster ignores the file.
 fn server_identity() -> saved_usage::Origin {
-    // SAFETY: both read the control file's values kept in shared memory.
+    // SAFETY: these read the control file's values and the recovery state kept in
+    // shared memory; on a standby the timeline is the one being replayed.
     unsafe {
+        let in_recovery = pg_sys::RecoveryInProgress();
         saved_usage::Origin {
             system_identifier: pg_sys::GetSystemIdentifier(),
-            timeline: pg_sys::GetWALInsertionTimeLine(),
+            timeline: if in_recovery {
+                let mut timeline = 0;
+                pg_sys::GetXLogReplayRecPtr(&mut timeline);
+                timeline
+            } else {
+                pg_sys::GetWALInsertionTimeLine()
+            },
+            in_recovery,
         }
     }
 }
 
 /// When the launcher stops (a clean shutdown, or pg_terminate_backend): every key's
-/// unflushed usage to `SAVED_USAGE`, written and synced, then taken out of shared
-/// memory, so it is counted once whether the server stops or only the launcher does.
+/// unflushed usage to `SAVED_USAGE`, written and synced. Shared memory keeps it too: a
+/// launcher started while it still exists (only the launcher stopped) finds it marked
+/// as saved there and drops the file; a server started afresh takes the file.
 fn save_usage() {
     let mut records = Vec::new();
-    let mut by_db = Vec::new();
     for db in databases::list() {
-        let copies = key_state::unflushed(db.oid());
         records.extend(
-            copies
-                .iter()
-                .map(|(key, u)| (u32::from(db.oid()), *key, u.clone())),
+            key_state::unflushed(db.oid())
+                .into_iter()
+                .map(|(key, u)| (u32::from(db.oid()), key, u)),
         );
-        by_db.push((db.oid(), copies));
     }
+    let Some(source) = shmem::usage_source() else {
+        return;
+    };
     if records.is_empty() {
         return;
     }
@@ -332,18 +359,16 @@ fn save_usage() {
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&saved_usage::encode(server_identity(), &records))?;
+        f.write_all(&saved_usage::encode(server_identity(), source, &records))?;
         f.sync_all()?;
         std::fs::rename(&tmp, SAVED_USAGE)?;
         std::fs::File::open("pg_stat")?.sync_all()
     })();
     match written {
         Ok(()) => {
-            for (oid, copies) in &by_db {
-                key_state::forget_flushed(*oid, copies);
-            }
+            shmem::note_usage_saved(true);
             log!(
-                "api_keys launcher: usage of {} keys saved for the next launcher",
+                "api_keys launcher: usage of {} keys saved for the next start",
                 records.len()
             );
         }
@@ -351,7 +376,8 @@ fn save_usage() {
     }
 }
 
-/// At start: add the usage a launcher saved, once (the file goes first).
+/// At start: add the usage a launcher saved, once (the file goes first), unless shared
+/// memory still holds it.
 fn restore_saved_usage() {
     let bytes = match std::fs::read(SAVED_USAGE) {
         Ok(bytes) => bytes,
@@ -366,11 +392,17 @@ fn restore_saved_usage() {
         log!("api_keys launcher: saved usage ignored, it could not be removed: {e}");
         return;
     }
+    if shmem::note_usage_saved(false) {
+        // Saved by a launcher of this very server run: shared memory still has it all.
+        return;
+    }
     match saved_usage::decode(&bytes) {
-        Ok((origin, _)) if origin != server_identity() => log!(
-            "api_keys launcher: saved usage ignored: it was saved by another server or timeline"
+        Ok((origin, _, _)) if origin != server_identity() => log!(
+            "api_keys launcher: saved usage ignored: it was saved by another server, timeline or role"
         ),
-        Ok((_, records)) => {
+        Ok((_, source, records)) => {
+            // The totals go on under the source they were counted for.
+            shmem::restore_usage_source(source);
             let mut by_db: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
             for (db, key, u) in records {
                 by_db.entry(db).or_default().push((key, u));

@@ -8,6 +8,7 @@ pub(crate) mod errors;
 pub(crate) mod gucs;
 pub(crate) mod key_row;
 pub(crate) mod launcher;
+pub(crate) mod primary_link;
 pub(crate) mod request_context;
 pub(crate) mod request_info;
 pub(crate) mod scope_check;

@@ -1,13 +1,17 @@
 //! The worker of one database: started by the launcher (`launcher.rs`) every
 //! `api_keys.flush_interval`, it writes the usage counted in shared memory
-//! (`api_keys.usage`, `last_used_at`, `last_used_ip`) in batches, drops the state of
-//! idle keys, then marks keys past `expires_at` as expired (`api_keys._expire_keys()`),
-//! each batch and step in a transaction of its own, and exits. Usage is copied, written,
-//! and only taken out of shared memory once written (`core::rate_limit`): a worker
-//! stopped at any point loses nothing and writes nothing twice. In a database without
-//! the extension it drops what shared memory held for it and exits.
+//! (`api_keys.usage`, `last_used_at`, `last_used_ip`) in batches, reads the counts other
+//! servers wrote since its last look (for per-hour limits), drops the state of idle
+//! keys, then marks keys past `expires_at` as expired (`api_keys._expire_keys()`), each
+//! batch and step in a transaction of its own, and exits. On a hot standby it sends the
+//! usage to the primary instead (`api_keys.primary_conninfo`) and expires nothing.
+//! Usage is written as this server's totals and noted as written only once committed
+//! (`core::rate_limit`): a worker stopped at any point loses nothing, and a total
+//! written twice counts once. In a database without the extension it drops what shared
+//! memory held for it and exits.
 
 use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::panic::AssertUnwindSafe;
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -16,6 +20,7 @@ use pgrx::prelude::*;
 
 use crate::core::rate_limit::Unflushed;
 use crate::postgres::shmem::{self, databases, key_state};
+use crate::postgres::{gucs, primary_link};
 
 // PostgreSQL's `die`, by address (pgrx's `pg_sys::die` is a Rust wrapper, which a
 // signal handler must not be).
@@ -74,9 +79,9 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
     // SAFETY: reads the clock.
     let looked_at = unsafe { pg_sys::GetCurrentTimestamp() };
     databases::note_progress(oid);
-    match step("extension check", installed) {
-        Some(true) => {}
-        Some(false) => {
+    let sql = match step("extension check", installed) {
+        Some(Some(sql)) => sql,
+        Some(None) => {
             databases::note_round(oid, false, looked_at, None);
             // Nothing of this database's keys can be written anywhere: let it go.
             key_state::drop_idle(oid, true);
@@ -88,11 +93,27 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
             // SAFETY: as above.
             unsafe { pg_sys::proc_exit(0) }
         }
+    };
+    let Some(source) = shmem::usage_source() else {
+        // SAFETY: as above (no shared memory: nothing to write).
+        unsafe { pg_sys::proc_exit(0) }
+    };
+    // SAFETY: reads the recovery state from shared memory.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    let flushed = if standby {
+        send_usage(oid, &sql, source)
+    } else {
+        flush_usage(oid, &sql, source)
+    };
+    if sql.current {
+        pg_sys::check_for_interrupts!();
+        step("reading other servers' counts", || read_others(oid, source));
     }
-    let flushed = flush_usage(oid);
     key_state::drop_idle(oid, false);
     pg_sys::check_for_interrupts!();
-    step("expiry", expire);
+    if !standby {
+        step("expiry", expire);
+    }
     databases::note_round(oid, true, looked_at, flushed);
     shmem::count_flush();
     // SAFETY: as above.
@@ -106,27 +127,92 @@ unsafe extern "C-unwind" fn release_round(_code: std::ffi::c_int, arg: pg_sys::D
     databases::release_round(pg_sys::Oid::from(arg.value() as u32));
 }
 
-/// Write every key's unflushed usage, a batch per transaction; returns the keys written,
-/// or None when a batch failed (logged; its keys are left whole for the next round). A
-/// key whose row a user has locked is left for a later round (SKIP LOCKED: the worker
-/// never waits on a user's row lock).
-fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
+/// Write every key's unflushed usage here (a primary), a batch per transaction; returns
+/// the keys written, or None when a batch failed (logged; its keys are left for the next
+/// round). A key whose row a user has locked is left for a later round (SKIP LOCKED: the
+/// worker never waits on a user's row lock).
+fn flush_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
+    write_batches(oid, |batch| {
+        step("usage flush", || {
+            Spi::run(
+                "SET LOCAL search_path = pg_catalog, pg_temp; \
+                 SET LOCAL lock_timeout = '5s'; \
+                 SET LOCAL statement_timeout = '20s'",
+            )
+            .expect("flush settings");
+            if sql.current {
+                merge_here(source, batch)
+            } else {
+                flush_before_0_5_0(batch)
+            }
+        })
+    })
+}
+
+/// On a hot standby: send every key's unflushed usage to the primary, a batch per
+/// transaction there. Nothing is sent without `api_keys.primary_conninfo` (the launcher
+/// says so), and nothing is lost while the primary cannot be reached: the counts wait
+/// in shared memory (two hours at most, see `core::rate_limit`).
+fn send_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
+    let conninfo = gucs::PRIMARY_CONNINFO.get().filter(|c| !c.is_empty())?;
+    if !sql.current || key_state::unflushed(oid).is_empty() {
+        return Some(0);
+    }
+    let primary = match primary_link::Primary::connect(&conninfo, &sql.database) {
+        Ok(primary) => primary,
+        Err(e) => {
+            report_link(oid, Some(&e));
+            return None;
+        }
+    };
+    databases::note_progress(oid);
+    let mut reached = true;
+    let written = write_batches(oid, |batch| {
+        if !reached {
+            return None;
+        }
+        match primary.query(MERGE, &merge_params(source, batch)) {
+            Ok(rows) => Some(not_written(rows.into_iter().filter_map(|row| {
+                let key = uuid_bytes(row.first()?.as_deref()?)?;
+                Some((key, row.get(1)?.as_deref() == Some("t")))
+            }))),
+            Err(e) => {
+                report_link(oid, Some(&e));
+                reached = false;
+                None
+            }
+        }
+    });
+    if reached {
+        report_link(oid, None);
+    }
+    written
+}
+
+/// Log a failure to reach the primary (`Some`) or that it is reached again (`None`):
+/// the first failure, then at most once per `REPORT_EVERY`, not every round.
+fn report_link(oid: pg_sys::Oid, failure: Option<&str>) {
+    match (failure, databases::note_link(oid, failure.is_none())) {
+        (Some(e), true) => log!(
+            "api_keys worker: usage could not be sent to the primary (kept, tried again every round): {e}"
+        ),
+        (None, true) => log!("api_keys worker: usage reaches the primary again"),
+        _ => {}
+    }
+}
+
+/// Copy the unflushed usage of `oid` and write it with `write`, BATCH keys at a time:
+/// what a batch wrote is noted as written, keys with no row are dropped. Returns the
+/// keys written, or None when a batch failed.
+fn write_batches(
+    oid: pg_sys::Oid,
+    mut write: impl FnMut(&[([u8; 16], Unflushed)]) -> Option<NotWritten>,
+) -> Option<i64> {
     let copies = key_state::unflushed(oid);
     let (mut written, mut failed) = (0, false);
     for batch in copies.chunks(BATCH) {
         pg_sys::check_for_interrupts!();
-        let Some(not_written) = step("usage flush", || {
-            // Triggers off for the flush (superuser-only setting): writing last use is
-            // not an edit to guard or audit, and no row's content can then fail it.
-            Spi::run(
-                "SET LOCAL search_path = pg_catalog, pg_temp; \
-                 SET LOCAL lock_timeout = '5s'; \
-                 SET LOCAL statement_timeout = '20s'; \
-                 SET LOCAL session_replication_role = replica",
-            )
-            .expect("flush settings");
-            flush(batch)
-        }) else {
+        let Some(not_written) = write(batch) else {
             failed = true;
             continue;
         };
@@ -135,7 +221,7 @@ fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
             .filter(|(key, _)| !not_written.locked.contains(key))
             .cloned()
             .collect();
-        key_state::forget_flushed(oid, &done);
+        key_state::mark_written(oid, &done);
         // No row: a key deleted, or one never committed (issued and verified in a
         // transaction that rolled back). Its state goes now, not an hour later.
         key_state::forget_keys(oid, &not_written.gone);
@@ -143,6 +229,141 @@ fn flush_usage(oid: pg_sys::Oid) -> Option<i64> {
         databases::note_progress(oid);
     }
     (!failed).then_some(written)
+}
+
+/// Write `batch` in this database through `api_keys._merge_usage`.
+fn merge_here(source: [u8; 16], batch: &[([u8; 16], Unflushed)]) -> NotWritten {
+    let args: Vec<_> = merge_params(source, batch)
+        .into_iter()
+        .map(pgrx::datum::DatumWithOid::from)
+        .collect();
+    Spi::connect(|client| {
+        let rows = client.select(MERGE, None, &args).expect("merge usage");
+        not_written(rows.map(|row| {
+            let id = row.get::<String>(1).expect("a key id").expect("not NULL");
+            let id = uuid_bytes(&id).expect("a uuid");
+            (id, row.get::<bool>(2).expect("a flag") == Some(true))
+        }))
+    })
+}
+
+/// Keys a write left out, from (key, gone) rows.
+fn not_written(rows: impl Iterator<Item = ([u8; 16], bool)>) -> NotWritten {
+    rows.fold(NotWritten::default(), |mut not, (id, gone)| {
+        if gone {
+            not.gone.push(id);
+        } else {
+            not.locked.insert(id);
+        }
+        not
+    })
+}
+
+/// `api_keys._merge_usage` called with text parameters (`merge_params`), the same here
+/// and on the primary: every name qualified, so no search_path takes part.
+const MERGE: &CStr = c"\
+SELECT m.key_id::pg_catalog.text, m.gone
+  FROM api_keys._merge_usage(
+         $1::pg_catalog.text::pg_catalog.uuid,
+         $2::pg_catalog.text::pg_catalog.uuid[],
+         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) h OPERATOR(pg_catalog./) 1000000.0)
+                 FROM pg_catalog.unnest($3::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(h, n)
+                ORDER BY n),
+         $4::pg_catalog.text::pg_catalog.int8[],
+         $5::pg_catalog.text::pg_catalog.int8[],
+         $6::pg_catalog.text::pg_catalog.uuid[],
+         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) t OPERATOR(pg_catalog./) 1000000.0)
+                 FROM pg_catalog.unnest($7::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
+                ORDER BY n),
+         $8::pg_catalog.text::pg_catalog.inet[]) AS m";
+
+/// The parameters of MERGE for `batch`: array literals of this server's totals.
+fn merge_params(source: [u8; 16], batch: &[([u8; 16], Unflushed)]) -> Vec<Option<String>> {
+    let mut lists: [Vec<String>; 7] = Default::default();
+    for (key, u) in batch {
+        for h in &u.usage {
+            lists[0].push(uuid_text(key));
+            lists[1].push(h.hour_start.to_string());
+            lists[2].push(h.verified.to_string());
+            lists[3].push(h.rejected.to_string());
+        }
+        if let Some(l) = u.last {
+            lists[4].push(uuid_text(key));
+            lists[5].push(l.at.to_string());
+            lists[6].push(l.ip.map_or("NULL".into(), |ip| format!("\"{ip}\"")));
+        }
+    }
+    std::iter::once(Some(uuid_text(&source)))
+        .chain(lists.iter().map(|l| Some(format!("{{{}}}", l.join(",")))))
+        .collect()
+}
+
+/// Other servers' counts of the current hour written since the last look (tick), summed
+/// per key, and the clock they were read at: one statement, so one snapshot (a reader
+/// that has seen tick n has seen every write up to n).
+const OTHERS: &str = "\
+SELECT (SELECT c.tick FROM api_keys.usage_clock c), o.key_id, o.hour_us, o.verified
+  FROM (SELECT) one
+  LEFT JOIN LATERAL (
+    SELECT x.key_id,
+           ((pg_catalog.date_part('epoch', x.hour) - 946684800) * 1000000)::pg_catalog.int8 AS hour_us,
+           (SELECT pg_catalog.sum(u.verified) FROM api_keys.usage u
+             WHERE u.key_id = x.key_id AND u.hour = x.hour AND u.source <> $3)::pg_catalog.int8 AS verified
+      FROM (SELECT DISTINCT y.key_id, y.hour FROM api_keys.usage y
+             WHERE y.hour >= $1 AND y.tick > $2 AND y.source <> $3) x
+  ) o ON true";
+
+/// Read other servers' new counts of the current hour into the keys' state, a chunk at a
+/// time (however many keys changed, the worker's memory stays bounded).
+fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
+    Spi::run(
+        "SET LOCAL search_path = pg_catalog, pg_temp; \
+         SET LOCAL statement_timeout = '20s'",
+    )
+    .expect("read settings");
+    let since = databases::others_tick(oid);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let hour = TimestampWithTimeZone::try_from(now - now.rem_euclid(3_600_000_000))
+        .expect("an hour start");
+    let clock = Spi::connect(|client| {
+        let mut cursor = client.open_cursor(
+            OTHERS,
+            &[
+                hour.into(),
+                since.into(),
+                pgrx::datum::Uuid::from_bytes(source).into(),
+            ],
+        );
+        let mut clock = since;
+        loop {
+            let chunk = cursor.fetch(BATCH as i64).expect("other servers' counts");
+            if chunk.is_empty() {
+                break;
+            }
+            let mut counts = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                clock = row.get::<i64>(1).expect("the clock").unwrap_or(since);
+                let (Some(key), Some(hour_us), Some(verified)) = (
+                    row.get::<pgrx::datum::Uuid>(2).expect("a key"),
+                    row.get::<i64>(3).expect("an hour"),
+                    row.get::<i64>(4).expect("a count"),
+                ) else {
+                    continue;
+                };
+                counts.push((
+                    *key.as_bytes(),
+                    hour_us,
+                    u32::try_from(verified.max(0)).unwrap_or(u32::MAX),
+                ));
+            }
+            key_state::note_others(oid, &counts);
+            databases::note_progress(oid);
+            pg_sys::check_for_interrupts!();
+        }
+        clock
+    });
+    databases::note_others_tick(oid, clock);
 }
 
 fn expire() {
@@ -191,11 +412,34 @@ fn expire() {
     }
 }
 
-/// Does this database have the extension? A catalog lookup, no SQL: nothing a user
-/// defined (an operator, a search_path) can take part.
-fn installed() -> bool {
-    // SAFETY: a syscache-backed catalog lookup, in the step's transaction.
-    unsafe { pg_sys::get_extension_oid(c"api_keys".as_ptr(), true) != pg_sys::InvalidOid }
+/// What the worker needs to know of a database with the extension.
+struct Sql {
+    /// Its SQL is 0.5.0's or later (`api_keys._merge_usage` and the usage clock exist);
+    /// before, usage is added up as it was then and nothing is sent or read.
+    current: bool,
+    /// Its name (a standby's worker connects to the same on the primary).
+    database: CString,
+}
+
+/// Does this database have the extension (and which SQL)? Catalog lookups, no SQL:
+/// nothing a user defined (an operator, a search_path) can take part.
+fn installed() -> Option<Sql> {
+    // SAFETY: syscache-backed catalog lookups, in the step's transaction; the name is
+    // copied out of the transaction's memory.
+    unsafe {
+        let extension = pg_sys::get_extension_oid(c"api_keys".as_ptr(), true);
+        if extension == pg_sys::InvalidOid {
+            return None;
+        }
+        // The extension's schema is fixed (api_keys.control: not relocatable).
+        let schema = pg_sys::get_namespace_oid(c"api_keys".as_ptr(), true);
+        let clock = pg_sys::get_relname_relid(c"usage_clock".as_ptr(), schema);
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        Some(Sql {
+            current: clock != pg_sys::InvalidOid,
+            database: CStr::from_ptr(name).to_owned(),
+        })
+    }
 }
 
 /// Run `work` in a transaction of its own; on an error, roll it back, log it and answer
@@ -224,10 +468,11 @@ fn message(e: &CaughtError) -> String {
     }
 }
 
-/// Write usage and last use of every key whose row no user has locked, in one
-/// statement that waits for no row lock (SKIP LOCKED); counts of keys that no longer
-/// exist go. Returns the keys it left for a later round.
-const FLUSH: &str = "\
+/// Before 0.5.0's SQL (until ALTER EXTENSION api_keys UPDATE): usage and last use of
+/// every key whose row no user has locked added up in one statement that waits for no
+/// row lock (SKIP LOCKED); counts of keys that no longer exist go. Returns the keys it
+/// left for a later round.
+const FLUSH_BEFORE_0_5_0: &str = "\
 WITH batch AS (
     SELECT b.key_id::uuid AS key_id,
            pg_catalog.to_timestamp(946684800 + b.hour_us / 1000000.0) AS hour,
@@ -267,6 +512,19 @@ SELECT w.key_id, k.id IS NULL
   FROM wanted w LEFT JOIN api_keys.keys k ON k.id OPERATOR(pg_catalog.=) w.key_id
  WHERE k.id IS NULL OR k.id NOT IN (SELECT id FROM locked)";
 
+/// A uuid's 16 bytes from its text (as PostgreSQL prints it).
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0; 16];
+    for (byte, pair) in id.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(id)
+}
+
 fn uuid_text(id: &[u8; 16]) -> String {
     pgrx::datum::Uuid::from_bytes(*id).to_string()
 }
@@ -279,16 +537,20 @@ struct NotWritten {
     gone: Vec<[u8; 16]>,
 }
 
-/// Write `batch`.
-fn flush(batch: &[([u8; 16], Unflushed)]) -> NotWritten {
+/// Write `batch` the way 0.4.0's SQL takes it: the calls not yet written, added.
+fn flush_before_0_5_0(batch: &[([u8; 16], Unflushed)]) -> NotWritten {
+    // Triggers off (superuser-only setting): writing last use is not an edit to guard
+    // or audit. 0.5.0's _merge_usage sets it itself.
+    Spi::run("SET LOCAL session_replication_role = replica").expect("flush settings");
     let (mut ids, mut hours, mut verified, mut rejected) = (vec![], vec![], vec![], vec![]);
     let (mut last_ids, mut last_at, mut last_ip) = (vec![], vec![], vec![]);
     for (key, u) in batch {
         for h in &u.usage {
+            let (new_verified, new_rejected) = h.new_calls();
             ids.push(uuid_text(key));
             hours.push(h.hour_start);
-            verified.push(i64::from(h.verified));
-            rejected.push(i64::from(h.rejected));
+            verified.push(i64::from(new_verified));
+            rejected.push(i64::from(new_rejected));
         }
         if let Some(l) = u.last {
             last_ids.push(uuid_text(key));
@@ -297,9 +559,9 @@ fn flush(batch: &[([u8; 16], Unflushed)]) -> NotWritten {
         }
     }
     Spi::connect(|client| {
-        client
+        let rows = client
             .select(
-                FLUSH,
+                FLUSH_BEFORE_0_5_0,
                 None,
                 &[
                     ids.into(),
@@ -312,15 +574,11 @@ fn flush(batch: &[([u8; 16], Unflushed)]) -> NotWritten {
                 ],
             )
             .expect("flush usage")
-            .fold(NotWritten::default(), |mut not, row| {
+            .map(|row| {
                 let id = row.get::<pgrx::datum::Uuid>(1).expect("a key id");
                 let id = *id.expect("not NULL").as_bytes();
-                if row.get::<bool>(2).expect("a flag") == Some(true) {
-                    not.gone.push(id);
-                } else {
-                    not.locked.insert(id);
-                }
-                not
-            })
+                (id, row.get::<bool>(2).expect("a flag") == Some(true))
+            });
+        not_written(rows)
     })
 }

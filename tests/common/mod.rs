@@ -131,6 +131,13 @@ impl Cluster {
 
     /// A streaming hot standby of this cluster (pg_basebackup -R), started.
     pub fn standby(&self, name: &str) -> Cluster {
+        self.standby_with(name, &[])
+    }
+
+    /// Like [`Cluster::standby`], with extra `postgresql.conf` lines written before the
+    /// standby first starts (it inherits the rest of this cluster's settings), e.g.
+    /// `&[&primary.primary_conninfo_conf("postgres")]`.
+    pub fn standby_with(&self, name: &str, conf: &[&str]) -> Cluster {
         let port = free_port();
         let dir = temp_dir(name);
         let out = Command::new("bash")
@@ -138,6 +145,7 @@ impl Cluster {
             .args(["standby", self.socket_dir(), &self.port.to_string()])
             .arg(&dir)
             .arg(port.to_string())
+            .args(conf)
             .output()
             .expect("could not run tests/pg_cluster.sh");
         let standby = Cluster { dir, port };
@@ -148,6 +156,101 @@ impl Cluster {
             standby.server_log()
         );
         standby
+    }
+
+    /// The `postgresql.conf` line that makes a standby of this cluster send its usage
+    /// here, connecting as `user` (libpq conninfo without dbname: the standby's worker
+    /// adds the name of its own database).
+    pub fn primary_conninfo_conf(&self, user: &str) -> String {
+        format!(
+            "api_keys.primary_conninfo = 'host={} port={} user={user}'",
+            self.socket_dir(),
+            self.port
+        )
+    }
+
+    /// Run `tests/pg_cluster.sh <args>` on this cluster's directory; panics with its
+    /// output and the server log when it fails.
+    fn cluster_sh(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .output()
+            .expect("could not run tests/pg_cluster.sh");
+        assert!(
+            out.status.success(),
+            "pg_cluster.sh {args:?} on {} failed\n{}\nserver.log:\n{}",
+            self.socket_dir(),
+            describe(&out),
+            self.server_log()
+        );
+    }
+
+    /// Stop the server (`pg_ctl stop -m <mode>`: `fast` is a clean shutdown,
+    /// `immediate` a crash) and leave it stopped; its directory stays, for
+    /// [`Cluster::start_server`]. Sessions open on it are gone.
+    pub fn stop_server(&self, mode: &str) {
+        self.cluster_sh(&["stop-server", mode]);
+    }
+
+    /// Start the server stopped by [`Cluster::stop_server`] (returns once it accepts
+    /// connections; a standby, once it is consistent).
+    pub fn start_server(&self) {
+        self.cluster_sh(&["start-server"]);
+    }
+
+    /// Promote this standby (`pg_ctl promote -w`: returns once it is a primary).
+    pub fn promote(&self) {
+        self.cluster_sh(&["promote"]);
+    }
+
+    /// Append lines to `postgresql.conf` (the last of a setting wins). Takes effect at
+    /// the next start, or for `sighup` settings at [`Cluster::reload`].
+    pub fn append_conf(&self, lines: &[&str]) {
+        let mut args = vec!["append-conf"];
+        args.extend_from_slice(lines);
+        self.cluster_sh(&args);
+    }
+
+    /// `SELECT pg_reload_conf()`: every process re-reads the configuration files soon
+    /// after (asynchronously; a worker at its next round).
+    pub fn reload(&self) {
+        let reloaded: bool = self
+            .connect("postgres")
+            .query_one("SELECT pg_reload_conf()", &[])
+            .unwrap()
+            .get(0);
+        assert!(reloaded, "pg_reload_conf() failed");
+    }
+
+    /// Wait (30 s at most) until `standby` has replayed this primary's WAL up to its
+    /// current position: whatever was committed here before the call is visible there.
+    pub fn wait_for_replay_on(&self, standby: &Cluster) {
+        let lsn: String = self
+            .connect("postgres")
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let mut s = standby.connect("postgres");
+        let start = Instant::now();
+        let replayed = |s: &mut Client| -> bool {
+            s.query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0)
+        };
+        while !replayed(&mut s) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the standby did not replay up to {lsn} in 30 s\nstandby server.log:\n{}",
+                standby.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn socket_dir(&self) -> &str {

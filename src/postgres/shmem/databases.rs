@@ -45,6 +45,13 @@ pub(crate) struct DatabaseEntry {
     /// No round starts before this (µs): a command that needs the database free of
     /// sessions (DROP DATABASE …) is under way.
     hold_off_until: i64,
+    /// The newest usage tick (`api_keys.usage_clock`) whose rows the workers read here:
+    /// other servers' counts are read from the next one on.
+    others_tick: i64,
+    /// A standby's sending to the primary: failing since (µs; 0: it works), and when
+    /// that was last logged.
+    link_failing_since: i64,
+    link_reported_at: i64,
 }
 
 // SAFETY: `oid` leads; all-zero is a database never seen (Unknown, no table).
@@ -307,6 +314,46 @@ pub(crate) fn note_progress(oid: pg_sys::Oid) {
             db.progress_at = now;
         }
     });
+}
+
+/// The usage tick up to which other servers' counts in `oid` were read (0: none yet).
+pub(crate) fn others_tick(oid: pg_sys::Oid) -> i64 {
+    with_attached(|a, _| {
+        a.directory
+            .find(&u32::from(oid).to_ne_bytes())
+            .map_or(0, |db| db.others_tick)
+    })
+    .unwrap_or(0)
+}
+
+/// Other servers' counts in `oid` are read up to usage tick `tick`.
+pub(crate) fn note_others_tick(oid: pg_sys::Oid, tick: i64) {
+    with_attached(|a, _| {
+        let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
+        db.others_tick = db.others_tick.max(tick);
+    });
+}
+
+/// Note whether `oid`'s worker reached the primary; true when that is worth a log line:
+/// the first failure, a failure `REPORT_EVERY` after the last one logged, or the first
+/// success after failures.
+pub(crate) fn note_link(oid: pg_sys::Oid, reached: bool) -> bool {
+    const REPORT_EVERY: i64 = 5 * 60 * 1_000_000;
+    let now = super::now();
+    with_attached(|a, _| {
+        let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
+        if reached {
+            return std::mem::take(&mut db.link_failing_since) != 0;
+        }
+        if db.link_failing_since == 0 {
+            db.link_failing_since = now;
+        } else if now - db.link_reported_at < REPORT_EVERY {
+            return false;
+        }
+        db.link_reported_at = now;
+        true
+    })
+    .unwrap_or(true)
 }
 
 /// When the worker of `oid` last moved on.

@@ -53,7 +53,7 @@ pub(crate) fn first_expiry_failure(key_id: &[u8; 16]) -> bool {
 }
 
 /// What the keys of database `oid` have not had written yet, copied (see
-/// `core::rate_limit`: written, then `forget_flushed`).
+/// `core::rate_limit`: written, then `mark_written`).
 pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     databases::with_keys_of(oid, false, |table| {
         let mut all = Vec::new();
@@ -67,13 +67,33 @@ pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     .unwrap_or_default()
 }
 
-/// `written` is committed: take it out of the keys' state.
-pub(crate) fn forget_flushed(oid: pg_sys::Oid, written: &[([u8; 16], Unflushed)]) {
+/// `written` is committed: note it in the keys' state.
+pub(crate) fn mark_written(oid: pg_sys::Oid, written: &[([u8; 16], Unflushed)]) {
     databases::with_keys_of(oid, false, |table| {
         for (key_id, w) in written {
             if let Some(mut entry) = table.find(key_id) {
-                entry.state.activity.forget_flushed(w);
+                entry.state.activity.mark_written(w);
             }
+        }
+    });
+}
+
+/// Other servers' counts of database `oid`'s keys, as the usage table shows them: per
+/// key, the hour (µs since 2000) and the calls they admitted in it. Keys not seen here
+/// yet get an entry, so their first call here already counts them.
+pub(crate) fn note_others(oid: pg_sys::Oid, counts: &[([u8; 16], i64, u32)]) {
+    if counts.is_empty() {
+        return;
+    }
+    databases::with_keys_of(oid, true, |table| {
+        let mut inserted = 0;
+        for (key_id, hour_start, verified) in counts {
+            let (mut entry, new) = table.find_or_insert(key_id);
+            inserted += i64::from(new);
+            entry.state.activity.note_others(*hour_start, *verified);
+        }
+        if let Some(header) = shared() {
+            header.tracked_keys.fetch_add(inserted, Relaxed);
         }
     });
 }

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::ffi::{c_int, CStr};
 use std::mem::{align_of, size_of};
 use std::ptr;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use pgrx::pg_sys;
 
@@ -68,6 +69,12 @@ struct Header {
     directory: pg_sys::dsa_pointer,
     /// Entries in all key tables.
     tracked_keys: AtomicI64,
+    /// The source this server writes its usage rows under (a uuid, two halves): new at
+    /// each start, kept across a clean restart (the launcher restores it with the
+    /// saved usage, before any worker runs).
+    usage_source: [AtomicU64; 2],
+    /// A launcher saved the unflushed usage to a file while this memory lives on.
+    usage_saved: AtomicBool,
 }
 
 // Set once in the postmaster's shmem_startup hook; forked backends inherit them.
@@ -164,11 +171,50 @@ unsafe extern "C-unwind" fn startup_shmem() {
             ptr::write_bytes(header.cast::<u8>(), 0, size);
             (*header).argon2_cap.init();
             (*header).memo_slots = slots;
+            set_usage_source(&*header, new_usage_source());
             databases::create_in_place(header, header.cast::<u8>().add(dsa_offset(slots)));
         }
         SHARED = header;
         LWLOCKS = pg_sys::GetNamedLWLockTranche(NAME.as_ptr());
         pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// A random (version 4) uuid.
+fn new_usage_source() -> [u8; 16] {
+    let mut id: [u8; 16] = rand::random();
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+fn set_usage_source(header: &Header, id: [u8; 16]) {
+    let (high, low) = id.split_at(8);
+    header.usage_source[0].store(u64::from_be_bytes(high.try_into().expect("8")), Relaxed);
+    header.usage_source[1].store(u64::from_be_bytes(low.try_into().expect("8")), Relaxed);
+}
+
+/// The source of this server's usage rows (see `Header::usage_source`); None without
+/// shared memory (no worker writes then).
+pub(crate) fn usage_source() -> Option<[u8; 16]> {
+    shared().map(|h| {
+        let mut id = [0; 16];
+        id[..8].copy_from_slice(&h.usage_source[0].load(Relaxed).to_be_bytes());
+        id[8..].copy_from_slice(&h.usage_source[1].load(Relaxed).to_be_bytes());
+        id
+    })
+}
+
+/// Note whether a launcher saved the unflushed usage while this memory lives on;
+/// returns what was noted before.
+pub(crate) fn note_usage_saved(saved: bool) -> bool {
+    shared().is_some_and(|h| h.usage_saved.swap(saved, Relaxed))
+}
+
+/// Go on writing under the source a clean shutdown saved (the launcher, at start).
+pub(crate) fn restore_usage_source(id: [u8; 16]) {
+    if let Some(h) = shared() {
+        set_usage_source(h, id);
     }
 }
 
