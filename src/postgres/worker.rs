@@ -266,13 +266,13 @@ SELECT m.key_id::pg_catalog.text, m.gone
   FROM api_keys._merge_usage(
          $1::pg_catalog.text::pg_catalog.uuid,
          $2::pg_catalog.text::pg_catalog.uuid[],
-         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) h OPERATOR(pg_catalog./) 1000000.0)
+         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) (h OPERATOR(pg_catalog./) 1000000.0))
                  FROM pg_catalog.unnest($3::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(h, n)
                 ORDER BY n),
          $4::pg_catalog.text::pg_catalog.int8[],
          $5::pg_catalog.text::pg_catalog.int8[],
          $6::pg_catalog.text::pg_catalog.uuid[],
-         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) t OPERATOR(pg_catalog./) 1000000.0)
+         ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) (t OPERATOR(pg_catalog./) 1000000.0))
                  FROM pg_catalog.unnest($7::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
                 ORDER BY n),
          $8::pg_catalog.text::pg_catalog.inet[]) AS m";
@@ -316,10 +316,16 @@ SELECT (SELECT c.tick FROM api_keys.usage_clock c), o.key_id, o.hour_us, o.verif
 /// Read other servers' new counts of the current hour into the keys' state, a chunk at a
 /// time (however many keys changed, the worker's memory stays bounded).
 fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
-    Spi::run(
-        "SET LOCAL search_path = pg_catalog, pg_temp; \
-         SET LOCAL statement_timeout = '20s'",
-    )
+    // A SELECT, not Spi::run: on a standby nothing may ask for a transaction id.
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.set_config('statement_timeout', '20s', true)",
+                None,
+                &[],
+            )
+            .map(|_| ())
+    })
     .expect("read settings");
     let since = databases::others_tick(oid);
     // SAFETY: reads the clock.
