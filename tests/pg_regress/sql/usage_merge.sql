@@ -1,0 +1,97 @@
+\set ON_ERROR_ROLLBACK on
+\set SHOW_CONTEXT never
+-- Usage written per server (api_keys._merge_usage): totals per key, hour and source,
+-- the larger total kept (a batch applied twice counts once), ticks in order, bounds
+-- checked before any write, and only api_keys_standby (and superusers) may call it.
+begin;
+SET search_path = api_keys, public;
+SET api_keys.argon2_memory_kib = 64;
+SET api_keys.argon2_iterations = 1;
+
+CREATE ROLE regress_sender;
+GRANT api_keys_standby TO regress_sender;
+CREATE ROLE regress_plain;
+CREATE ROLE regress_admin;
+GRANT api_keys_admin TO regress_admin;
+
+SELECT id AS k_id FROM api_keys.api_key_issue('metered', 'service', 'production') \gset
+SELECT tick AS t0 FROM usage_clock \gset
+
+-- a standby's batch: two hours of one key, its last use; a key with no row is "gone"
+SET ROLE regress_sender;
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id', :'k_id', 'aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa']::uuid[],
+    ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00', '2026-11-30 11:00+00']::timestamptz[],
+    ARRAY[3, 5, 1]::bigint[], ARRAY[1, 0, 0]::bigint[],
+    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:30+00']::timestamptz[], ARRAY['10.0.0.9']::inet[]);
+RESET ROLE;
+SELECT hour, verified, rejected, tick = :t0 + 1 AS next_tick FROM usage WHERE key_id = :'k_id' ORDER BY hour;
+SELECT last_used_at, last_used_ip FROM keys WHERE id = :'k_id';
+
+-- the same batch again (its answer was lost): nothing changes, not even the tick
+SELECT count(*) AS left_out FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00']::timestamptz[],
+    ARRAY[3, 5]::bigint[], ARRAY[1, 0]::bigint[],
+    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:20+00']::timestamptz[], ARRAY['10.0.0.8']::inet[]);
+SELECT hour, verified, rejected, tick = :t0 + 1 AS same_tick FROM usage WHERE key_id = :'k_id' ORDER BY hour;
+SELECT last_used_at, last_used_ip FROM keys WHERE id = :'k_id';
+
+-- a larger total replaces, a smaller one is kept out; another server adds its own row
+SELECT count(*) AS left_out FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00']::timestamptz[],
+    ARRAY[2, 7]::bigint[], ARRAY[1, 2]::bigint[], '{}', '{}', '{}');
+SELECT count(*) AS left_out FROM api_keys._merge_usage('22222222-2222-4222-8222-222222222222',
+    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[],
+    ARRAY[4]::bigint[], ARRAY[0]::bigint[], '{}', '{}', '{}');
+SELECT hour, source, verified, rejected FROM usage WHERE key_id = :'k_id' ORDER BY hour, source;
+-- the views sum the servers
+SELECT hour, verified, rejected FROM usage_by_key WHERE key_id = :'k_id' ORDER BY hour;
+
+-- bounds, before any write (22023)
+SELECT * FROM api_keys._merge_usage(NULL, '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('00000000-0000-0000-0000-000000000000', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:30+00']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[], '{-1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    ARRAY[NULL]::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    '{}', '{}', '{}', '{}', ARRAY[:'k_id']::uuid[], ARRAY[NULL]::timestamptz[], ARRAY[NULL]::inet[]);
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+    array_fill(:'k_id'::uuid, ARRAY[20001]), array_fill('2026-11-30 11:00+00'::timestamptz, ARRAY[20001]),
+    array_fill(1::bigint, ARRAY[20001]), array_fill(0::bigint, ARRAY[20001]), '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT tick = :t0 + 4 AS no_tick_taken FROM usage_clock;
+
+-- only api_keys_standby may write usage; nobody else reads or changes the clock
+SET ROLE regress_plain;
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT tick FROM usage_clock;
+\echo sqlstate :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SET ROLE regress_admin;
+SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+UPDATE usage_clock SET tick = 0;
+\echo sqlstate :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SET ROLE regress_sender;
+SELECT tick FROM usage_clock;
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM usage;
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SHOW api_keys.primary_conninfo;
+\echo sqlstate :LAST_ERROR_SQLSTATE
+RESET ROLE;
+rollback;
