@@ -132,7 +132,7 @@ unsafe extern "C-unwind" fn release_round(_code: std::ffi::c_int, arg: pg_sys::D
 /// round). A key whose row a user has locked is left for a later round (SKIP LOCKED: the
 /// worker never waits on a user's row lock).
 fn flush_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
-    write_batches(oid, |batch| {
+    write_batches(oid, key_state::unflushed(oid), |batch| {
         step("usage flush", || {
             Spi::run(
                 "SET LOCAL search_path = pg_catalog, pg_temp; \
@@ -155,8 +155,14 @@ fn flush_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
 /// in shared memory (two hours at most, see `core::rate_limit`).
 fn send_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
     let conninfo = gucs::PRIMARY_CONNINFO.get().filter(|c| !c.is_empty())?;
-    if !sql.current || key_state::unflushed(oid).is_empty() {
+    let copies = key_state::unflushed(oid);
+    if copies.is_empty() {
         return Some(0);
+    }
+    if !sql.current {
+        // The primary's SQL is older than 0.5.0 (its replica here is): nothing takes
+        // the counts until ALTER EXTENSION api_keys UPDATE there.
+        return None;
     }
     let primary = match primary_link::Primary::connect(&conninfo, &sql.database) {
         Ok(primary) => primary,
@@ -167,7 +173,7 @@ fn send_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
     };
     databases::note_progress(oid);
     let mut reached = true;
-    let written = write_batches(oid, |batch| {
+    let written = write_batches(oid, copies, |batch| {
         if !reached {
             return None;
         }
@@ -201,14 +207,14 @@ fn report_link(oid: pg_sys::Oid, failure: Option<&str>) {
     }
 }
 
-/// Copy the unflushed usage of `oid` and write it with `write`, BATCH keys at a time:
-/// what a batch wrote is noted as written, keys with no row are dropped. Returns the
-/// keys written, or None when a batch failed.
+/// Write `copies` (of the unflushed usage of `oid`) with `write`, BATCH keys at a
+/// time: what a batch wrote is noted as written, keys with no row are dropped. Returns
+/// the keys written, or None when a batch failed.
 fn write_batches(
     oid: pg_sys::Oid,
+    copies: Vec<([u8; 16], Unflushed)>,
     mut write: impl FnMut(&[([u8; 16], Unflushed)]) -> Option<NotWritten>,
 ) -> Option<i64> {
-    let copies = key_state::unflushed(oid);
     let (mut written, mut failed) = (0, false);
     for batch in copies.chunks(BATCH) {
         pg_sys::check_for_interrupts!();
