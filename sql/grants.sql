@@ -62,7 +62,7 @@ GRANT SELECT (id, prefix, name, description, key_type, environment, owner, statu
 
 -- A standby's worker sends its usage to the primary as a member of api_keys_standby
 -- (api_keys.primary_conninfo): it writes usage totals and last use, nothing else.
-GRANT EXECUTE ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[],
+GRANT EXECUTE ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[],
                                                 uuid[], timestamptz[], inet[]) TO api_keys_standby;
 
 -- pg_dump keeps the data of these tables (and the audit id sequence).

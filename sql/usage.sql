@@ -10,6 +10,7 @@
 -- Counts in one call: at most this many key-hours and last uses (a worker sends 10,000
 -- keys, two hours each).
 CREATE FUNCTION api_keys._merge_usage(
+    system     bigint,
     source     uuid,
     key_ids    uuid[],
     hours      timestamptz[],
@@ -29,6 +30,12 @@ DECLARE
     uses     integer := coalesce(cardinality(last_ids), 0);
     now_tick bigint;
 BEGIN
+    -- A standby pointed at another cluster would hear its keys are gone.
+    IF system IS DISTINCT FROM (SELECT s.system_identifier FROM pg_control_system() s) THEN
+        RAISE EXCEPTION 'this server is not the primary of the server sending usage: their system identifiers differ'
+            USING ERRCODE = '22023',
+                  HINT = 'Point api_keys.primary_conninfo at the primary the standby replicates.';
+    END IF;
     IF source IS NULL OR source = '00000000-0000-0000-0000-000000000000'::uuid THEN
         RAISE EXCEPTION 'source must be a server''s usage source, not NULL or the nil uuid'
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
@@ -44,10 +51,14 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
     END IF;
     IF EXISTS (SELECT FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
-                WHERE k IS NULL OR h IS NULL OR v IS NULL OR r IS NULL OR v < 0 OR r < 0
-                   OR date_trunc('hour', h, 'UTC') <> h)
-       OR EXISTS (SELECT FROM unnest(last_ids, last_at) AS u(k, a) WHERE k IS NULL OR a IS NULL) THEN
-        RAISE EXCEPTION 'counts need a key, a whole UTC hour and counts of 0 or more; last uses a key and a time'
+                WHERE k IS NULL OR h IS NULL OR v IS NULL OR r IS NULL
+                   OR v NOT BETWEEN 0 AND 4294967295 OR r NOT BETWEEN 0 AND 4294967295
+                   OR NOT isfinite(h) OR date_trunc('hour', h, 'UTC') <> h
+                   OR h < date_trunc('hour', now(), 'UTC') - interval '3 hours'
+                   OR h > now() + interval '1 hour')
+       OR EXISTS (SELECT FROM unnest(last_ids, last_at) AS u(k, a)
+                   WHERE k IS NULL OR a IS NULL OR NOT isfinite(a)) THEN
+        RAISE EXCEPTION 'counts need a key, a whole UTC hour of the last three and counts from 0 to 4294967295; last uses a key and a finite time'
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
     END IF;
     -- The next tick, this row locked until commit: writes become visible in tick order.
@@ -58,8 +69,8 @@ BEGIN
         SELECT c.k AS key_id, c.h AS hour, c.v AS verified, c.r AS rejected
           FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
     ), used AS (
-        -- The latest use of each key.
-        SELECT DISTINCT ON (u.k) u.k AS key_id, u.a AS at, u.ip
+        -- The latest use of each key; none later than now (a clock ahead of this one).
+        SELECT DISTINCT ON (u.k) u.k AS key_id, least(u.a, now()) AS at, u.ip
           FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
          ORDER BY u.k, u.a DESC
     ), wanted AS (
@@ -93,5 +104,5 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION api_keys._merge_usage(uuid, uuid[], timestamptz[], bigint[], bigint[], uuid[], timestamptz[], inet[]) IS
-    'Workers only: write one server''s usage totals (the larger total wins) and last uses; returns the keys left out: locked by a user (gone false, sent again) or with no row (gone true).';
+COMMENT ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[], uuid[], timestamptz[], inet[]) IS
+    'Workers only: write one server''s usage totals (system: the cluster''s system identifier, checked) (the larger total wins) and last uses; returns the keys left out: locked by a user (gone false, sent again) or with no row (gone true).';

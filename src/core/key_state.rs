@@ -95,7 +95,7 @@ mod tests {
         let mut s = KeyState::default();
         let t = 50 * HOUR;
         s.activity.record_rejected(t);
-        let copy = s.activity.unflushed().unwrap();
+        let copy = s.activity.unflushed(t).unwrap();
         s.activity.mark_written(&copy);
         s.budget.record_failure(t + 55 * 60_000_000);
         assert!(!s.is_idle(t + 62 * 60_000_000), "suspect for 10 minutes");

@@ -109,6 +109,10 @@ pub(crate) struct Unflushed {
     pub(crate) last: Option<LastUse>,
 }
 
+/// Hours before the current one whose counts may still be written (the usage table
+/// takes the last three).
+const STALE_AFTER_HOURS: u32 = 2;
+
 fn minute_of(now: i64) -> u32 {
     (now.max(0) / MICROS_PER_MINUTE) as u32
 }
@@ -236,15 +240,17 @@ impl Activity {
         }
     }
 
-    /// A copy of what is not yet written; None when nothing is.
-    pub(crate) fn unflushed(&self) -> Option<Unflushed> {
+    /// A copy of what is not yet written at `now`; None when nothing is. Hours more
+    /// than two before the current one are left out (`drop_stale` counts them lost).
+    pub(crate) fn unflushed(&self, now: i64) -> Option<Unflushed> {
         if !self.has_unflushed() {
             return None;
         }
+        let current = hour_of(now);
         let usage = self
             .usage
             .iter()
-            .filter(|u| u.unwritten() > 0)
+            .filter(|u| u.unwritten() > 0 && u.hour.saturating_add(STALE_AFTER_HOURS) >= current)
             .map(|u| HourUsage {
                 hour_start: i64::from(u.hour) * MICROS_PER_HOUR,
                 verified: u.verified,
@@ -264,6 +270,20 @@ impl Activity {
             },
         });
         Some(Unflushed { usage, last })
+    }
+
+    /// Counts of an hour more than two before `now`'s that are still not written (no
+    /// flush could write them: the primary out of reach for hours, a saved file read
+    /// back late) are lost: the tables take no hour that old.
+    pub(crate) fn drop_stale(&mut self, now: i64) {
+        let current = hour_of(now);
+        for u in &mut self.usage {
+            if u.hour.saturating_add(STALE_AFTER_HOURS) < current && u.unwritten() > 0 {
+                self.lost = self.lost.saturating_add(u.unwritten());
+                u.written_verified = u.verified;
+                u.written_rejected = u.rejected;
+            }
+        }
     }
 
     /// `written` (a copy `unflushed` gave) is now in the tables: note its totals as
@@ -387,7 +407,7 @@ mod tests {
         a.admit(t, limits(0, 0), None);
         a.record_rejected(t);
         a.admit(t + MIN, limits(0, 0), ip); // the next hour
-        let mut copy = a.unflushed().expect("something to write");
+        let mut copy = a.unflushed(t).expect("something to write");
         copy.usage.sort_by_key(|u| u.hour_start);
         assert_eq!(
             copy.usage,
@@ -395,7 +415,7 @@ mod tests {
         );
         assert_eq!(copy.last, Some(LastUse { at: t + MIN, ip }));
         a.mark_written(&copy);
-        assert_eq!(a.unflushed(), None, "written once");
+        assert_eq!(a.unflushed(t), None, "written once");
     }
 
     #[test]
@@ -403,10 +423,10 @@ mod tests {
         let mut a = Activity::default();
         let t = 3 * HOUR;
         a.admit(t, limits(0, 0), None);
-        let copy = a.unflushed().unwrap();
+        let copy = a.unflushed(t).unwrap();
         a.admit(t + 1, limits(0, 0), None); // during the flush
         a.mark_written(&copy);
-        let left = a.unflushed().unwrap();
+        let left = a.unflushed(t).unwrap();
         assert_eq!(
             left.usage[0].new_calls(),
             (1, 0),
@@ -425,11 +445,11 @@ mod tests {
         let mut a = Activity::default();
         let t = 9 * HOUR;
         a.admit(t, limits(0, 0), None);
-        let saved = a.unflushed().unwrap();
+        let saved = a.unflushed(t).unwrap();
         let mut b = Activity::default();
         b.admit(t + 5, limits(0, 0), None);
         b.restore(&saved);
-        let both = b.unflushed().unwrap();
+        let both = b.unflushed(t).unwrap();
         assert_eq!(both.usage[0].verified, 2);
         assert_eq!(both.last.map(|l| l.at), Some(t + 5));
     }
@@ -440,7 +460,7 @@ mod tests {
         let t = 20 * HOUR;
         a.admit(t, limits(0, 2), None);
         assert!(!a.is_idle(t + 2 * HOUR), "unwritten usage keeps it");
-        let copy = a.unflushed().unwrap();
+        let copy = a.unflushed(t).unwrap();
         a.mark_written(&copy);
         assert!(!a.is_idle(t + 30 * MIN), "its hour window still counts");
         assert!(a.is_idle(t + 62 * MIN));
@@ -469,12 +489,12 @@ mod tests {
         };
         a.restore(&old);
         assert_eq!(a.take_lost(), 4, "the saved hour is the one lost");
-        let now = a.unflushed().unwrap();
+        let now = a.unflushed(t).unwrap();
         assert_eq!(now.usage, vec![hour(t, 1, 0)]);
         // A clock that goes back past an unwritten hour loses that call, not the hour.
         a.record_rejected(t - 2 * HOUR);
         assert_eq!(a.take_lost(), 1);
-        assert_eq!(a.unflushed().unwrap().usage[0].verified, 1);
+        assert_eq!(a.unflushed(t).unwrap().usage[0].verified, 1);
     }
 
     /// A usage table that keeps, per hour, the larger of its total and the one written.
@@ -504,14 +524,28 @@ mod tests {
         let mut table = Table::default();
         let t = 12 * HOUR;
         a.admit(t, limits(0, 0), None);
-        let copy = a.unflushed().unwrap();
+        let copy = a.unflushed(t).unwrap();
         table.write(1, &copy); // committed, but the answer was lost: not marked
         a.admit(t + 1, limits(0, 0), None);
-        let again = a.unflushed().unwrap();
+        let again = a.unflushed(t).unwrap();
         table.write(1, &again);
         a.mark_written(&again);
         assert_eq!(table.0[&(1, 12 * HOUR)], (2, 0));
-        assert_eq!(a.unflushed(), None, "all written");
+        assert_eq!(a.unflushed(t), None, "all written");
+    }
+
+    #[test]
+    fn hours_no_table_takes_are_left_out_and_counted_lost() {
+        let mut a = Activity::default();
+        let t = 60 * HOUR + 30 * MIN;
+        a.admit(t, limits(0, 0), None);
+        a.record_rejected(t);
+        assert_eq!(a.unflushed(t + 2 * HOUR).unwrap().usage.len(), 1, "two hours on: sent");
+        let late = t + 3 * HOUR;
+        assert_eq!(a.unflushed(late).map(|u| u.usage), Some(vec![]), "three: not sent");
+        a.drop_stale(late);
+        assert_eq!(a.take_lost(), 2);
+        assert!(a.unflushed(late).is_some_and(|u| u.usage.is_empty()), "its last use stays");
     }
 
     #[test]
@@ -560,7 +594,7 @@ mod tests {
                 } else {
                     hour.1 += 1;
                 }
-                if let Some(copy) = a.unflushed() {
+                if let Some(copy) = a.unflushed(t) {
                     // Written after every call (when 0: the answer is lost).
                     table.write(0, &copy);
                     if flush != 0 {
@@ -595,7 +629,7 @@ mod tests {
                 if servers[s].admit(t, l, None) {
                     *by_hour.entry(t / HOUR).or_insert(0u32) += 1;
                 }
-                if let Some(copy) = servers[s].unflushed() {
+                if let Some(copy) = servers[s].unflushed(t) {
                     table.write(s as u8, &copy);
                     servers[s].mark_written(&copy);
                 }

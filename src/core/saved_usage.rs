@@ -18,20 +18,23 @@ const MAX_HOURS: u8 = 2;
 pub(crate) type Saved = (u32, [u8; 16], Unflushed);
 
 /// Which server saved the file: only the same system on the same timeline, still a
-/// standby or still not one, takes it (a copy of the data directory started as a
-/// standby of its original does not).
+/// standby or still not one, in the same place (host, data directory, port), takes it.
+/// A copy of the data directory elsewhere, or started as a standby of its original,
+/// does not: two servers never go on under one usage source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Origin {
     pub(crate) system_identifier: u64,
     pub(crate) timeline: u32,
     pub(crate) in_recovery: bool,
+    /// A digest of the host name, the data directory and the port.
+    pub(crate) place: [u8; 8],
 }
 
 /// What the file holds besides the records: the source this server's usage rows are
 /// written under.
 pub(crate) type Source = [u8; 16];
 
-const HEADER: usize = 8 + 8 + 4 + 1 + 16 + 8;
+const HEADER: usize = 8 + 8 + 4 + 1 + 8 + 16 + 8;
 
 pub(crate) fn encode(origin: Origin, source: Source, records: &[Saved]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + records.len() * 80);
@@ -39,6 +42,7 @@ pub(crate) fn encode(origin: Origin, source: Source, records: &[Saved]) -> Vec<u
     out.extend_from_slice(&origin.system_identifier.to_le_bytes());
     out.extend_from_slice(&origin.timeline.to_le_bytes());
     out.push(u8::from(origin.in_recovery));
+    out.extend_from_slice(&origin.place);
     out.extend_from_slice(&source);
     out.extend_from_slice(&(records.len() as u64).to_le_bytes());
     for (db, key, u) in records {
@@ -104,6 +108,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Source, Vec<Saved>), Strin
             1 => true,
             _ => return Err("the header is damaged".into()),
         },
+        place: r.array()?,
     };
     let source: Source = r.array()?;
     let count = u64::from_le_bytes(r.array()?);
@@ -161,6 +166,7 @@ mod tests {
         system_identifier: 7,
         timeline: 1,
         in_recovery: false,
+        place: [3; 8],
     };
 
     fn record() -> impl Strategy<Value = Saved> {
@@ -193,9 +199,10 @@ mod tests {
             system_identifier in any::<u64>(),
             timeline in any::<u32>(),
             in_recovery in any::<bool>(),
+            place in any::<[u8; 8]>(),
             source in any::<[u8; 16]>(),
         ) {
-            let origin = Origin { system_identifier, timeline, in_recovery };
+            let origin = Origin { system_identifier, timeline, in_recovery, place };
             prop_assert_eq!(
                 decode(&encode(origin, source, &records)).unwrap(),
                 (origin, source, records)

@@ -314,9 +314,10 @@ fn wait_for(worker: DynamicBackgroundWorker, db: &Database) {
     }
 }
 
-/// This server's identity in its saved usage: its system identifier, timeline, and
-/// whether it is a standby. A copy of the data directory that is promoted later (a new
-/// timeline), started as a standby of its original, or another cluster ignores the file.
+/// This server's identity in its saved usage: its system identifier, timeline, whether
+/// it is a standby, and where it runs. A copy of the data directory that is promoted
+/// later (a new timeline), started as a standby of its original or elsewhere, or another
+/// cluster ignores the file.
 fn server_identity() -> saved_usage::Origin {
     // SAFETY: these read the control file's values and the recovery state kept in
     // shared memory; on a standby the timeline is the one being replayed.
@@ -332,8 +333,25 @@ fn server_identity() -> saved_usage::Origin {
                 pg_sys::GetWALInsertionTimeLine()
             },
             in_recovery,
+            place: place(),
         }
     }
+}
+
+/// A digest of this server's host name, data directory and port.
+fn place() -> [u8; 8] {
+    use sha2::Digest;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // SAFETY: the data directory's path and the port, set at postmaster start.
+    let (dir, port) = unsafe { (CStr::from_ptr(pg_sys::DataDir).to_bytes(), pg_sys::PostPortNumber) };
+    let digest = sha2::Sha256::new()
+        .chain_update(host.trim())
+        .chain_update([0])
+        .chain_update(dir)
+        .chain_update([0])
+        .chain_update(port.to_le_bytes())
+        .finalize();
+    digest[..8].try_into().expect("8 bytes")
 }
 
 /// When the launcher stops (a clean shutdown, or pg_terminate_backend): every key's

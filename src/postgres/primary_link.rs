@@ -38,6 +38,20 @@ impl Primary {
     /// (its own dbname, if any, is replaced); our defaults (timeouts, keepalives) give
     /// way to what it sets.
     pub(crate) fn connect(conninfo: &CStr, dbname: &CStr) -> Result<Primary, String> {
+        // libpq's parse errors quote the string (a password with it): checked first, and
+        // said without it.
+        let mut parse_error = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated string; the options and any message are freed here.
+        unsafe {
+            let options = pq_sys::PQconninfoParse(conninfo.as_ptr(), &mut parse_error);
+            if !parse_error.is_null() {
+                pq_sys::PQfreemem(parse_error.cast());
+            }
+            if options.is_null() {
+                return Err("api_keys.primary_conninfo is not a valid connection string".into());
+            }
+            pq_sys::PQconninfoFree(options);
+        }
         let pairs: [(&CStr, &CStr); 8] = [
             (c"connect_timeout", c"10"),
             (c"keepalives_idle", c"10"),

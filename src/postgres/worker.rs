@@ -270,20 +270,22 @@ fn not_written(rows: impl Iterator<Item = ([u8; 16], bool)>) -> NotWritten {
 const MERGE: &CStr = c"\
 SELECT m.key_id::pg_catalog.text, m.gone
   FROM api_keys._merge_usage(
-         $1::pg_catalog.text::pg_catalog.uuid,
-         $2::pg_catalog.text::pg_catalog.uuid[],
+         $1::pg_catalog.text::pg_catalog.int8,
+         $2::pg_catalog.text::pg_catalog.uuid,
+         $3::pg_catalog.text::pg_catalog.uuid[],
          ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) (h OPERATOR(pg_catalog./) 1000000.0))
-                 FROM pg_catalog.unnest($3::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(h, n)
+                 FROM pg_catalog.unnest($4::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(h, n)
                 ORDER BY n),
-         $4::pg_catalog.text::pg_catalog.int8[],
          $5::pg_catalog.text::pg_catalog.int8[],
-         $6::pg_catalog.text::pg_catalog.uuid[],
+         $6::pg_catalog.text::pg_catalog.int8[],
+         $7::pg_catalog.text::pg_catalog.uuid[],
          ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) (t OPERATOR(pg_catalog./) 1000000.0))
-                 FROM pg_catalog.unnest($7::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
+                 FROM pg_catalog.unnest($8::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
                 ORDER BY n),
-         $8::pg_catalog.text::pg_catalog.inet[]) AS m";
+         $9::pg_catalog.text::pg_catalog.inet[]) AS m";
 
-/// The parameters of MERGE for `batch`: array literals of this server's totals.
+/// The parameters of MERGE for `batch`: this cluster's system identifier (the primary
+/// checks it is its own), and array literals of this server's totals.
 fn merge_params(source: [u8; 16], batch: &[([u8; 16], Unflushed)]) -> Vec<Option<String>> {
     let mut lists: [Vec<String>; 7] = Default::default();
     for (key, u) in batch {
@@ -299,7 +301,10 @@ fn merge_params(source: [u8; 16], batch: &[([u8; 16], Unflushed)]) -> Vec<Option
             lists[6].push(l.ip.map_or("NULL".into(), |ip| format!("\"{ip}\"")));
         }
     }
-    std::iter::once(Some(uuid_text(&source)))
+    // SAFETY: reads the control file's value kept in shared memory.
+    let system = unsafe { pg_sys::GetSystemIdentifier() } as i64;
+    [Some(system.to_string()), Some(uuid_text(&source))]
+        .into_iter()
         .chain(lists.iter().map(|l| Some(format!("{{{}}}", l.join(",")))))
         .collect()
 }
@@ -316,7 +321,7 @@ SELECT (SELECT c.tick FROM api_keys.usage_clock c), o.key_id, o.hour_us, o.verif
            (SELECT pg_catalog.sum(u.verified) FROM api_keys.usage u
              WHERE u.key_id = x.key_id AND u.hour = x.hour AND u.source <> $3)::pg_catalog.int8 AS verified
       FROM (SELECT DISTINCT y.key_id, y.hour FROM api_keys.usage y
-             WHERE y.hour >= $1 AND y.tick > $2 AND y.source <> $3) x
+             WHERE y.hour = $1 AND y.tick > $2 AND y.source <> $3) x
   ) o ON true";
 
 /// Read other servers' new counts of the current hour into the keys' state, a chunk at a

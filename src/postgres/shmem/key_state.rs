@@ -55,10 +55,11 @@ pub(crate) fn first_expiry_failure(key_id: &[u8; 16]) -> bool {
 /// What the keys of database `oid` have not had written yet, copied (see
 /// `core::rate_limit`: written, then `mark_written`).
 pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
+    let now = now();
     databases::with_keys_of(oid, false, |table| {
         let mut all = Vec::new();
         table.for_each(|e| {
-            if let Some(u) = e.state.activity.unflushed() {
+            if let Some(u) = e.state.activity.unflushed(now) {
                 all.push((e.key_id, u));
             }
         });
@@ -118,12 +119,15 @@ pub(crate) fn forget_keys(oid: pg_sys::Oid, keys: &[[u8; 16]]) {
 }
 
 /// Drop the idle keys of database `oid` (or, when `everything`, all of them: the
-/// extension is gone); returns how many are left.
+/// extension is gone), and counts too old for any table to take; returns how many keys
+/// are left.
 pub(crate) fn drop_idle(oid: pg_sys::Oid, everything: bool) -> i64 {
     let now = now();
-    let (mut dropped, mut left) = (0, 0);
+    let (mut dropped, mut left, mut lost) = (0, 0, 0);
     databases::with_keys_of(oid, false, |table| {
         table.retain(|e| {
+            e.state.activity.drop_stale(now);
+            lost += u64::from(e.state.activity.take_lost());
             let drop = everything || e.state.is_idle(now);
             if drop {
                 dropped += 1;
@@ -135,6 +139,7 @@ pub(crate) fn drop_idle(oid: pg_sys::Oid, everything: bool) -> i64 {
     });
     if let Some(header) = shared() {
         header.tracked_keys.fetch_sub(dropped, Relaxed);
+        header.counters.usage_lost.fetch_add(lost, Relaxed);
     }
     left
 }

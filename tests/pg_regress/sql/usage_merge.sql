@@ -16,72 +16,97 @@ GRANT api_keys_admin TO regress_admin;
 
 SELECT id AS k_id FROM api_keys.api_key_issue('metered', 'service', 'production') \gset
 SELECT tick AS t0 FROM usage_clock \gset
+SELECT system_identifier AS sys FROM pg_control_system() \gset
+-- this hour and the one before (UTC)
+SELECT date_trunc('hour', now(), 'UTC') AS h1, date_trunc('hour', now(), 'UTC') - interval '1 hour' AS h0 \gset
 
 -- a standby's batch: two hours of one key, its last use; a key with no row is "gone"
 SET ROLE regress_sender;
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
     ARRAY[:'k_id', :'k_id', 'aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa']::uuid[],
-    ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00', '2026-11-30 11:00+00']::timestamptz[],
+    ARRAY[:'h0', :'h1', :'h1']::timestamptz[],
     ARRAY[3, 5, 1]::bigint[], ARRAY[1, 0, 0]::bigint[],
-    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:30+00']::timestamptz[], ARRAY['10.0.0.9']::inet[]);
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1']::timestamptz[], ARRAY['10.0.0.9']::inet[]);
 RESET ROLE;
-SELECT hour, verified, rejected, tick = :t0 + 1 AS next_tick FROM usage WHERE key_id = :'k_id' ORDER BY hour;
-SELECT last_used_at, last_used_ip FROM keys WHERE id = :'k_id';
+SELECT hour = :'h1' AS this_hour, verified, rejected, tick = :t0 + 1 AS next_tick
+  FROM usage WHERE key_id = :'k_id' ORDER BY hour;
+SELECT last_used_at = :'h1' AS last_used, last_used_ip FROM keys WHERE id = :'k_id';
 
--- the same batch again (its answer was lost): nothing changes, not even the tick
-SELECT count(*) AS left_out FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00']::timestamptz[],
+-- the same batch again (its answer was lost): nothing changes, not even the tick; a
+-- last use later than now is taken as now
+SELECT count(*) AS left_out FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY[:'h0', :'h1']::timestamptz[],
     ARRAY[3, 5]::bigint[], ARRAY[1, 0]::bigint[],
-    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:20+00']::timestamptz[], ARRAY['10.0.0.8']::inet[]);
-SELECT hour, verified, rejected, tick = :t0 + 1 AS same_tick FROM usage WHERE key_id = :'k_id' ORDER BY hour;
-SELECT last_used_at, last_used_ip FROM keys WHERE id = :'k_id';
+    ARRAY[:'k_id']::uuid[], ARRAY[now() + interval '50 years']::timestamptz[], ARRAY['10.0.0.8']::inet[]);
+SELECT hour = :'h1' AS this_hour, verified, rejected, tick = :t0 + 1 AS same_tick
+  FROM usage WHERE key_id = :'k_id' ORDER BY hour;
+SELECT last_used_at = now() AS last_used_now, last_used_ip FROM keys WHERE id = :'k_id';
 
 -- a larger total replaces, a smaller one is kept out; another server adds its own row
-SELECT count(*) AS left_out FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY['2026-11-30 10:00+00', '2026-11-30 11:00+00']::timestamptz[],
+SELECT count(*) AS left_out FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id', :'k_id']::uuid[], ARRAY[:'h0', :'h1']::timestamptz[],
     ARRAY[2, 7]::bigint[], ARRAY[1, 2]::bigint[], '{}', '{}', '{}');
-SELECT count(*) AS left_out FROM api_keys._merge_usage('22222222-2222-4222-8222-222222222222',
-    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[],
-    ARRAY[4]::bigint[], ARRAY[0]::bigint[], '{}', '{}', '{}');
-SELECT hour, source, verified, rejected FROM usage WHERE key_id = :'k_id' ORDER BY hour, source;
+SELECT count(*) AS left_out FROM api_keys._merge_usage(:sys, '22222222-2222-4222-8222-222222222222',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1']::timestamptz[],
+    ARRAY[4294967295]::bigint[], ARRAY[0]::bigint[], '{}', '{}', '{}');
+SELECT hour = :'h1' AS this_hour, source, verified, rejected FROM usage WHERE key_id = :'k_id' ORDER BY hour, source;
 -- the views sum the servers
-SELECT hour, verified, rejected FROM usage_by_key WHERE key_id = :'k_id' ORDER BY hour;
+SELECT hour = :'h1' AS this_hour, verified, rejected FROM usage_by_key WHERE key_id = :'k_id' ORDER BY hour;
 
 -- bounds, before any write (22023)
-SELECT * FROM api_keys._merge_usage(NULL, '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys + 1, '11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('00000000-0000-0000-0000-000000000000', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys, NULL, '{}', '{}', '{}', '{}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+SELECT * FROM api_keys._merge_usage(:sys, '00000000-0000-0000-0000-000000000000', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
     ARRAY[:'k_id']::uuid[], '{}', '{}', '{}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:30+00']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
+-- not a whole hour; infinity; four hours ago; two hours ahead
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1'::timestamptz + interval '30 minutes'], '{1}', '{0}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    ARRAY[:'k_id']::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[], '{-1}', '{0}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY['infinity']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    ARRAY[NULL]::uuid[], ARRAY['2026-11-30 11:00+00']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1'::timestamptz - interval '4 hours'], '{1}', '{0}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1'::timestamptz + interval '2 hours'], '{1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+-- counts below 0 or above 4294967295, NULLs, a last use at infinity
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1']::timestamptz[], '{-1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[:'k_id']::uuid[], ARRAY[:'h1']::timestamptz[], '{4294967296}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    ARRAY[NULL]::uuid[], ARRAY[:'h1']::timestamptz[], '{1}', '{0}', '{}', '{}', '{}');
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
     '{}', '{}', '{}', '{}', ARRAY[:'k_id']::uuid[], ARRAY[NULL]::timestamptz[], ARRAY[NULL]::inet[]);
 \echo sqlstate :LAST_ERROR_SQLSTATE
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111',
-    array_fill(:'k_id'::uuid, ARRAY[20001]), array_fill('2026-11-30 11:00+00'::timestamptz, ARRAY[20001]),
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    '{}', '{}', '{}', '{}', ARRAY[:'k_id']::uuid[], ARRAY['infinity']::timestamptz[], ARRAY[NULL]::inet[]);
+\echo sqlstate :LAST_ERROR_SQLSTATE
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111',
+    array_fill(:'k_id'::uuid, ARRAY[20001]), array_fill(:'h1'::timestamptz, ARRAY[20001]),
     array_fill(1::bigint, ARRAY[20001]), array_fill(0::bigint, ARRAY[20001]), '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
 SELECT tick = :t0 + 4 AS no_tick_taken FROM usage_clock;
 
 -- only api_keys_standby may write usage; nobody else reads or changes the clock
 SET ROLE regress_plain;
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
 SELECT tick FROM usage_clock;
 \echo sqlstate :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SET ROLE regress_admin;
-SELECT * FROM api_keys._merge_usage('11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
+SELECT * FROM api_keys._merge_usage(:sys, '11111111-1111-4111-8111-111111111111', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
 \echo sqlstate :LAST_ERROR_SQLSTATE
 UPDATE usage_clock SET tick = 0;
 \echo sqlstate :LAST_ERROR_SQLSTATE
@@ -95,3 +120,4 @@ SHOW api_keys.primary_conninfo;
 \echo sqlstate :LAST_ERROR_SQLSTATE
 RESET ROLE;
 rollback;
+
