@@ -10,6 +10,9 @@
 #   tests/pg_cluster.sh start-server DIR        (pg_ctl start, after stop-server)
 #   tests/pg_cluster.sh promote DIR             (pg_ctl promote -w: a standby becomes primary)
 #   tests/pg_cluster.sh append-conf DIR LINE... (append to postgresql.conf; no reload)
+#   tests/pg_cluster.sh copy SRC_DIR DIR PORT   (cp -a of a stopped server's data
+#                                               directory, with its own socket and port;
+#                                               not started)
 set -euo pipefail
 PG_BIN=${PG_BIN:-$(pg_config --bindir)}
 as_pg() { if [ "$(id -u)" = 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
@@ -69,6 +72,16 @@ append-conf)
     shift 2
     for line in "$@"; do echo "$line"; done | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
     ;;
+copy)
+    src=$2 dir=$3 port=$4
+    mkdir -p "$dir"
+    cp -a "$src/data" "$dir/data"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
+    {
+        echo "unix_socket_directories = '$dir'"
+        echo "port = $port"
+    } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+    ;;
 stop)
     dir=$2
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
@@ -77,7 +90,7 @@ stop)
 *)
     echo "usage: $0 start DIR PORT [conf lines] | stop DIR | restart DIR MODE |" \
         "standby PRIMARY_DIR PRIMARY_PORT DIR PORT [conf lines] | stop-server DIR MODE |" \
-        "start-server DIR | promote DIR | append-conf DIR LINE..." >&2
+        "start-server DIR | promote DIR | append-conf DIR LINE... | copy SRC_DIR DIR PORT" >&2
     exit 2
     ;;
 esac

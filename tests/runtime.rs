@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     cheap_hashing, issue, kill_9, recovered, running_worker, stats, total_verified, verify,
-    wait_for, wait_for_room_in_window, Client, Cluster, DB, WORKER_CONF,
+    wait_for, wait_for_room_in_hour, wait_for_room_in_window, Client, Cluster, DB, WORKER_CONF,
 };
 use std::time::Duration;
 
@@ -279,6 +279,31 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
         .unwrap()
         .get(0);
     assert_eq!(issued, 3);
+}
+
+/// A crash forgets the per-minute windows, not the hour: calls written before it count
+/// as another server's (before 0.5.0, a crash gave every key its whole hour again).
+#[test]
+fn a_crash_keeps_the_written_calls_of_the_hour() {
+    let cluster = Cluster::start_with("crash_hour", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    wait_for_room_in_hour(&mut c, 60.0);
+    let k = issue(
+        &mut c,
+        "'hourly', 'service', 'production', rate_limit_per_minute => 100, rate_limit_per_hour => 3",
+    );
+    for _ in 0..3 {
+        assert_eq!(verify(&mut c, &k.key, None, None).reason, "ok");
+    }
+    wait_for_flush(&cluster);
+    assert_eq!(total_verified(&mut c), 3);
+    drop(c);
+    cluster.restart("immediate");
+    let mut c = cluster.connect_fast(DB);
+    // The first round after the start reads the hour's rows.
+    wait_for_flush(&cluster);
+    assert_eq!(verify(&mut c, &k.key, None, None).reason, "rate_limited");
+    assert_eq!(total_verified(&mut c), 3);
 }
 
 /// The worker is stopped by `stop(session, worker pid)`; a new one must come, within

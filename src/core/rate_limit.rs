@@ -540,12 +540,23 @@ mod tests {
         let t = 60 * HOUR + 30 * MIN;
         a.admit(t, limits(0, 0), None);
         a.record_rejected(t);
-        assert_eq!(a.unflushed(t + 2 * HOUR).unwrap().usage.len(), 1, "two hours on: sent");
+        assert_eq!(
+            a.unflushed(t + 2 * HOUR).unwrap().usage.len(),
+            1,
+            "two hours on: sent"
+        );
         let late = t + 3 * HOUR;
-        assert_eq!(a.unflushed(late).map(|u| u.usage), Some(vec![]), "three: not sent");
+        assert_eq!(
+            a.unflushed(late).map(|u| u.usage),
+            Some(vec![]),
+            "three: not sent"
+        );
         a.drop_stale(late);
         assert_eq!(a.take_lost(), 2);
-        assert!(a.unflushed(late).is_some_and(|u| u.usage.is_empty()), "its last use stays");
+        assert!(
+            a.unflushed(late).is_some_and(|u| u.usage.is_empty()),
+            "its last use stays"
+        );
     }
 
     #[test]

@@ -343,7 +343,12 @@ fn place() -> [u8; 8] {
     use sha2::Digest;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     // SAFETY: the data directory's path and the port, set at postmaster start.
-    let (dir, port) = unsafe { (CStr::from_ptr(pg_sys::DataDir).to_bytes(), pg_sys::PostPortNumber) };
+    let (dir, port) = unsafe {
+        (
+            CStr::from_ptr(pg_sys::DataDir).to_bytes(),
+            pg_sys::PostPortNumber,
+        )
+    };
     let digest = sha2::Sha256::new()
         .chain_update(host.trim())
         .chain_update([0])

@@ -134,6 +134,30 @@ impl Cluster {
         self.standby_with(name, &[])
     }
 
+    /// A copy (`cp -a`) of this server's data directory, which must be stopped, as a
+    /// cluster of its own: its own directory, socket and port, every other setting
+    /// (and any file in the data directory) as copied. Not started: see
+    /// [`Cluster::start_server`].
+    pub fn copy_stopped(&self, name: &str) -> Cluster {
+        let port = free_port();
+        let dir = temp_dir(name);
+        let out = Command::new("bash")
+            .arg(cluster_script())
+            .args(["copy", self.socket_dir()])
+            .arg(&dir)
+            .arg(port.to_string())
+            .output()
+            .expect("could not run tests/pg_cluster.sh");
+        let copy = Cluster { dir, port };
+        assert!(
+            out.status.success(),
+            "copying {} to {name} failed\n{}",
+            self.socket_dir(),
+            describe(&out)
+        );
+        copy
+    }
+
     /// Like [`Cluster::standby`], with extra `postgresql.conf` lines written before the
     /// standby first starts (it inherits the rest of this cluster's settings), e.g.
     /// `&[&primary.primary_conninfo_conf("postgres")]`.
