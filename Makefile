@@ -14,7 +14,7 @@ PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 # under make -j.
 .NOTPARALLEL:
 
-.PHONY: run test bench bench-scale release-install fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
+.PHONY: run test bench bench-scale bench-standby release-install fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -50,6 +50,11 @@ bench: release-install
 ## key, warm verification against 200 keys; writes tests/bench/SCALE.md (about 15 min).
 bench-scale: release-install
 	PATH=$(PG_BIN):$$PATH tests/bench/scale.sh
+
+## make bench-standby: a primary and a hot standby, 100,000 keys: usage sent from the
+## standby, per-hour limits across both; writes tests/bench/STANDBY.md (a few minutes).
+bench-standby: release-install
+	PATH=$(PG_BIN):$$PATH tests/bench/standby.sh
 
 release-install: deps
 	sudo mv -f $(PKGLIB_DIR)/api_keys.so $(PKGLIB_DIR)/api_keys.so.replaced 2>/dev/null || true

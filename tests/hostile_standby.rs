@@ -65,6 +65,23 @@ fn usage_rows(c: &mut Client) -> i64 {
         .get(0)
 }
 
+/// `key`'s rows in `api_keys.usage` (source, hour, verified, rejected), for failure
+/// messages.
+fn usage_detail(c: &mut Client, key: &Issued) -> String {
+    c.query(
+        "SELECT source::text, hour::text, verified, rejected \
+           FROM api_keys.usage WHERE key_id = $1::text::uuid ORDER BY hour, source",
+        &[&key.id],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let (source, hour, v, r): (String, String, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        format!("{source} {hour} verified {v} rejected {r}\n")
+    })
+    .collect()
+}
+
 /// The logs of `servers`, for failure messages.
 fn logs(servers: &[(&str, &Cluster)]) -> String {
     servers
@@ -87,9 +104,10 @@ fn wait_for_usage(on: &Cluster, key: &Issued, want: (i64, i64), servers: &[(&str
     assert_eq!(
         got,
         want,
-        "(verified, rejected) of key {} on {}\n{}",
+        "(verified, rejected) of key {} on {}\nits rows:\n{}{}",
         key.id,
         on.socket_dir(),
+        usage_detail(&mut c, key),
         logs(servers)
     );
 }
