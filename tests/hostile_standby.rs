@@ -15,9 +15,7 @@
 
 mod common;
 
-use common::{
-    issue, verify, wait_for, wait_for_room_in_hour, Client, Cluster, Issued, DB, WORKER_CONF,
-};
+use common::{issue, verify, wait_for_room_in_hour, Client, Cluster, Issued, DB, WORKER_CONF};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -76,7 +74,8 @@ fn usage_detail(c: &mut Client, key: &Issued) -> String {
     .unwrap()
     .iter()
     .map(|r| {
-        let (source, hour, v, r): (String, String, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (source, hour, v, r): (String, String, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
         format!("{source} {hour} verified {v} rejected {r}\n")
     })
     .collect()
@@ -250,14 +249,19 @@ fn a_copy_of_a_stopped_standby_does_not_take_its_saved_usage() {
     wait_for_usage(&primary, &k, (3, 0), &all);
     stays(&primary, &k, (3, 0), &all);
 
-    // Calls on each server add up: each sends its totals under a source of its own
-    // (sharing the standby's source, the larger total of the two hid the other's calls).
+    // The copy's own calls add to them: it sends its totals under a source of its own.
+    // (Under the standby's, its restored 3 were sent, the key's entry then dropped as
+    // idle, and its new total of 2 lost against the 3 already there.)
     let mut c = copy.connect(DB);
     for _ in 0..2 {
         ok(&mut c, &k);
     }
     wait_for_usage(&primary, &k, (5, 0), &all);
     stays(&primary, &k, (5, 0), &all);
+
+    // And the standby's next call adds to its restored total: the restored hour's entry
+    // is kept while its hour runs (it was dropped as idle once sent, and the new total,
+    // 1, lost against the 3 already written).
     ok(&mut standby.connect(DB), &k);
     wait_for_usage(&primary, &k, (6, 0), &all);
     stays(&primary, &k, (6, 0), &all);

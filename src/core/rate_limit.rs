@@ -305,6 +305,10 @@ impl Activity {
     /// of them was written.
     pub(crate) fn restore(&mut self, saved: &Unflushed) {
         for s in &saved.usage {
+            // Kept (not idle) while the hour's totals can matter: written again under
+            // this server's source, they must go on from here, not from 0.
+            let last_minute = hour_of(s.hour_start).saturating_add(1).saturating_mul(60) - 1;
+            self.last_seen_minute = self.last_seen_minute.max(last_minute);
             let written_verified = s.written_verified.min(s.verified);
             let written_rejected = s.written_rejected.min(s.rejected);
             match self.usage_for(hour_of(s.hour_start)) {
@@ -452,6 +456,27 @@ mod tests {
         let both = b.unflushed(t).unwrap();
         assert_eq!(both.usage[0].verified, 2);
         assert_eq!(both.last.map(|l| l.at), Some(t + 5));
+    }
+
+    #[test]
+    fn a_restored_hour_is_kept_while_it_counts() {
+        let t = 70 * HOUR + 10 * MIN;
+        let mut saved = Activity::default();
+        saved.admit(t, limits(0, 2), None);
+        let copy = saved.unflushed(t).unwrap();
+        let mut a = Activity::default();
+        a.restore(&copy);
+        a.mark_written(&a.unflushed(t).unwrap());
+        assert!(!a.is_idle(t + 40 * MIN), "its hour is not over");
+        assert!(a.admit(t + 40 * MIN, limits(0, 2), None));
+        assert!(
+            !a.admit(t + 40 * MIN, limits(0, 2), None),
+            "the restored call counts"
+        );
+        let mut later = Activity::default();
+        later.restore(&copy);
+        later.mark_written(&later.unflushed(t).unwrap());
+        assert!(later.is_idle(t + 111 * MIN), "an hour after its hour");
     }
 
     #[test]
