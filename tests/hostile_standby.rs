@@ -15,46 +15,10 @@
 
 mod common;
 
-use common::{issue, verify, wait_for_room_in_hour, Client, Cluster, Issued, DB, WORKER_CONF};
+use common::standby::{issue_replayed, pair, usage, ARRIVAL, SETTLE};
+use common::{verify, wait_for_room_in_hour, Client, Cluster, Issued, DB, WORKER_CONF};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-/// How long usage, or a log line, may take to arrive (a few flush intervals suffice).
-const ARRIVAL: Duration = Duration::from_secs(30);
-
-/// Three flush intervals: long enough for anything sent twice (or a reload) to show.
-const SETTLE: Duration = Duration::from_secs(3);
-
-/// A primary flushing every second and a hot standby of it that sends its usage there
-/// as `postgres`.
-fn pair(name: &str) -> (Cluster, Cluster) {
-    let primary = Cluster::start_with(&format!("{name}_p"), WORKER_CONF);
-    let standby = primary.standby_with(
-        &format!("{name}_s"),
-        &[&primary.primary_conninfo_conf("postgres")],
-    );
-    (primary, standby)
-}
-
-/// A key issued on the primary, replayed on the standby.
-fn issue_replayed(primary: &Cluster, standby: &Cluster, args_sql: &str) -> Issued {
-    let k = issue(&mut primary.connect_fast(DB), args_sql);
-    primary.wait_for_replay_on(standby);
-    k
-}
-
-/// (sum of verified, sum of rejected) of `key` in `api_keys.usage`, every hour and
-/// every server that counted.
-fn usage(c: &mut Client, key: &Issued) -> (i64, i64) {
-    let row = c
-        .query_one(
-            "SELECT coalesce(sum(verified), 0)::int8, coalesce(sum(rejected), 0)::int8 \
-               FROM api_keys.usage WHERE key_id = $1::text::uuid",
-            &[&key.id],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
 
 /// Rows in `api_keys.usage`, any key.
 fn usage_rows(c: &mut Client) -> i64 {

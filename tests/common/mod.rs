@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use postgres::{Client, NoTls};
 
 pub mod load;
+pub mod standby;
 
 /// The database every cluster creates, with `CREATE EXTENSION api_keys` already run.
 pub const DB: &str = "api_keys_test";
