@@ -306,6 +306,57 @@ fn a_crash_keeps_the_written_calls_of_the_hour() {
     assert_eq!(total_verified(&mut c), 3);
 }
 
+/// A clean restart goes on under the same usage source from every key's totals of the
+/// hour, also those of keys fully written before it (before, only keys with unwritten
+/// counts were saved: a written key's new calls were swallowed by the larger total
+/// already written, and its hour started again).
+#[test]
+fn a_clean_restart_goes_on_from_every_keys_totals() {
+    let cluster = Cluster::start_with("restart_totals", WORKER_CONF);
+    let mut c = cluster.connect_fast(DB);
+    wait_for_room_in_hour(&mut c, 120.0);
+    let written = issue(
+        &mut c,
+        "'written', 'service', 'production', rate_limit_per_minute => 100, rate_limit_per_hour => 6",
+    );
+    let held = issue(&mut c, "'held', 'service', 'production'");
+    let verified = |c: &mut Client, id: &str| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage WHERE key_id = $1::text::uuid",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for _ in 0..5 {
+        assert_eq!(verify(&mut c, &written.key, None, None).reason, "ok");
+    }
+    assert_eq!(verify(&mut c, &held.key, None, None).reason, "ok");
+    // A user's lock keeps `held` unwritten (so the shutdown saves a file).
+    let mut holder = cluster.connect(DB);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM api_keys.keys WHERE id = '{}' FOR UPDATE",
+            held.id
+        ))
+        .unwrap();
+    wait_for("the written key's flush", Duration::from_secs(30), || {
+        verified(&mut c, &written.id) == 5
+    });
+    drop((c, holder));
+    cluster.restart("fast");
+    let mut c = cluster.connect_fast(DB);
+    assert_eq!(verify(&mut c, &written.key, None, None).reason, "ok");
+    assert_eq!(
+        verify(&mut c, &written.key, None, None).reason,
+        "rate_limited",
+        "5 before the restart + 1 after: the limit of 6"
+    );
+    wait_for("both keys' usage", Duration::from_secs(30), || {
+        verified(&mut c, &written.id) == 6 && verified(&mut c, &held.id) == 1
+    });
+}
+
 /// The worker is stopped by `stop(session, worker pid)`; a new one must come, within
 /// `within` of the stop, and write the usage of a verification made after it.
 fn the_worker_comes_back(name: &str, within: Duration, stop: impl FnOnce(&mut Client, i32)) {

@@ -8,7 +8,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{cheap_hashing, issue, verify, Client, Cluster, DB};
+use common::{
+    cheap_hashing, issue, verify, wait_for, wait_for_room_in_hour, Client, Cluster, DB, WORKER_CONF,
+};
+use std::time::Duration;
 
 /// Every member object of the extension with what defines it, one row each.
 const DESCRIBE: &str = r#"
@@ -215,5 +218,57 @@ fn update_from(cluster: &Cluster, old_version: &str, want: &BTreeSet<String>) {
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{old_version} + update differs from a fresh install\nonly in the fresh install:\n{missing:#?}\nonly after the update:\n{extra:#?}"
+    );
+}
+
+/// Usage the worker added up under 0.4.0's SQL (the nil source) is not written again
+/// under this server's source after `ALTER EXTENSION api_keys UPDATE`: the totals count
+/// on from what was added, and the hour's limit counts both.
+#[test]
+fn usage_added_before_the_update_is_not_counted_again() {
+    let cluster = Cluster::start_with("upgrade_usage", WORKER_CONF);
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE at_0_4_0")
+        .unwrap();
+    let mut c = cluster.connect("at_0_4_0");
+    c.batch_execute("CREATE EXTENSION api_keys VERSION '0.4.0'")
+        .unwrap();
+    cheap_hashing(&mut c);
+    wait_for_room_in_hour(&mut c, 60.0);
+    let key = issue(
+        &mut c,
+        "'metered', 'service', 'production', rate_limit_per_minute => 100, rate_limit_per_hour => 4",
+    );
+    let verified = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(verified), 0)::int8 FROM api_keys.usage WHERE key_id = $1::text::uuid",
+            &[&key.id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for _ in 0..2 {
+        assert_eq!(verify(&mut c, &key.key, None, None).reason, "ok");
+    }
+    wait_for("0.4.0's flush", Duration::from_secs(30), || {
+        verified(&mut c) == 2
+    });
+
+    c.batch_execute("ALTER EXTENSION api_keys UPDATE").unwrap();
+    let mut c = cluster.connect("at_0_4_0");
+    assert_eq!(verify(&mut c, &key.key, None, None).reason, "ok");
+    wait_for(
+        "the flush after the update",
+        Duration::from_secs(30),
+        || verified(&mut c) >= 3,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(verified(&mut c), 3, "{}", cluster.server_log());
+    assert_eq!(verify(&mut c, &key.key, None, None).reason, "ok");
+    assert_eq!(
+        verify(&mut c, &key.key, None, None).reason,
+        "rate_limited",
+        "2 added before the update + 2 after: the limit of 4"
     );
 }

@@ -272,6 +272,50 @@ impl Activity {
         Some(Unflushed { usage, last })
     }
 
+    /// All this server still knows of the key at `now` (for the file a clean shutdown
+    /// writes): every hour a table still takes, written or not, and the last use. A
+    /// restart that goes on under the same source must go on from these totals.
+    pub(crate) fn to_save(&self, now: i64) -> Option<Unflushed> {
+        let current = hour_of(now);
+        let usage: Vec<_> = self
+            .usage
+            .iter()
+            .filter(|u| u.verified > 0 || u.rejected > 0)
+            .filter(|u| u.hour.saturating_add(STALE_AFTER_HOURS) >= current)
+            .map(|u| HourUsage {
+                hour_start: i64::from(u.hour) * MICROS_PER_HOUR,
+                verified: u.verified,
+                rejected: u.rejected,
+                written_verified: u.written_verified,
+                written_rejected: u.written_rejected,
+            })
+            .collect();
+        let last = self.unflushed(now).and_then(|u| u.last);
+        (!usage.is_empty() || last.is_some()).then_some(Unflushed { usage, last })
+    }
+
+    /// This server's writes may not have reached the tables it writes now (it was a
+    /// standby, promoted: the old primary may have lost what it committed): its totals
+    /// are written again (which changes nothing where they did arrive).
+    pub(crate) fn unmark_written(&mut self) {
+        for u in &mut self.usage {
+            u.written_verified = 0;
+            u.written_rejected = 0;
+        }
+    }
+
+    /// The calls written so far went into a table that adds instead of keeping totals
+    /// (before 0.5.0's SQL), under no source: from now on this server's totals count
+    /// only the calls after them (the rows written then count as another server's).
+    pub(crate) fn rebase_written(&mut self) {
+        for u in &mut self.usage {
+            u.verified -= u.written_verified.min(u.verified);
+            u.rejected -= u.written_rejected.min(u.rejected);
+            u.written_verified = 0;
+            u.written_rejected = 0;
+        }
+    }
+
     /// Counts of an hour more than two before `now`'s that are still not written (no
     /// flush could write them: the primary out of reach for hours, a saved file read
     /// back late) are lost: the tables take no hour that old.
@@ -581,6 +625,43 @@ mod tests {
         assert!(
             a.unflushed(late).is_some_and(|u| u.usage.is_empty()),
             "its last use stays"
+        );
+    }
+
+    #[test]
+    fn saved_totals_include_what_was_written() {
+        let mut a = Activity::default();
+        let t = 80 * HOUR;
+        a.admit(t, limits(0, 0), None);
+        a.mark_written(&a.unflushed(t).unwrap());
+        assert_eq!(a.unflushed(t), None);
+        let saved = a.to_save(t + MIN).expect("the hour's total");
+        assert_eq!(
+            saved.usage,
+            vec![HourUsage {
+                written_verified: 1,
+                ..hour(t, 1, 0)
+            }]
+        );
+        assert_eq!(a.to_save(t + 3 * HOUR), None, "an hour no table takes");
+    }
+
+    #[test]
+    fn promotion_writes_totals_again_and_an_update_counts_on_from_what_was_added() {
+        let t = 90 * HOUR;
+        let mut a = Activity::default();
+        a.admit(t, limits(0, 0), None);
+        a.admit(t, limits(0, 0), None);
+        a.mark_written(&a.unflushed(t).unwrap());
+        a.unmark_written();
+        assert_eq!(a.unflushed(t).unwrap().usage, vec![hour(t, 2, 0)]);
+        a.mark_written(&a.unflushed(t).unwrap());
+        a.admit(t, limits(0, 0), None);
+        a.rebase_written();
+        assert_eq!(
+            a.unflushed(t).unwrap().usage,
+            vec![hour(t, 1, 0)],
+            "only the new call"
         );
     }
 

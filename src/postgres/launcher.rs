@@ -1,5 +1,5 @@
 //! The launcher (preloaded library only): one background worker, connected to no
-//! database, that every `api_keys.flush_interval` starts a short-lived worker
+//! database, that every half `api_keys.flush_interval` starts a short-lived worker
 //! (`worker.rs`) in each database that has the extension, one at a time, and waits for
 //! it. It needs no configuration: it lists the databases from `pg_database`, and a
 //! database it has not seen yet gets one worker that looks for the extension. A
@@ -57,6 +57,14 @@ pub(crate) fn interval() -> Duration {
     Duration::from_secs(gucs::FLUSH_INTERVAL_S.get().max(1) as u64)
 }
 
+/// The wait between rounds: half a flush interval. A call is then written within half
+/// an interval, and another server's written calls are read within the next half, so
+/// per-hour limits count every server's calls within one flush interval (plus a
+/// standby's replay lag).
+fn between_rounds() -> Duration {
+    interval() / 2
+}
+
 pub(crate) fn shutdown_requested() -> bool {
     // SAFETY: a flag the signal handler sets; read without tearing as a sig_atomic_t.
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
@@ -83,18 +91,18 @@ pub extern "C-unwind" fn api_keys_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: rereading postgresql.conf, as a SIGHUP asks, outside a transaction.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval())) {
+        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(between_rounds())) {
             break;
         }
     }
     if shutdown_requested() {
-        // Also after pg_terminate_backend: what is saved leaves shared memory, and the
-        // next launcher adds it back, so it counts once either way.
+        // Also after pg_terminate_backend: shared memory keeps what is saved, and the
+        // next launcher of this server run drops the file (`restore_saved_usage`).
         save_usage();
     }
     // Exit code 1, not 0 (which would unregister it for good): after a
-    // pg_terminate_backend the postmaster starts it again in 5 s; in a shutdown it
-    // starts nothing.
+    // pg_terminate_backend the postmaster starts it again in 1 s (RESTART); in a
+    // shutdown it starts nothing.
     // SAFETY: leaves the process the way PostgreSQL's own workers do.
     unsafe { pg_sys::proc_exit(1) }
 }
@@ -367,7 +375,7 @@ fn save_usage() {
     let mut records = Vec::new();
     for db in databases::list() {
         records.extend(
-            key_state::unflushed(db.oid())
+            key_state::to_save(db.oid())
                 .into_iter()
                 .map(|(key, u)| (u32::from(db.oid()), key, u)),
         );

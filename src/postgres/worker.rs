@@ -100,6 +100,14 @@ pub extern "C-unwind" fn api_keys_worker_main(arg: pg_sys::Datum) {
     };
     // SAFETY: reads the recovery state from shared memory.
     let standby = unsafe { pg_sys::RecoveryInProgress() };
+    let mode = match (standby, sql.current) {
+        (true, _) => databases::Mode::Sending,
+        (false, true) => databases::Mode::Totals,
+        (false, false) => databases::Mode::Adding,
+    };
+    if let Some(change) = databases::note_mode(oid, mode) {
+        key_state::after_mode_change(oid, change);
+    }
     let flushed = if standby {
         send_usage(oid, &sql, source)
     } else {
@@ -162,6 +170,10 @@ fn send_usage(oid: pg_sys::Oid, sql: &Sql, source: [u8; 16]) -> Option<i64> {
     if !sql.current {
         // The primary's SQL is older than 0.5.0 (its replica here is): nothing takes
         // the counts until ALTER EXTENSION api_keys UPDATE there.
+        report_link(
+            oid,
+            Some("api_keys on the primary is older than 0.5.0 and takes no usage from standbys: run ALTER EXTENSION api_keys UPDATE there"),
+        );
         return None;
     }
     let primary = match primary_link::Primary::connect(&conninfo, &sql.database) {
@@ -339,6 +351,9 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
     })
     .expect("read settings");
     let since = databases::others_tick(oid);
+    // Nothing read yet: from before the first tick too (rows written before 0.5.0's
+    // SQL have tick 0).
+    let after = if since == 0 { -1 } else { since };
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let hour = TimestampWithTimeZone::try_from(now - now.rem_euclid(3_600_000_000))
@@ -348,7 +363,7 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
             OTHERS,
             &[
                 hour.into(),
-                since.into(),
+                after.into(),
                 pgrx::datum::Uuid::from_bytes(source).into(),
             ],
         );

@@ -52,6 +52,28 @@ pub(crate) struct DatabaseEntry {
     /// that was last logged.
     link_failing_since: i64,
     link_reported_at: i64,
+    /// How the last round wrote (`Mode` as 0 none yet, 1, 2, 3).
+    mode: u32,
+}
+
+/// How a round writes usage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Here, adding the new calls (before 0.5.0's SQL).
+    Adding = 1,
+    /// Here, as this server's totals.
+    Totals = 2,
+    /// To the primary (a hot standby).
+    Sending = 3,
+}
+
+/// A change between two rounds that the keys' state must follow.
+#[derive(Clone, Copy)]
+pub(crate) enum ModeChange {
+    /// From a standby to a primary.
+    Promoted,
+    /// From adding to totals (ALTER EXTENSION api_keys UPDATE).
+    Updated,
 }
 
 // SAFETY: `oid` leads; all-zero is a database never seen (Unknown, no table).
@@ -354,6 +376,21 @@ pub(crate) fn note_link(oid: pg_sys::Oid, reached: bool) -> bool {
         true
     })
     .unwrap_or(true)
+}
+
+/// Note how this round of `oid` writes; the change since the last round, if the keys'
+/// state must follow it.
+pub(crate) fn note_mode(oid: pg_sys::Oid, mode: Mode) -> Option<ModeChange> {
+    with_attached(|a, _| {
+        let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
+        let before = std::mem::replace(&mut db.mode, mode as u32);
+        match (before, mode) {
+            (3, Mode::Totals | Mode::Adding) => Some(ModeChange::Promoted),
+            (1, Mode::Totals) => Some(ModeChange::Updated),
+            _ => None,
+        }
+    })
+    .flatten()
 }
 
 /// When the worker of `oid` last moved on.

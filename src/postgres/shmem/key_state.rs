@@ -68,6 +68,36 @@ pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     .unwrap_or_default()
 }
 
+/// What a clean shutdown saves of database `oid`'s keys (`Activity::to_save`).
+pub(crate) fn to_save(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
+    let now = now();
+    databases::with_keys_of(oid, false, |table| {
+        let mut all = Vec::new();
+        table.for_each(|e| {
+            if let Some(u) = e.state.activity.to_save(now) {
+                all.push((e.key_id, u));
+            }
+        });
+        all
+    })
+    .unwrap_or_default()
+}
+
+/// How database `oid`'s writes changed since its last round (`databases::note_mode`):
+/// after a promotion every total is written again; after the update to 0.5.0's SQL the
+/// totals count on from what was added before.
+pub(crate) fn after_mode_change(oid: pg_sys::Oid, change: databases::ModeChange) {
+    databases::with_keys_of(oid, false, |table| {
+        table.retain(|e| {
+            match change {
+                databases::ModeChange::Promoted => e.state.activity.unmark_written(),
+                databases::ModeChange::Updated => e.state.activity.rebase_written(),
+            }
+            true
+        });
+    });
+}
+
 /// `written` is committed: note it in the keys' state.
 pub(crate) fn mark_written(oid: pg_sys::Oid, written: &[([u8; 16], Unflushed)]) {
     databases::with_keys_of(oid, false, |table| {
