@@ -275,7 +275,7 @@ impl Activity {
     /// All this server still knows of the key at `now` (for the file a clean shutdown
     /// writes): every hour a table still takes, written or not, and the last use. A
     /// restart that goes on under the same source must go on from these totals.
-    pub(crate) fn to_save(&self, now: i64) -> Option<Unflushed> {
+    pub(crate) fn saved(&self, now: i64) -> Option<Unflushed> {
         let current = hour_of(now);
         let usage: Vec<_> = self
             .usage
@@ -635,7 +635,7 @@ mod tests {
         a.admit(t, limits(0, 0), None);
         a.mark_written(&a.unflushed(t).unwrap());
         assert_eq!(a.unflushed(t), None);
-        let saved = a.to_save(t + MIN).expect("the hour's total");
+        let saved = a.saved(t + MIN).expect("the hour's total");
         assert_eq!(
             saved.usage,
             vec![HourUsage {
@@ -643,7 +643,7 @@ mod tests {
                 ..hour(t, 1, 0)
             }]
         );
-        assert_eq!(a.to_save(t + 3 * HOUR), None, "an hour no table takes");
+        assert_eq!(a.saved(t + 3 * HOUR), None, "an hour no table takes");
     }
 
     #[test]

@@ -375,7 +375,7 @@ fn save_usage() {
     let mut records = Vec::new();
     for db in databases::list() {
         records.extend(
-            key_state::to_save(db.oid())
+            key_state::saved(db.oid())
                 .into_iter()
                 .map(|(key, u)| (u32::from(db.oid()), key, u)),
         );

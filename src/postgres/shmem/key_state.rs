@@ -68,13 +68,13 @@ pub(crate) fn unflushed(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     .unwrap_or_default()
 }
 
-/// What a clean shutdown saves of database `oid`'s keys (`Activity::to_save`).
-pub(crate) fn to_save(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
+/// What a clean shutdown saves of database `oid`'s keys (`Activity::saved`).
+pub(crate) fn saved(oid: pg_sys::Oid) -> Vec<([u8; 16], Unflushed)> {
     let now = now();
     databases::with_keys_of(oid, false, |table| {
         let mut all = Vec::new();
         table.for_each(|e| {
-            if let Some(u) = e.state.activity.to_save(now) {
+            if let Some(u) = e.state.activity.saved(now) {
                 all.push((e.key_id, u));
             }
         });
