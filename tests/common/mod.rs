@@ -186,6 +186,14 @@ impl Cluster {
     /// The `postgresql.conf` line that makes a standby of this cluster send its usage
     /// here, connecting as `user` (libpq conninfo without dbname: the standby's worker
     /// adds the name of its own database).
+    /// The same over TCP on the loopback address (the cluster must listen there).
+    pub fn primary_conninfo_tcp_conf(&self, user: &str) -> String {
+        format!(
+            "api_keys.primary_conninfo = 'host=127.0.0.1 port={} user={user}'",
+            self.port
+        )
+    }
+
     pub fn primary_conninfo_conf(&self, user: &str) -> String {
         format!(
             "api_keys.primary_conninfo = 'host={} port={} user={user}'",

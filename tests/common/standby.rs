@@ -12,12 +12,14 @@ pub const ARRIVAL: Duration = Duration::from_secs(30);
 pub const SETTLE: Duration = Duration::from_secs(3);
 
 /// A primary flushing every second and a hot standby of it that sends its usage there
-/// as `postgres`.
+/// as `postgres`, over TCP on the loopback address (both listen there too).
 pub fn pair(name: &str) -> (Cluster, Cluster) {
-    let primary = Cluster::start_with(&format!("{name}_p"), WORKER_CONF);
+    let mut conf = WORKER_CONF.to_vec();
+    conf.push("listen_addresses = '127.0.0.1'");
+    let primary = Cluster::start_with(&format!("{name}_p"), &conf);
     let standby = primary.standby_with(
         &format!("{name}_s"),
-        &[&primary.primary_conninfo_conf("postgres")],
+        &[&primary.primary_conninfo_tcp_conf("postgres")],
     );
     (primary, standby)
 }
