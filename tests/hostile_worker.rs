@@ -113,7 +113,8 @@ fn locked_databases_of_one_role_do_not_hold_up_the_others() {
     }
     assert!(
         worst < 15,
-        "{DB} went {worst} s without a flush (flush_interval 1 s) while {N} other databases were locked"
+        "{DB} went {worst} s without a flush (flush_interval 1 s) while {N} other databases were locked\n{}",
+        cluster.server_log()
     );
 }
 
