@@ -255,19 +255,28 @@ pub(crate) fn list() -> Vec<DatabaseEntry> {
 }
 
 /// Record what a worker that looked at `looked_at` found: whether `oid` has the
-/// extension (a backend's note since then wins over "no"), and (when its flush wrote
-/// everything it could) how many keys it wrote.
+/// extension (a backend's note since then wins over "no"; one shortly before makes it
+/// "look again": the noting CREATE EXTENSION may not have committed when the worker
+/// looked), and (when its flush wrote everything it could) how many keys it wrote.
 pub(crate) fn note_round(
     oid: pg_sys::Oid,
     extension: bool,
     looked_at: i64,
     flushed_keys: Option<i64>,
 ) {
+    /// How long a backend's note may take to commit.
+    const NOTE_PENDING: i64 = 60 * 1_000_000;
     let now = super::now();
     with_attached(|a, _| {
         let (mut db, _) = a.directory.find_or_insert(&u32::from(oid).to_ne_bytes());
-        if extension || db.noted_at < looked_at {
-            db.extension = if extension { 1 } else { 2 };
+        if extension {
+            db.extension = 1;
+        } else if db.noted_at < looked_at {
+            db.extension = if looked_at - db.noted_at < NOTE_PENDING {
+                0
+            } else {
+                2
+            };
         }
         db.checked_at = now;
         if let Some(keys) = flushed_keys {
