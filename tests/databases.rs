@@ -389,3 +389,27 @@ fn an_owner_drops_a_database_during_a_long_round() {
     );
     assert_eq!(running_worker(&cluster), launcher);
 }
+
+/// A CREATE EXTENSION that the worker looks at before it commits (the backend noted the
+/// extension, the worker's snapshot does not show it yet) leaves the database to be
+/// looked at again next round: it is served at once after the commit, with no
+/// verification there to say so again (it used to be taken as having no extension, and
+/// looked at again only 5 minutes later).
+#[test]
+fn a_create_extension_seen_before_its_commit_is_served_after_it() {
+    let cluster = Cluster::start_with("slow_create", WORKER_CONF);
+    let mut admin = cluster.connect(DB);
+    admin.batch_execute("CREATE DATABASE late").unwrap();
+    let mut creator = cluster.connect("late");
+    creator
+        .batch_execute("BEGIN; CREATE EXTENSION api_keys")
+        .unwrap();
+    // Several rounds look while the CREATE EXTENSION is open.
+    std::thread::sleep(Duration::from_secs(3));
+    creator.batch_execute("COMMIT").unwrap();
+    wait_for(
+        "a flush of the new database",
+        Duration::from_secs(20),
+        || flushed_at(&mut admin, "late").is_some_and(|at| at > 0),
+    );
+}
