@@ -15,7 +15,8 @@ CREATE ROLE regress_admin;
 GRANT api_keys_admin TO regress_admin;
 
 SELECT id AS k_id FROM api_keys.api_key_issue('metered', 'service', 'production') \gset
-SELECT tick AS t0 FROM usage_clock \gset
+-- The clock's row locked for the test: no worker's write takes a tick meanwhile.
+SELECT tick AS t0 FROM usage_clock FOR UPDATE \gset
 SELECT system_identifier AS sys FROM pg_control_system() \gset
 -- this hour and the one before (UTC)
 SELECT date_trunc('hour', now(), 'UTC') AS h1, date_trunc('hour', now(), 'UTC') - interval '1 hour' AS h0 \gset
