@@ -258,6 +258,10 @@ fn clean_shutdown_flushes_and_a_crash_loses_at_most_the_unflushed_counts() {
     drop(c);
     cluster.restart("fast");
     let mut c = cluster.connect_fast(DB);
+    // Saved at the shutdown, written by the first round after the start.
+    wait_for("the saved counts written", Duration::from_secs(30), || {
+        total_verified(&mut c) >= 5
+    });
     assert_eq!(total_verified(&mut c), 5, "{}", cluster.server_log());
 
     for _ in 0..4 {
