@@ -377,3 +377,266 @@ REVOKE ALL ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[]
                                              uuid[], timestamptz[], inet[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[],
                                                 uuid[], timestamptz[], inet[]) TO api_keys_standby;
+
+-- Issue 17: change events, keys named by prefix, leaked-key reports.
+
+-- One audit entry. Status changes, rotations and deletions are also sent, at commit,
+-- as a NOTIFY on channel `api_keys`: JSON with the action, key id, prefix, old and new
+-- status (and a rotation's new key). Any role of the database may LISTEN, so nothing
+-- more: no owner, name, reason, secret or hash.
+CREATE OR REPLACE FUNCTION api_keys._audit(
+    action text, k api_keys.keys, old_status api_keys.key_status,
+    new_status api_keys.key_status, reason text, details jsonb
+) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO api_keys.audit_log (key_id, prefix, action, actor, app_actor,
+                                    old_status, new_status, reason, details)
+    VALUES (k.id, k.prefix, action, api_keys._caller(),
+            nullif(current_setting('api_keys.actor', true), ''),
+            old_status, new_status, reason, coalesce(details, '{}'));
+    IF action IN ('suspended', 'reactivated', 'revoked', 'expired', 'rotated', 'deleted') THEN
+        PERFORM pg_notify('api_keys', (jsonb_build_object(
+                    'action', action, 'key_id', k.id, 'prefix', k.prefix,
+                    'old_status', old_status, 'new_status', new_status)
+                || CASE WHEN action = 'rotated'
+                        THEN jsonb_build_object('new_key_id', details -> 'new_key_id',
+                                                'new_prefix', details -> 'new_prefix')
+                        ELSE '{}' END)::text);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION api_keys._prefix_pattern() RETURNS text
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_prefix_pattern_wrapper';
+
+CREATE FUNCTION api_keys._authentic_key(key bytea) RETURNS uuid
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_authentic_key_wrapper';
+
+-- Keys named by prefix: every lifecycle function that takes a key's id also takes its
+-- prefix (`ak_live_…`, as listings show it). Each overload takes `key_id text`, so a
+-- quoted literal, id or prefix, resolves to it (PostgreSQL prefers text for an untyped
+-- literal) and a uuid value to the uuid version; each is an entry point like the uuid
+-- one, and its implementation names the key with _key_ref and calls the uuid one.
+
+-- The id of the key `key_id` names: a uuid as text, or a prefix. A prefix no key the
+-- caller may manage has raises P0002, as an unknown id does; anything else 22023,
+-- without repeating the input (it may be a whole key, secret included).
+CREATE FUNCTION api_keys._key_ref(key_id text) RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys;
+BEGIN
+    IF key_id IS NULL THEN
+        RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF octet_length(key_id) <= 64 AND key_id ~ ('^' || api_keys._prefix_pattern() || '$') THEN
+        SELECT * INTO k FROM api_keys.keys WHERE prefix = key_id;
+        IF NOT FOUND OR (k.owner <> api_keys._caller() AND NOT api_keys._caller_is_admin()) THEN
+            RAISE EXCEPTION 'no API key with prefix %', key_id
+                USING ERRCODE = 'no_data_found',
+                      HINT = 'The key does not exist, or it belongs to another owner.';
+        END IF;
+        RETURN k.id;
+    ELSIF octet_length(key_id) <= 128 AND key_id ~ ('^' || api_keys.key_pattern() || '$') THEN
+        RAISE EXCEPTION 'key_id is a whole API key, secret included, not its id or prefix'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the prefix, the part before the secret (<brand>_<env>_<public id>). If the key was pasted somewhere it should not be, revoke it.';
+    END IF;
+    BEGIN
+        RETURN key_id::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
+    END;
+END $$;
+
+CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_suspend(api_keys._key_ref(key_id), reason) $$;
+
+CREATE FUNCTION api_keys.api_key_suspend(key_id text, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_reactivate(api_keys._key_ref(key_id)) $$;
+
+CREATE FUNCTION api_keys.api_key_reactivate(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_revoke(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_revoke(api_keys._key_ref(key_id), reason) $$;
+
+CREATE FUNCTION api_keys.api_key_revoke(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_set_status(key_id text, status api_keys.key_status, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_set_status(api_keys._key_ref(key_id), status, reason) $$;
+
+CREATE FUNCTION api_keys.api_key_set_status(key_id text, status api_keys.key_status, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_delete(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_delete(api_keys._key_ref(key_id)) $$;
+
+CREATE FUNCTION api_keys.api_key_delete(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace) $$;
+
+CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0')
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_update(
+    key_id text,
+    name text,
+    description text,
+    scopes text[],
+    allowed_cidrs cidr[],
+    expires_at timestamptz,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
+) RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
+                                         allowed_cidrs, expires_at, rate_limit_per_minute,
+                                         rate_limit_per_hour, metadata)
+$$;
+
+CREATE FUNCTION api_keys.api_key_update(
+    key_id text,
+    name text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes text[] DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+-- Leaked keys: what a secret scanner found revokes the keys it contains.
+
+-- Revokes each presented string that is a key issued here (not yet revoked), with
+-- reason 'leaked: <source>' (audited, and sent as a change event like any revocation);
+-- returns their prefixes. Anything else (no key, another installation's key, a wrong
+-- secret, NULL) is ignored without a word: a scanner's findings are mostly noise.
+-- At most 1000 strings per call, each costing at most one argon2 computation.
+CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found uuid[];
+    k api_keys.keys;
+BEGIN
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'keys must not be NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the strings a secret scanner found, as a text array.';
+    ELSIF cardinality(keys) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 keys per call (got %)', cardinality(keys)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits a report to 1000 keys; split it into several calls.';
+    ELSIF source IS NULL OR btrim(source) = '' THEN
+        RAISE EXCEPTION 'source is required' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say where the keys were found, e.g. ''github secret scanning''; it becomes the revocation reason.';
+    END IF;
+    PERFORM api_keys._check_length('source', source, 200);
+    found := ARRAY(SELECT DISTINCT a
+                     FROM (SELECT DISTINCT p FROM unnest(keys) p WHERE p IS NOT NULL) presented,
+                          LATERAL api_keys._authentic_key(textsend(presented.p)) a
+                    WHERE a IS NOT NULL);
+    -- Locked in prefix order, so that two reports never deadlock; a key revoked
+    -- meanwhile is left out (the WHERE is checked again after the wait).
+    FOR k IN SELECT * FROM api_keys.keys
+              WHERE id = ANY (found) AND status <> 'revoked'
+              ORDER BY prefix
+                FOR UPDATE
+    LOOP
+        UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
+         WHERE id = k.id;
+        RETURN NEXT k.prefix;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_report_leaked(keys text[], source text)
+RETURNS SETOF text
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+COMMENT ON FUNCTION api_keys.api_key_report_leaked(text[], text) IS
+    'Revokes each presented string that is a key issued here (reason ''leaked: <source>''); returns their prefixes.';
+
+REVOKE ALL ON FUNCTION api_keys._prefix_pattern(), api_keys._authentic_key(bytea),
+                       api_keys._key_ref(text),
+                       api_keys._impl_api_key_suspend(text, text),
+                       api_keys.api_key_suspend(text, text),
+                       api_keys._impl_api_key_reactivate(text),
+                       api_keys.api_key_reactivate(text),
+                       api_keys._impl_api_key_revoke(text, text),
+                       api_keys.api_key_revoke(text, text),
+                       api_keys._impl_api_key_set_status(text, api_keys.key_status, text),
+                       api_keys.api_key_set_status(text, api_keys.key_status, text),
+                       api_keys._impl_api_key_delete(text),
+                       api_keys.api_key_delete(text),
+                       api_keys._impl_api_key_rotate(text, interval),
+                       api_keys.api_key_rotate(text, interval),
+                       api_keys._impl_api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+                       api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+                       api_keys._impl_api_key_report_leaked(text[], text),
+                       api_keys.api_key_report_leaked(text[], text)
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    api_keys.api_key_suspend(text, text),
+    api_keys.api_key_reactivate(text),
+    api_keys.api_key_revoke(text, text),
+    api_keys.api_key_set_status(text, api_keys.key_status, text),
+    api_keys.api_key_delete(text),
+    api_keys.api_key_rotate(text, interval),
+    api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
+TO PUBLIC;
+GRANT EXECUTE ON FUNCTION api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;

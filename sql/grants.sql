@@ -24,6 +24,16 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
     api_keys.api_key_list(api_keys.key_status, api_keys.environment, text, text, text, integer, integer)
 TO PUBLIC;
+-- The same, naming the key by prefix (sql/key_ref.sql).
+GRANT EXECUTE ON FUNCTION
+    api_keys.api_key_suspend(text, text),
+    api_keys.api_key_reactivate(text),
+    api_keys.api_key_revoke(text, text),
+    api_keys.api_key_set_status(text, api_keys.key_status, text),
+    api_keys.api_key_delete(text),
+    api_keys.api_key_rotate(text, interval),
+    api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
+TO PUBLIC;
 GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon,
                 api_keys.usage_by_key, api_keys.usage_by_owner TO PUBLIC;
 
@@ -47,7 +57,9 @@ GRANT EXECUTE ON FUNCTION api_keys.has_scope(text), api_keys.require_scope(text)
 GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
                           api_keys.audit_prune(interval),
                           api_keys.expire_due(),
-                          api_keys.rotate_signing_key() TO api_keys_admin;
+                          api_keys.rotate_signing_key(),
+                          -- A scanner's findings may be any owner's keys.
+                          api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
 GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog, api_keys.usage TO api_keys_admin;
 -- Signing keys' public ids (they are in every key) and dates, to retire one; never the
 -- secrets.

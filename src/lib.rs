@@ -20,8 +20,9 @@ mod sql_api;
 
 // The SQL by concern, in the order each builds on the ones before (no forward references):
 // tables, views, validation (with _check_scopes from Rust), audit, lifecycle, signing
-// (with the signing-key helpers from Rust), issue (with _mint_signed_key), listing,
-// usage (the workers' writes), grants. The Rust-declared functions need only the tables.
+// (with the signing-key helpers from Rust), issue (with _mint_signed_key), key_ref
+// (keys named by prefix), leaked (with _authentic_key), listing, usage (the workers'
+// writes), grants. The Rust-declared functions need only the tables.
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!("../sql/views.sql", name = "views", requires = ["tables"]);
 extension_sql_file!(
@@ -54,7 +55,21 @@ extension_sql_file!(
     name = "issue",
     requires = ["signing", sql_api::issue::_mint_signed_key]
 );
-extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["issue"]);
+extension_sql_file!(
+    "../sql/key_ref.sql",
+    name = "key_ref",
+    requires = [
+        "issue",
+        sql_api::pattern::_prefix_pattern,
+        sql_api::pattern::key_pattern
+    ]
+);
+extension_sql_file!(
+    "../sql/leaked.sql",
+    name = "leaked",
+    requires = ["key_ref", sql_api::leaked::_authentic_key]
+);
+extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["leaked"]);
 extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["listing"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

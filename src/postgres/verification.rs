@@ -91,6 +91,33 @@ fn forged() -> Reason {
     Reason::InvalidSecret
 }
 
+/// The key row of `key` when it is a key this installation issued (checksum,
+/// signature, row and secret all agree), whatever its status, networks or limits; for
+/// reports of leaked keys. No argon2 budget: a key is reported leaked exactly when
+/// others may be guessing at its prefix, and the budget would then refuse it. Nothing
+/// is counted: no usage, rate window, memo entry or failure.
+pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
+    let parsed = format::parse(key).ok()?;
+    if let Some(signature) = &parsed.signature {
+        if !signing_keys::made_by_us(signature) {
+            return None;
+        }
+    }
+    let row = key_row::fetch(parsed.prefix)?;
+    let signed_by = parsed.signature.as_ref().map(|s| s.signing_key_id.as_bytes());
+    if signed_by != row.signing_key.as_ref().map(|id| &id[..]) {
+        return None;
+    }
+    let fact = memo::fact_id(&row.secret_hash, key);
+    let matches = match shmem::memo_lookup(&row.key_id(), &fact) {
+        Some(known) => known == Fact::Matches,
+        None => shmem::argon2(Argon2For::Verifying, || {
+            hash::verify_secret(parsed.secret, &row.secret_hash)
+        }),
+    };
+    matches.then_some(row)
+}
+
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
 /// row counts in that key's usage, except forgeries; only calls that pass every other
 /// check consume rate-limit quota.

@@ -9,6 +9,12 @@ fn key_pattern() -> String {
     format::key_pattern()
 }
 
+/// The prefix part of `key_pattern()`, for telling a prefix from an id (sql/key_ref.sql).
+#[pg_extern(immutable, parallel_safe, requires = ["tables"])]
+fn _prefix_pattern() -> String {
+    format::prefix_pattern()
+}
+
 /// The brand from `api_keys.brand`, or 22023 when the setting holds an invalid brand.
 pub(super) fn configured_brand() -> String {
     gucs::brand().unwrap_or_else(|| {

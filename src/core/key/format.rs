@@ -211,7 +211,15 @@ pub(crate) fn compose(
 /// and Postgres ARE: plain groups only, no `(?:…)`, no `\b` (a backspace in Postgres).
 pub(crate) fn key_pattern() -> String {
     format!(
-        "[a-z0-9]{{{MIN_BRAND_LEN},{MAX_BRAND_LEN}}}_(live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}_[0-9A-Za-z]{{{UNSIGNED_TAIL_LEN}}}([0-9A-Za-z]{{{SIGNATURE_LEN}}})?"
+        "{}_[0-9A-Za-z]{{{UNSIGNED_TAIL_LEN}}}([0-9A-Za-z]{{{SIGNATURE_LEN}}})?",
+        prefix_pattern()
+    )
+}
+
+/// A regex matching every key prefix (`<brand>_<env>_<public id>`), whatever its brand.
+pub(crate) fn prefix_pattern() -> String {
+    format!(
+        "[a-z0-9]{{{MIN_BRAND_LEN},{MAX_BRAND_LEN}}}_(live|stage|dev)_[0-9A-Za-z]{{{PUBLIC_ID_LEN}}}"
     )
 }
 

@@ -1,0 +1,138 @@
+-- Keys named by prefix: every lifecycle function that takes a key's id also takes its
+-- prefix (`ak_live_…`, as listings show it). Each overload takes `key_id text`, so a
+-- quoted literal, id or prefix, resolves to it (PostgreSQL prefers text for an untyped
+-- literal) and a uuid value to the uuid version; each is an entry point like the uuid
+-- one, and its implementation names the key with _key_ref and calls the uuid one.
+
+-- The id of the key `key_id` names: a uuid as text, or a prefix. A prefix no key the
+-- caller may manage has raises P0002, as an unknown id does; anything else 22023,
+-- without repeating the input (it may be a whole key, secret included).
+CREATE FUNCTION api_keys._key_ref(key_id text) RETURNS uuid
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys;
+BEGIN
+    IF key_id IS NULL THEN
+        RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF octet_length(key_id) <= 64 AND key_id ~ ('^' || api_keys._prefix_pattern() || '$') THEN
+        SELECT * INTO k FROM api_keys.keys WHERE prefix = key_id;
+        IF NOT FOUND OR (k.owner <> api_keys._caller() AND NOT api_keys._caller_is_admin()) THEN
+            RAISE EXCEPTION 'no API key with prefix %', key_id
+                USING ERRCODE = 'no_data_found',
+                      HINT = 'The key does not exist, or it belongs to another owner.';
+        END IF;
+        RETURN k.id;
+    ELSIF octet_length(key_id) <= 128 AND key_id ~ ('^' || api_keys.key_pattern() || '$') THEN
+        RAISE EXCEPTION 'key_id is a whole API key, secret included, not its id or prefix'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the prefix, the part before the secret (<brand>_<env>_<public id>). If the key was pasted somewhere it should not be, revoke it.';
+    END IF;
+    BEGIN
+        RETURN key_id::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
+    END;
+END $$;
+
+CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_suspend(api_keys._key_ref(key_id), reason) $$;
+
+CREATE FUNCTION api_keys.api_key_suspend(key_id text, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_reactivate(api_keys._key_ref(key_id)) $$;
+
+CREATE FUNCTION api_keys.api_key_reactivate(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_revoke(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_revoke(api_keys._key_ref(key_id), reason) $$;
+
+CREATE FUNCTION api_keys.api_key_revoke(key_id text, reason text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_set_status(key_id text, status api_keys.key_status, reason text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_set_status(api_keys._key_ref(key_id), status, reason) $$;
+
+CREATE FUNCTION api_keys.api_key_set_status(key_id text, status api_keys.key_status, reason text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_delete(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT api_keys._impl_api_key_delete(api_keys._key_ref(key_id)) $$;
+
+CREATE FUNCTION api_keys.api_key_delete(key_id text)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace) $$;
+
+CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0')
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_update(
+    key_id text,
+    name text,
+    description text,
+    scopes text[],
+    allowed_cidrs cidr[],
+    expires_at timestamptz,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb
+) RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
+                                         allowed_cidrs, expires_at, rate_limit_per_minute,
+                                         rate_limit_per_hour, metadata)
+$$;
+
+CREATE FUNCTION api_keys.api_key_update(
+    key_id text,
+    name text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes text[] DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
