@@ -381,8 +381,8 @@ GRANT EXECUTE ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestampt
 -- Issue 17: change events, keys named by prefix, leaked-key reports.
 
 -- One audit entry. Status changes, rotations and deletions are also sent, at commit,
--- as a NOTIFY on channel `api_keys`: JSON with the action, key id, prefix, old and new
--- status (and a rotation's new key). Any role of the database may LISTEN, so nothing
+-- as a NOTIFY on channel `api_keys`: JSON with the audit entry's id, the action, key
+-- id, prefix, old and new status (and a rotation's new key). Any role of the database may LISTEN, so nothing
 -- more: no owner, name, reason, secret or hash.
 CREATE OR REPLACE FUNCTION api_keys._audit(
     action text, k api_keys.keys, old_status api_keys.key_status,
@@ -391,15 +391,20 @@ CREATE OR REPLACE FUNCTION api_keys._audit(
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    entry bigint;
 BEGIN
     INSERT INTO api_keys.audit_log (key_id, prefix, action, actor, app_actor,
                                     old_status, new_status, reason, details)
     VALUES (k.id, k.prefix, action, api_keys._caller(),
             nullif(current_setting('api_keys.actor', true), ''),
-            old_status, new_status, reason, coalesce(details, '{}'));
+            old_status, new_status, reason, coalesce(details, '{}'))
+    RETURNING id INTO entry;
+    -- The audit entry's id makes every event distinct (PostgreSQL delivers identical
+    -- payloads of one transaction once), and says where to read more.
     IF action IN ('suspended', 'reactivated', 'revoked', 'expired', 'rotated', 'deleted') THEN
         PERFORM pg_notify('api_keys', (jsonb_build_object(
-                    'action', action, 'key_id', k.id, 'prefix', k.prefix,
+                    'audit_id', entry, 'action', action, 'key_id', k.id, 'prefix', k.prefix,
                     'old_status', old_status, 'new_status', new_status)
                 || CASE WHEN action = 'rotated'
                         THEN jsonb_build_object('new_key_id', details -> 'new_key_id',

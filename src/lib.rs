@@ -69,7 +69,11 @@ extension_sql_file!(
     name = "leaked",
     requires = ["key_ref", sql_api::leaked::_authentic_key]
 );
-extension_sql_file!("../sql/listing.sql", name = "listing", requires = ["leaked"]);
+extension_sql_file!(
+    "../sql/listing.sql",
+    name = "listing",
+    requires = ["leaked"]
+);
 extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["listing"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

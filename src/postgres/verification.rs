@@ -104,7 +104,10 @@ pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
         }
     }
     let row = key_row::fetch(parsed.prefix)?;
-    let signed_by = parsed.signature.as_ref().map(|s| s.signing_key_id.as_bytes());
+    let signed_by = parsed
+        .signature
+        .as_ref()
+        .map(|s| s.signing_key_id.as_bytes());
     if signed_by != row.signing_key.as_ref().map(|id| &id[..]) {
         return None;
     }
