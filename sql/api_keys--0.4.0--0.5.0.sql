@@ -645,3 +645,9 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
+
+-- Admins read stats() and take a pg_dump of the extension's data (sql/grants.sql says
+-- why that means the whole tables). Revoking SELECT on a table drops its column grants.
+GRANT EXECUTE ON FUNCTION api_keys.stats() TO api_keys_admin;
+REVOKE SELECT ON api_keys.keys, api_keys.signing_keys FROM api_keys_admin;
+GRANT SELECT ON api_keys.keys, api_keys.signing_keys, api_keys.audit_log_id_seq TO api_keys_admin;
