@@ -318,6 +318,9 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
     // comparison cannot be disturbed by anything written after it.
     let dump_file = cluster.dir.join("api_keys.dump");
     let dump_path = dump_file.to_str().unwrap().to_owned();
+    // Taken by an admin, not a superuser (API.md, Roles).
+    c.batch_execute("CREATE ROLE backup_admin LOGIN IN ROLE api_keys_admin")
+        .unwrap();
     let old = {
         let mut snap = c
             .build_transaction()
@@ -332,7 +335,17 @@ fn dump_and_restore_keeps_keys_audit_and_catalog() {
         let old = state(&mut snap);
         cluster.run_tool(
             "pg_dump",
-            &["-Fc", "--snapshot", &snapshot, "-f", &dump_path, "-d", DB],
+            &[
+                "-Fc",
+                "--snapshot",
+                &snapshot,
+                "-f",
+                &dump_path,
+                "-d",
+                DB,
+                "-U",
+                "backup_admin",
+            ],
         );
         snap.commit().unwrap();
         old
