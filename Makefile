@@ -31,7 +31,9 @@ run: deps
 	    echo "==> starting the cluster in $(RUN_DIR) (port $(RUN_PORT))"; \
 	    sudo -u postgres $(PG_BIN)pg_ctl -D $(RUN_DIR)/data -l $(RUN_DIR)/server.log -w start >/dev/null; \
 	fi
-	@$(PSQL_RUN) -q -c "CREATE EXTENSION IF NOT EXISTS api_keys" -c "ALTER EXTENSION api_keys UPDATE"
+	@# Quietly: on a second run both would say (NOTICE) that there is nothing to do.
+	@PGOPTIONS='-c client_min_messages=warning' $(PSQL_RUN) -q \
+	    -c "CREATE EXTENSION IF NOT EXISTS api_keys" -c "ALTER EXTENSION api_keys UPDATE"
 	@$(PSQL_RUN) -f examples/tour.sql
 	@echo
 	@echo "Connect:  psql -h $(RUN_DIR) -p $(RUN_PORT) -U postgres    (or: make psql)"
