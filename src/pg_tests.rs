@@ -126,6 +126,36 @@ mod tests {
         assert_eq!(reason(&format!("'{key}'")), "ok");
     }
 
+    /// `_authentic_key` (behind api_key_report_leaked): the key whatever its status;
+    /// NULL for a wrong secret, a forged MAC, an unknown prefix or bytes that are not
+    /// UTF-8; and it counts nothing a verification would.
+    #[pg_test]
+    fn authentic_keys_are_found_whatever_their_status() {
+        use crate::core::key::format::checksum;
+        let (id, key) = issue("ARRAY['*']");
+        let authentic = |sql: &str| {
+            Spi::get_one::<String>(&format!("SELECT api_keys._authentic_key({sql})::text")).unwrap()
+        };
+        let verified = || {
+            Spi::get_one::<i64>(
+                "SELECT sum(value)::bigint FROM api_keys.stats() WHERE counter LIKE 'verify_%'",
+            )
+            .unwrap()
+        };
+        let before = verified();
+        assert_eq!(authentic(&format!("textsend('{key}')")), Some(id.clone()));
+        Spi::run(&format!("SELECT api_keys.api_key_suspend('{id}'::uuid)")).unwrap();
+        assert_eq!(authentic(&format!("textsend('{key}')")), Some(id.clone()));
+        assert_eq!(verified(), before, "no verification is counted");
+        let body = &key[..key.len() - 6];
+        let forged_body = format!("{}{}", &body[..body.len() - 17], "1".repeat(17));
+        let forged = format!("{forged_body}{}", checksum(&forged_body));
+        assert_eq!(authentic(&format!("textsend('{forged}')")), None);
+        let unknown = format!("ak_live_AAAAAAAAAAAA{}", &key[20..]);
+        assert_eq!(authentic(&format!("textsend('{unknown}')")), None);
+        assert_eq!(authentic("'\\xff00'::bytea"), None);
+    }
+
     #[pg_test]
     fn brand_setting_shapes_new_keys_and_the_pattern() {
         Spi::run("SET api_keys.brand = 'acme'").unwrap();

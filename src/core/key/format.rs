@@ -418,6 +418,11 @@ mod tests {
                 let found = regex::Regex::new(&key_pattern()).unwrap();
                 let text = format!("token: {} end", key.full);
                 prop_assert_eq!(found.find(&text).unwrap().as_str(), key.full.as_str());
+                // The prefix pattern takes the prefix and nothing longer: a whole key is
+                // never taken for a prefix (sql/key_ref.sql).
+                let prefix = regex::Regex::new(&format!("^{}$", prefix_pattern())).unwrap();
+                prop_assert!(prefix.is_match(&key.prefix));
+                prop_assert!(!prefix.is_match(&key.full));
             }
 
             /// The MAC binds prefix and secret: a key's signature moved onto another
