@@ -21,8 +21,8 @@ SELECT valid, reason FROM api_key_verify(:'key', '127.0.0.1', 'runs:write');
 \echo '   A mistyped key is rejected by its checksum, before any table or hash is touched:'
 SELECT valid, reason FROM api_key_verify(overlay(:'key' placing 'x' from 30 for 1));
 \echo
-\echo '3. Suspend it; verification fails at once:'
-SELECT prefix, status, status_reason FROM api_key_suspend(:'key_id', 'tour: investigating');
+\echo '3. Suspend it, naming it by its prefix (or its id); verification fails at once:'
+SELECT prefix, status, status_reason FROM api_key_suspend(:'prefix', 'tour: investigating');
 SELECT valid, reason FROM api_key_verify(:'key');
 \echo
 \echo '4. Reactivate it:'
