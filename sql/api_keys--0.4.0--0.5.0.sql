@@ -1,6 +1,6 @@
 -- api_keys 0.4.0 -> 0.5.0: signed keys (issue 14), usage from standbys (issue 16).
 -- * Every key issued carries a MAC under a server signing key (api_keys.signing_keys,
---   superusers only, dumped); verification checks it before any table, so a forged
+--   written by superusers only, dumped); verification checks it before any table, so a forged
 --   secret never reaches argon2, a budget or a rate window. This update creates the
 --   database's first signing key.
 -- * api_keys.rotate_signing_key() (admin) starts a new one; older ones keep verifying.
@@ -31,7 +31,7 @@ CREATE UNIQUE INDEX signing_keys_id_secret_key
     ON api_keys.signing_keys (id, pg_catalog.sha256(secret));
 
 COMMENT ON TABLE api_keys.signing_keys IS
-    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Superusers only.';
+    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Written by superusers only; admins read it for pg_dump.';
 
 CREATE FUNCTION api_keys."_new_signing_key_id"() RETURNS TEXT
 STRICT VOLATILE

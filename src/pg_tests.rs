@@ -126,9 +126,10 @@ mod tests {
         assert_eq!(reason(&format!("'{key}'")), "ok");
     }
 
-    /// `_authentic_key` (behind api_key_report_leaked): the key whatever its status;
-    /// NULL for a wrong secret, a forged MAC, an unknown prefix or bytes that are not
-    /// UTF-8; and it counts nothing a verification would.
+    /// `_authentic_key` (behind api_key_report_leaked): the key whatever its status
+    /// short of revoked; NULL for a revoked key, a wrong secret, a forged MAC, an
+    /// unknown prefix or bytes that are not UTF-8; and it counts nothing a verification
+    /// would.
     #[pg_test]
     fn authentic_keys_are_found_whatever_their_status() {
         use crate::core::key::format::checksum;
@@ -154,6 +155,11 @@ mod tests {
         let unknown = format!("ak_live_AAAAAAAAAAAA{}", &key[20..]);
         assert_eq!(authentic(&format!("textsend('{unknown}')")), None);
         assert_eq!(authentic("'\\xff00'::bytea"), None);
+        Spi::run(&format!(
+            "SELECT api_keys.api_key_revoke('{id}'::uuid, 'unit')"
+        ))
+        .unwrap();
+        assert_eq!(authentic(&format!("textsend('{key}')")), None);
     }
 
     #[pg_test]

@@ -11,7 +11,7 @@ use pgrx::pg_sys;
 use crate::core::key::{format, hash};
 use crate::core::memo::{self, Fact};
 use crate::core::rate_limit::Limits;
-use crate::core::verdict::{self, KeyState, Reason};
+use crate::core::verdict::{self, KeyState, KeyStatus, Reason};
 use crate::postgres::gucs;
 use crate::postgres::key_row::{self, KeyRow};
 use crate::postgres::shmem::{self, Argon2For};
@@ -92,8 +92,8 @@ fn forged() -> Reason {
 }
 
 /// The key row of `key` when it is a key this installation issued (checksum,
-/// signature, row and secret all agree), whatever its status, networks or limits; for
-/// reports of leaked keys. No argon2 budget: a key is reported leaked exactly when
+/// signature, row and secret all agree) and not revoked, whatever its networks or
+/// limits; for reports of leaked keys. No argon2 budget: a key is reported leaked exactly when
 /// others may be guessing at its prefix, and the budget would then refuse it. Nothing
 /// is counted: no usage, rate window, memo entry or failure.
 pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
@@ -108,7 +108,10 @@ pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
         .signature
         .as_ref()
         .map(|s| s.signing_key_id.as_bytes());
-    if signed_by != row.signing_key.as_ref().map(|id| &id[..]) {
+    // A revoked key is left as it is, so it costs no argon2.
+    if signed_by != row.signing_key.as_ref().map(|id| &id[..])
+        || row.status == Some(KeyStatus::Revoked)
+    {
         return None;
     }
     let fact = memo::fact_id(&row.secret_hash, key);
