@@ -83,8 +83,9 @@ impl Server {
         let bin = std::env::var("POSTRUST_BIN").unwrap_or_else(|_| "postrust".into());
         let mut cmd = Command::new(&bin);
         // Configured by what is set here only (DATABASE_URL would override the URI).
-        for (name, _) in std::env::vars() {
-            if name.starts_with("PGRST_") || name.starts_with("POSTRUST_") {
+        for (name, _) in std::env::vars_os() {
+            let text = name.to_string_lossy();
+            if text.starts_with("PGRST_") || text.starts_with("POSTRUST_") {
                 cmd.env_remove(name);
             }
         }
