@@ -4,7 +4,12 @@ SHELL := /bin/bash
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PG_BIN := $(dir $(PG_CONFIG))
 PGRX_VERSION := 0.18.1
-APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo
+# The PostgREST-compatible HTTP server that tests/http.rs runs (PostgREST itself is not
+# packaged here). The test takes the binary from POSTRUST_BIN.
+POSTRUST_VERSION := 3.1.0
+POSTRUST := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/postrust
+export POSTRUST_BIN ?= $(POSTRUST)
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo curl
 RUN_DIR ?= /tmp/api_keys_run
 RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
@@ -14,7 +19,7 @@ PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
 # under make -j.
 .NOTPARALLEL:
 
-.PHONY: run test bench bench-scale bench-standby release-install fuzz reliability deps install lint regress isolation pgrx-test stop psql clean
+.PHONY: run test bench bench-scale bench-standby release-install fuzz reliability deps postrust install lint regress isolation pgrx-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -40,7 +45,7 @@ run: deps
 	@echo "Stop:     make stop"
 
 ## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.
-test: deps lint install regress isolation pgrx-test
+test: deps postrust lint install regress isolation pgrx-test
 	@echo "make test: all tiers passed"
 
 ## make bench: pgbench against a preloaded cluster with a release build; writes
@@ -87,6 +92,15 @@ deps:
 	    cargo pgrx init --pg15 $(PG_CONFIG); \
 	fi
 
+# Not --locked: the lockfile published with 3.1.0 pins a webpki-roots release that the
+# registry no longer offers, so a locked install cannot resolve.
+postrust:
+	@if ! { [ -x "$(POSTRUST)" ] && \
+	        cargo install --list | grep -qx 'postrust-server v$(POSTRUST_VERSION):'; }; then \
+	    echo "==> cargo install postrust-server $(POSTRUST_VERSION) (the HTTP server of tests/http.rs; about 7 minutes, once)"; \
+	    cargo install postrust-server --version $(POSTRUST_VERSION); \
+	fi
+
 # cargo pgrx installs the current version's script and the upgrade scripts (sql/). The
 # install scripts of earlier releases are kept, frozen, in sql/released/ (as each release
 # generated them; SHA256SUMS, checked by make lint), so that `CREATE EXTENSION api_keys
@@ -125,7 +139,7 @@ isolation:
 
 # Pure #[test]s and proptests, #[pg_test]s in a pgrx-managed cluster, and the
 # integration tests in tests/*.rs that start their own clusters.
-pgrx-test:
+pgrx-test: postrust
 	rm -rf $(PGRX_TEST_DATA)
 	cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)
 

@@ -1,22 +1,33 @@
 -- A small PostgREST API authorized by API keys: projects and their runs, with
 -- row-level security by scope and by owner.
 --   psql -h /tmp/api_keys_run -p 5433 -U postgres -f examples/postgrest/schema.sql
--- Safe to run again: it drops and recreates the schema `api` and the two roles.
+-- Safe to run again, in this database or in another one of the cluster: the schema
+-- `api` is dropped and made anew; the roles are cluster-wide and may hold privileges
+-- in other databases, so they are created when missing and never dropped. All of it
+-- is one transaction: a failure leaves the database as it was.
 \set ON_ERROR_STOP on
+BEGIN;
+-- Quiet on a second run: "already a member", "drop cascades to ...".
+SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS api_keys;
-
-DROP SCHEMA IF EXISTS api CASCADE;
-DROP ROLE IF EXISTS authenticator;
-DROP ROLE IF EXISTS web_anon;
 
 -- PostgREST logs in as `authenticator` and switches to `web_anon` for each request
 -- (there is no JWT: the API key is the credential). authenticate() runs as web_anon,
 -- so web_anon is a verifier; it still cannot list, read or change any key.
-CREATE ROLE authenticator LOGIN NOINHERIT;
-CREATE ROLE web_anon NOLOGIN;
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticator') THEN
+        CREATE ROLE authenticator LOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'web_anon') THEN
+        CREATE ROLE web_anon NOLOGIN;
+    END IF;
+END
+$roles$;
 GRANT web_anon TO authenticator;
 GRANT api_keys_verifier TO web_anon;
 
+DROP SCHEMA IF EXISTS api CASCADE;
 CREATE SCHEMA api;
 GRANT USAGE ON SCHEMA api TO web_anon;
 
@@ -64,3 +75,4 @@ CREATE POLICY runs_delete ON api.runs FOR DELETE
 INSERT INTO api.projects VALUES (42, 'checkout', 'alice'), (43, 'search', 'bob');
 INSERT INTO api.runs (project_id, status, created_by) VALUES
     (42, 'passed', 'alice'), (42, 'failed', 'bob'), (43, 'passed', 'bob');
+COMMIT;

@@ -34,7 +34,7 @@ pub const WORKER_CONF: &[&str] = &["api_keys.flush_interval = 1"];
 
 /// A port nobody is listening on right now (the server only uses it to name its socket,
 /// but a distinct port per cluster keeps socket and shared-memory names apart).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
