@@ -1,6 +1,6 @@
 -- api_keys 0.4.0 -> 0.5.0: signed keys (issue 14), usage from standbys (issue 16).
 -- * Every key issued carries a MAC under a server signing key (api_keys.signing_keys,
---   written by superusers only, dumped); verification checks it before any table, so a forged
+--   superusers only, dumped); verification checks it before any table, so a forged
 --   secret never reaches argon2, a budget or a rate window. This update creates the
 --   database's first signing key.
 -- * api_keys.rotate_signing_key() (admin) starts a new one; older ones keep verifying.
@@ -31,7 +31,7 @@ CREATE UNIQUE INDEX signing_keys_id_secret_key
     ON api_keys.signing_keys (id, pg_catalog.sha256(secret));
 
 COMMENT ON TABLE api_keys.signing_keys IS
-    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Written by superusers only; admins read it for pg_dump.';
+    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Superusers only.';
 
 CREATE FUNCTION api_keys."_new_signing_key_id"() RETURNS TEXT
 STRICT VOLATILE
@@ -646,8 +646,6 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
 
--- Admins read stats() and take a pg_dump of the extension's data (sql/grants.sql says
--- why that means the whole tables). Revoking SELECT on a table drops its column grants.
+-- Admins read stats(), and the audit log's sequence, which pg_dump reads with the log.
 GRANT EXECUTE ON FUNCTION api_keys.stats() TO api_keys_admin;
-REVOKE SELECT ON api_keys.keys, api_keys.signing_keys FROM api_keys_admin;
-GRANT SELECT ON api_keys.keys, api_keys.signing_keys, api_keys.audit_log_id_seq TO api_keys_admin;
+GRANT SELECT ON api_keys.audit_log_id_seq TO api_keys_admin;

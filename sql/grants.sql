@@ -53,7 +53,8 @@ GRANT EXECUTE ON FUNCTION api_keys.has_scope(text), api_keys.require_scope(text)
                           api_keys.current_key_id(), api_keys.current_owner() TO PUBLIC;
 
 -- Admins: the scope catalog, the audit log, pruning, the server's counters, and direct
--- edits of keys (guarded by the keys_guard trigger and audited).
+-- edits of keys (guarded by the keys_guard trigger and audited). Never the hash or the
+-- signing secrets: column grants leave them out.
 GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
                           api_keys.stats(),
                           api_keys.audit_prune(interval),
@@ -62,12 +63,16 @@ GRANT EXECUTE ON FUNCTION api_keys.api_key_register_scope(text, text, text),
                           -- A scanner's findings may be any owner's keys.
                           api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
 GRANT SELECT ON api_keys.audit_log, api_keys.scope_catalog, api_keys.usage TO api_keys_admin;
--- Admins take a pg_dump of the extension's data (README, Backups), which locks and
--- copies each dumped table whole: so they read the secret hashes and the signing
--- secrets as well. Neither makes a key: a hash is argon2id of 256 random bits, a
--- signing secret makes MACs, and admins may issue any key anyway.
-GRANT SELECT ON api_keys.keys, api_keys.signing_keys, api_keys.audit_log_id_seq TO api_keys_admin;
-GRANT UPDATE (name, description, owner, status, status_reason, scopes, allowed_cidrs,
+-- The audit log's sequence, which pg_dump reads with the log (README, Backups).
+GRANT SELECT ON api_keys.audit_log_id_seq TO api_keys_admin;
+-- Signing keys' public ids (they are in every key) and dates, to retire one; never the
+-- secrets.
+GRANT SELECT (id, created_at) ON api_keys.signing_keys TO api_keys_admin;
+GRANT SELECT (id, prefix, name, description, key_type, environment, owner, status,
+              status_reason, status_changed_at, scopes, allowed_cidrs, expires_at,
+              created_at, created_by, last_used_at, last_used_ip, rotated_from,
+              rate_limit_per_minute, rate_limit_per_hour, metadata, signing_key),
+      UPDATE (name, description, owner, status, status_reason, scopes, allowed_cidrs,
               expires_at, rate_limit_per_minute, rate_limit_per_hour, metadata)
    ON api_keys.keys TO api_keys_admin;
 

@@ -133,8 +133,7 @@ CREATE TABLE api_keys.usage_clock (
 INSERT INTO api_keys.usage_clock DEFAULT VALUES;
 
 -- Server signing keys (sql/signing.sql): every key issued carries a MAC made with the
--- newest, so verification refuses a forged secret for one HMAC. Written by superusers
--- only; read by admins too, for pg_dump (grants.sql).
+-- newest, so verification refuses a forged secret for one HMAC. Superusers only.
 CREATE TABLE api_keys.signing_keys (
     id         text NOT NULL CHECK (id ~ '^[0-9A-Za-z]{4}$'),
     secret     bytea NOT NULL CHECK (pg_catalog.octet_length(secret) = 32),
@@ -148,4 +147,4 @@ CREATE UNIQUE INDEX signing_keys_id_secret_key
     ON api_keys.signing_keys (id, pg_catalog.sha256(secret));
 
 COMMENT ON TABLE api_keys.signing_keys IS
-    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Written by superusers only; admins read it for pg_dump.';
+    'Server signing keys (secret: 32 bytes for HMAC-SHA-256). The newest signs new keys; all verify. Superusers only.';

@@ -1,7 +1,7 @@
 //! The server signing keys (`api_keys.signing_keys`), as this backend last read them.
 //!
 //! Read straight from the table (no SQL, no privilege check: the table is readable by
-//! superusers and admins only, and verifiers must not be able to read it), once, then kept until
+//! superusers only, and verifiers must not be able to read it), once, then kept until
 //! a relation cache invalidation names the table. The table's statement trigger sends
 //! one at commit for every change (`_signing_keys_changed`), which other backends and
 //! hot standbys (through the commit record) take in at their next transaction; it fires

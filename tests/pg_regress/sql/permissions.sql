@@ -56,19 +56,21 @@ SELECT regress.expect_error($$SELECT api_keys._require_reason('x')$$);
 SELECT count(*) AS key_pattern_callable FROM api_keys.key_pattern();
 RESET ROLE;
 
--- secret_hash is read by superusers and, for pg_dump, by admins (members of
--- api_keys_admin); not by the verifier or PUBLIC
+-- nobody but a superuser can read secret_hash: not the admin, not the verifier, not PUBLIC
 SELECT r.rolname FROM pg_roles r
  WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
    AND has_column_privilege(r.oid, 'api_keys.keys', 'secret_hash', 'SELECT')
  ORDER BY 1;
 SELECT id AS b_id FROM api_key_issue('bob key', 'service', 'production', owner => 'regress_bob') \gset
 SET ROLE regress_admin;
-SELECT count(*) FROM api_keys.keys WHERE secret_hash LIKE '$argon2id$%';
--- ... and stats(), the server's counters
-SELECT count(*) > 0 AS stats_readable FROM api_keys.stats();
--- ... but it never writes the hash
+SELECT regress.expect_error('SELECT secret_hash FROM api_keys.keys');
+SELECT regress.expect_error('SELECT * FROM api_keys.keys');
+SELECT regress.expect_error('SELECT count(*) FROM api_keys.keys WHERE secret_hash IS NOT NULL');
 SELECT regress.expect_error(format('UPDATE api_keys.keys SET secret_hash = %L WHERE id = %L', 'x', :'b_id'));
+SELECT regress.expect_error(format('UPDATE api_keys.keys SET name = name WHERE id = %L RETURNING secret_hash', :'b_id'));
+-- admins read stats(), the server's counters, and the audit log's sequence (pg_dump)
+SELECT count(*) > 0 AS stats_readable FROM api_keys.stats();
+SELECT last_value >= 1 AS sequence_readable FROM api_keys.audit_log_id_seq;
 RESET ROLE;
 SET ROLE regress_verifier;
 SELECT regress.expect_error('SELECT secret_hash FROM api_keys.keys');
