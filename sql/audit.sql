@@ -2,9 +2,10 @@
 -- key, the append-only guard, and pruning; and the change events sent with them.
 
 -- One audit entry. Status changes, rotations and deletions are also sent, at commit,
--- as a NOTIFY on channel `api_keys`: JSON with the audit entry's id, the action, key
--- id, prefix, old and new status (and a rotation's new key). Any role of the database may LISTEN, so nothing
--- more: no owner, name, reason, secret or hash.
+-- as a NOTIFY on channel `api_keys` (unless api_keys.change_events is off): JSON with
+-- the audit entry's id, the action, key id, prefix, old and new status (and a
+-- rotation's new key). Any role of the database may LISTEN, so nothing more: no owner,
+-- name, reason, secret or hash.
 CREATE FUNCTION api_keys._audit(
     action text, k api_keys.keys, old_status api_keys.key_status,
     new_status api_keys.key_status, reason text, details jsonb
@@ -21,17 +22,29 @@ BEGIN
             nullif(current_setting('api_keys.actor', true), ''),
             old_status, new_status, reason, coalesce(details, '{}'))
     RETURNING id INTO entry;
+    IF action NOT IN ('suspended', 'reactivated', 'revoked', 'expired', 'rotated', 'deleted')
+       OR NOT coalesce(current_setting('api_keys.change_events', true), 'on')::boolean THEN
+        RETURN;
+    END IF;
+    -- A full notification queue fails every transaction that sent a NOTIFY, at commit,
+    -- and any role can fill it (a listener left in an open transaction while others
+    -- notify). Past half full the event is left out, so that a flood would have to fill
+    -- the other half (4 GB) between a change and its commit to hold up a revocation;
+    -- the audit log has the change all the same.
+    IF pg_notification_queue_usage() >= 0.5 THEN
+        RAISE WARNING 'no change event sent for key %: the notification queue is over half full', k.prefix
+            USING HINT = format('The change is in api_keys.audit_log (entry %s). A session that listens on some channel is holding the queue in a long transaction.', entry);
+        RETURN;
+    END IF;
     -- The audit entry's id makes every event distinct (PostgreSQL delivers identical
     -- payloads of one transaction once), and says where to read more.
-    IF action IN ('suspended', 'reactivated', 'revoked', 'expired', 'rotated', 'deleted') THEN
-        PERFORM pg_notify('api_keys', (jsonb_build_object(
-                    'audit_id', entry, 'action', action, 'key_id', k.id, 'prefix', k.prefix,
-                    'old_status', old_status, 'new_status', new_status)
-                || CASE WHEN action = 'rotated'
-                        THEN jsonb_build_object('new_key_id', details -> 'new_key_id',
-                                                'new_prefix', details -> 'new_prefix')
-                        ELSE '{}' END)::text);
-    END IF;
+    PERFORM pg_notify('api_keys', (jsonb_build_object(
+                'audit_id', entry, 'action', action, 'key_id', k.id, 'prefix', k.prefix,
+                'old_status', old_status, 'new_status', new_status)
+            || CASE WHEN action = 'rotated'
+                    THEN jsonb_build_object('new_key_id', details -> 'new_key_id',
+                                            'new_prefix', details -> 'new_prefix')
+                    ELSE '{}' END)::text);
 END
 $$;
 

@@ -243,3 +243,76 @@ fn the_workers_expiry_is_sent() {
     let got = next_events(&mut l, &mut c, 1, Duration::from_secs(30));
     assert_eq!(got, [event("expired", &k, Some("active"), Some("expired"))]);
 }
+
+/// PostgreSQL refuses to PREPARE a transaction that sent a NOTIFY, so sessions that use
+/// two-phase commit turn the events off; only a superuser may (a role that could would
+/// hide its changes from listeners).
+#[test]
+fn two_phase_commit_works_with_change_events_off() {
+    let cluster = Cluster::start_with("events_2pc", &["max_prepared_transactions = 2"]);
+    let mut c = cluster.connect_fast(DB);
+    cheap_hashing(&mut c);
+    let mut l = listener(&cluster);
+    let a = issue(&mut c, "'two-phase a', 'service', 'production'");
+    let b = issue(&mut c, "'two-phase b', 'service', 'production'");
+    c.batch_execute(
+        "CREATE ROLE xa_app LOGIN IN ROLE api_keys_admin; \
+         ALTER ROLE xa_app SET api_keys.change_events = off",
+    )
+    .unwrap();
+
+    // With the events on, the revocation cannot be prepared (and so is rolled back).
+    let mut on = cluster.connect(DB);
+    on.batch_execute(&format!(
+        "BEGIN; SELECT api_keys.api_key_revoke('{}', 'two-phase')",
+        a.prefix
+    ))
+    .unwrap();
+    let refused = on
+        .batch_execute("PREPARE TRANSACTION 'with_events'")
+        .unwrap_err();
+    let message = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().unwrap_or("").contains("NOTIFY"),
+        "{refused:?}"
+    );
+
+    // Off for xa_app: prepared, committed, and no event.
+    let mut xa = cluster.connect_as(DB, "xa_app");
+    let denied = xa
+        .batch_execute("SET api_keys.change_events = on")
+        .unwrap_err();
+    let message = denied.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .unwrap_or("")
+            .contains("permission denied"),
+        "{denied:?}"
+    );
+    xa.batch_execute(&format!(
+        "BEGIN; SELECT api_keys.api_key_revoke('{}', 'two-phase'); \
+         PREPARE TRANSACTION 'without_events'",
+        b.prefix
+    ))
+    .unwrap();
+    xa.batch_execute("COMMIT PREPARED 'without_events'")
+        .unwrap();
+    let status: String = c
+        .query_one(
+            "SELECT status::text FROM api_keys.keys WHERE prefix = $1",
+            &[&b.prefix],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "revoked");
+    let kept: String = c
+        .query_one(
+            "SELECT status::text FROM api_keys.keys WHERE prefix = $1",
+            &[&a.prefix],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, "active");
+    assert_nothing_more(&mut l);
+}

@@ -30,6 +30,8 @@ pub(crate) static DATABASE: GucSetting<Option<CString>> =
 pub(crate) static PRIMARY_CONNINFO: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub(crate) static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Read by SQL (`api_keys._audit`), not by Rust.
+pub(crate) static CHANGE_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub(crate) static TRUSTED_PROXIES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 
@@ -197,6 +199,15 @@ pub(crate) fn init(preloading: bool) {
             None,
         );
     }
+    // Superuser-only: turned off, status changes go unannounced to listeners.
+    GucRegistry::define_bool_guc(
+        c"api_keys.change_events",
+        c"Send a NOTIFY on channel api_keys at commit for every status change, rotation and deletion.",
+        c"Turn it off (e.g. ALTER ROLE ... SET) for sessions whose transactions are PREPAREd for two-phase commit: PostgreSQL refuses to prepare a transaction that sent a NOTIFY.",
+        &CHANGE_EVENTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: the check hook is guarded.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
