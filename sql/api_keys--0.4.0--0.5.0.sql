@@ -658,6 +658,37 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
+-- A database where EXECUTE on a lifecycle function was revoked (or granted) keeps that
+-- for naming keys by prefix too: each new version takes its uuid version's privileges.
+DO $$
+DECLARE
+    pair record;
+    grantee text;
+BEGIN
+    FOR pair IN
+        SELECT u.oid AS uuid_version, t.oid::regprocedure AS text_version
+          FROM pg_catalog.pg_proc u
+          JOIN pg_catalog.pg_proc t ON t.proname = u.proname AND t.pronamespace = u.pronamespace
+         WHERE u.pronamespace = 'api_keys'::regnamespace
+           AND u.proname IN ('api_key_suspend', 'api_key_reactivate', 'api_key_revoke',
+                             'api_key_set_status', 'api_key_delete', 'api_key_rotate',
+                             'api_key_update')
+           AND u.proargtypes[0] = 'uuid'::regtype AND t.proargtypes[0] = 'text'::regtype
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pair.text_version);
+        FOR grantee IN
+            SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END
+              FROM pg_catalog.pg_proc p,
+                   pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)))
+                       WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, ordinality)
+             WHERE p.oid = pair.uuid_version AND a.privilege_type = 'EXECUTE'
+             ORDER BY a.ordinality
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', pair.text_version, grantee);
+        END LOOP;
+    END LOOP;
+END
+$$;
 
 -- Admins read stats(), and the audit log's sequence, which pg_dump reads with the log.
 GRANT EXECUTE ON FUNCTION api_keys.stats() TO api_keys_admin;

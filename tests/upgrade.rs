@@ -272,3 +272,73 @@ fn usage_added_before_the_update_is_not_counted_again() {
         "2 added before the update + 2 after: the limit of 4"
     );
 }
+
+/// Privileges a database set on a lifecycle function hold for its new prefix version
+/// too: a revoked EXECUTE is not opened again by the update.
+#[test]
+fn the_prefix_versions_take_the_privileges_of_the_uuid_versions() {
+    let cluster = Cluster::start("upgrade_acl");
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE at_0_4_0")
+        .unwrap();
+    let mut c = cluster.connect("at_0_4_0");
+    c.batch_execute(
+        "CREATE EXTENSION api_keys VERSION '0.4.0'; \
+         CREATE ROLE ops; CREATE ROLE alice LOGIN; \
+         REVOKE EXECUTE ON FUNCTION api_keys.api_key_delete(uuid), \
+                                    api_keys.api_key_revoke(uuid, text) FROM PUBLIC; \
+         GRANT EXECUTE ON FUNCTION api_keys.api_key_delete(uuid) TO ops; \
+         ALTER EXTENSION api_keys UPDATE",
+    )
+    .unwrap();
+    let acls: Vec<(String, String)> = c
+        .query(
+            "SELECT p.oid::regprocedure::text, coalesce(p.proacl::text, 'default') \
+               FROM pg_proc p \
+              WHERE p.pronamespace = 'api_keys'::regnamespace \
+                AND p.proname IN ('api_key_delete', 'api_key_revoke', 'api_key_suspend') \
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let acl = |f: &str| &acls.iter().find(|(name, _)| name == f).unwrap().1;
+    for (uuid_version, text_version) in [
+        (
+            "api_keys.api_key_delete(uuid)",
+            "api_keys.api_key_delete(text)",
+        ),
+        (
+            "api_keys.api_key_revoke(uuid,text)",
+            "api_keys.api_key_revoke(text,text)",
+        ),
+        (
+            "api_keys.api_key_suspend(uuid,text)",
+            "api_keys.api_key_suspend(text,text)",
+        ),
+    ] {
+        assert_eq!(acl(uuid_version), acl(text_version), "{acls:?}");
+    }
+    assert!(
+        acl("api_keys.api_key_delete(text)").contains("ops=X"),
+        "{acls:?}"
+    );
+    // A plain role still cannot delete, by id or by prefix.
+    cheap_hashing(&mut c);
+    c.batch_execute("SET ROLE alice").unwrap();
+    let k = issue(&mut c, "'alice''s', 'user', 'development'");
+    for call in [
+        format!("SELECT api_keys.api_key_delete('{}')", k.prefix),
+        format!("SELECT api_keys.api_key_delete('{}'::uuid)", k.id),
+    ] {
+        let e = c.batch_execute(&call).unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{call}: {e:?}"
+        );
+    }
+}
