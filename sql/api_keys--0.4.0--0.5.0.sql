@@ -443,30 +443,39 @@ AS 'MODULE_PATHNAME', '_authentic_key_wrapper';
 -- literal) and a uuid value to the uuid version; each is an entry point like the uuid
 -- one, and its implementation names the key with _key_ref and calls the uuid one.
 
--- The id of the key `key_id` names: a uuid as text, or a prefix. A prefix no key the
--- caller may manage has raises P0002, as an unknown id does; anything else 22023,
--- without repeating the input (it may be a whole key, secret included).
+-- The id of the key `key_id` names: a uuid as text, or a prefix (of a whole key too,
+-- with a WARNING). A prefix no key the caller may manage has raises P0002, as an
+-- unknown id does; anything else 22023, without repeating the input.
 CREATE FUNCTION api_keys._key_ref(key_id text) RETURNS uuid
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    k api_keys.keys;
+    found uuid;
+    -- Before the lookup, so that another owner's prefix and one nobody has take the
+    -- same path.
+    me text := api_keys._caller();
+    admin boolean := api_keys._caller_is_admin();
+    prefix_at_start text := '^(' || api_keys._prefix_pattern() || ')';
 BEGIN
     IF key_id IS NULL THEN
         RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF octet_length(key_id) <= 64 AND key_id ~ ('^' || api_keys._prefix_pattern() || '$') THEN
-        SELECT * INTO k FROM api_keys.keys WHERE prefix = key_id;
-        IF NOT FOUND OR (k.owner <> api_keys._caller() AND NOT api_keys._caller_is_admin()) THEN
+    ELSIF octet_length(key_id) <= 128 AND key_id ~ (prefix_at_start || '_') THEN
+        -- A whole key, or most of one: its prefix names the key. A WARNING rather than
+        -- an error, which would put the statement, secret and all, in the server log.
+        key_id := (regexp_match(key_id, prefix_at_start))[1];
+        RAISE WARNING 'key_id is a whole API key, secret included; its prefix % names the key', key_id
+            USING HINT = 'Pass the prefix only. A key sent where it should not be is exposed: revoke it.';
+    END IF;
+    IF octet_length(key_id) <= 64 AND key_id ~ (prefix_at_start || '$') THEN
+        SELECT k.id INTO found FROM api_keys.keys k
+         WHERE k.prefix = key_id AND (k.owner = me OR admin);
+        IF found IS NULL THEN
             RAISE EXCEPTION 'no API key with prefix %', key_id
                 USING ERRCODE = 'no_data_found',
                       HINT = 'The key does not exist, or it belongs to another owner.';
         END IF;
-        RETURN k.id;
-    ELSIF octet_length(key_id) <= 128 AND key_id ~ ('^' || api_keys.key_pattern() || '$') THEN
-        RAISE EXCEPTION 'key_id is a whole API key, secret included, not its id or prefix'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass the prefix, the part before the secret (<brand>_<env>_<public id>). If the key was pasted somewhere it should not be, revoke it.';
+        RETURN found;
     END IF;
     BEGIN
         RETURN key_id::uuid;
@@ -582,7 +591,8 @@ AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 -- reason 'leaked: <source>' (audited, and sent as a change event like any revocation);
 -- returns their prefixes. Anything else (no key, another installation's key, a wrong
 -- secret, NULL) is ignored without a word: a scanner's findings are mostly noise.
--- At most 1000 strings per call, each costing at most one argon2 computation.
+-- Spaces, tabs and line ends around a string are not part of it. At most 1000 strings
+-- per call, each costing at most one argon2 computation.
 CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -590,6 +600,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found uuid[];
+    held text[];
     k api_keys.keys;
 BEGIN
     IF keys IS NULL THEN
@@ -605,20 +616,29 @@ BEGIN
     END IF;
     PERFORM api_keys._check_length('source', source, 200);
     found := ARRAY(SELECT DISTINCT a
-                     FROM (SELECT DISTINCT p FROM unnest(keys) p WHERE p IS NOT NULL) presented,
+                     FROM (SELECT DISTINCT btrim(p, E' \t\r\n') AS p
+                             FROM unnest(keys) p WHERE p IS NOT NULL) presented,
                           LATERAL api_keys._authentic_key(textsend(presented.p)) a
                     WHERE a IS NOT NULL);
-    -- Locked in prefix order, so that two reports never deadlock; a key revoked
-    -- meanwhile is left out (the WHERE is checked again after the wait).
+    -- Never waits: a key whose row another transaction holds (its owner editing it,
+    -- say) must not hold up the revocation of the others. It is named in a WARNING, to
+    -- be reported again.
     FOR k IN SELECT * FROM api_keys.keys
               WHERE id = ANY (found) AND status <> 'revoked'
               ORDER BY prefix
-                FOR UPDATE
+                FOR UPDATE SKIP LOCKED
     LOOP
         UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
          WHERE id = k.id;
         RETURN NEXT k.prefix;
     END LOOP;
+    held := ARRAY(SELECT prefix FROM api_keys.keys
+                   WHERE id = ANY (found) AND status <> 'revoked' ORDER BY prefix);
+    IF held <> '{}' THEN
+        RAISE WARNING '% reported key(s) not revoked: another transaction holds them', cardinality(held)
+            USING DETAIL = 'Held: ' || array_to_string(held, ', ') || '.',
+                  HINT = 'Report them again once that transaction has ended.';
+    END IF;
 END $$;
 
 CREATE FUNCTION api_keys.api_key_report_leaked(keys text[], source text)

@@ -58,11 +58,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/key_ref.sql",
     name = "key_ref",
-    requires = [
-        "issue",
-        sql_api::pattern::_prefix_pattern,
-        sql_api::pattern::key_pattern
-    ]
+    requires = ["issue", sql_api::pattern::_prefix_pattern]
 );
 extension_sql_file!(
     "../sql/leaked.sql",

@@ -121,6 +121,9 @@ pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
             hash::verify_secret(parsed.secret, &row.secret_hash)
         }),
     };
+    if let (false, Some(signature)) = (matches, &parsed.signature) {
+        signing_key_known_outside(signature.signing_key_id);
+    }
     matches.then_some(row)
 }
 

@@ -42,6 +42,12 @@ SELECT valid, reason FROM api_key_verify(:'active');
 SELECT count(*) FROM api_key_report_leaked(ARRAY[:'active', :'suspended'], 'again');
 SELECT count(*) FROM api_key_report_leaked('{}', 'nothing');
 
+-- spaces, tabs and line ends around a key (as a scanner's output lines have) are not
+-- part of it
+SELECT key AS padded FROM api_key_issue('padded', 'service', 'production') \gset
+SELECT count(*) FROM api_key_report_leaked(ARRAY[E' \t' || :'padded' || E'\r\n'], 'log lines');
+SELECT status, status_reason FROM keys WHERE name = 'padded';
+
 -- bounds: 22023 before any work
 SELECT regress.expect_error($$SELECT api_keys.api_key_report_leaked(NULL, 'x')$$);
 SELECT regress.expect_error($$SELECT api_keys.api_key_report_leaked(array_fill('x'::text, ARRAY[1001]), 'x')$$);
