@@ -1245,3 +1245,31 @@ fn a_leaked_signing_key_falls_back_to_the_argon2_budgets() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A leaked-key report holding a valid signature on a wrong secret says so too: only a
+/// holder of the signing key makes one, so the LOG line names the signing key, and the
+/// presentation revokes nothing.
+#[test]
+fn a_report_with_a_valid_signature_on_a_wrong_secret_names_the_signing_key() {
+    let cluster = Cluster::start("sk_leaked_report");
+    let mut su = cluster.connect_fast(DB);
+    let k = issue(&mut su, "'reported', 'service', 'production'");
+    let signing_id = signing_id_of(&k).to_string();
+    let secret = signing_secret(&mut su, &signing_id);
+    let wrong = random_base62(&mut rand::thread_rng(), SECRET_LEN);
+    let message = format!("{}_{wrong}{signing_id}", k.prefix);
+    let presented = signed_shape(&k.prefix, &wrong, &signing_id, &mac(&secret, &message));
+    let revoked = su
+        .query(
+            "SELECT api_keys.api_key_report_leaked(ARRAY[$1], 'scanner')",
+            &[&presented],
+        )
+        .unwrap();
+    assert!(revoked.is_empty());
+    let log = cluster.server_log();
+    assert!(
+        log.contains(&format!("signing key {signing_id} and a wrong secret")),
+        "no LOG line naming the signing key"
+    );
+    assert_eq!(reason(&mut su, &k.key), "ok");
+}
