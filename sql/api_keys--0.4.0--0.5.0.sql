@@ -698,6 +698,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pair.text_version);
         FOR grantee IN
             SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END
+                   || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
               FROM pg_catalog.pg_proc p,
                    pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)))
                        WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, ordinality)

@@ -131,7 +131,7 @@ mod tests {
     /// unknown prefix or bytes that are not UTF-8; and it counts nothing a verification
     /// would.
     #[pg_test]
-    fn authentic_keys_are_found_whatever_their_status() {
+    fn authentic_keys_are_found_unless_revoked() {
         use crate::core::key::format::checksum;
         let (id, key) = issue("ARRAY['*']");
         let authentic = |sql: &str| {

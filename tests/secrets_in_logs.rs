@@ -1,6 +1,7 @@
 //! No secret and no hash in the server log: a cluster logging at `debug5` goes through
-//! issuing, verifying (right and wrong keys), login, authenticate, rotation, refusals
-//! and errors, and its log must contain no key, no secret part and no argon2 hash.
+//! issuing, verifying (right and wrong keys), login, authenticate, rotation, keys named
+//! by a whole key, leaked-key reports, refusals and errors, and its log must contain no
+//! key, no secret part and no argon2 hash.
 
 mod common;
 
@@ -79,6 +80,22 @@ fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
         .unwrap()
         .get(0);
     keys.push(rotated);
+    // A whole key where a lifecycle function wants an id or a prefix: a WARNING names
+    // its prefix, the secret goes nowhere; a leaked-key report of a forgery revokes
+    // nothing and says nothing.
+    for sql in [
+        "SELECT api_keys.api_key_suspend($1)",
+        "SELECT api_keys.api_key_reactivate($1)",
+    ] {
+        c.execute(sql, &[&a.key]).unwrap();
+    }
+    let reported = c
+        .query(
+            "SELECT api_keys.api_key_report_leaked(ARRAY[$1, $2], 'logs')",
+            &[&forge_secret(&a.key), &forge_secret(&b.key)],
+        )
+        .unwrap();
+    assert!(reported.is_empty());
     assert_eq!(
         sqlstate(c.query(
             "SELECT api_keys.api_key_revoke($1::text::uuid, NULL)",

@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 
 use crate::postgres::verification;
 
-/// The id of the key `key` is, when it is one issued here, whatever its status; else
+/// The id of the key `key` is, when it is one issued here and not revoked; else
 /// NULL. Raw bytes (`textsend`), so that a string that is not UTF-8 is no key rather
 /// than an error. Costs at most one argon2 computation, for an unsigned key the memo
 /// has not seen.
