@@ -57,7 +57,7 @@ fn a_held_key_is_named_and_the_others_are_revoked_at_once() {
             .map(|r| r.get(0))
             .collect()
     };
-    assert_eq!(report(&mut scanner), [free.prefix.clone()]);
+    assert_eq!(report(&mut scanner), [free.prefix.as_str()]);
     assert_eq!(
         *notices.lock().unwrap(),
         [format!(
@@ -67,6 +67,6 @@ fn a_held_key_is_named_and_the_others_are_revoked_at_once() {
         )]
     );
     editing.commit().unwrap();
-    assert_eq!(report(&mut scanner), [held.prefix.clone()]);
+    assert_eq!(report(&mut scanner), [held.prefix.as_str()]);
     assert_eq!(notices.lock().unwrap().len(), 1, "no second WARNING");
 }
