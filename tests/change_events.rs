@@ -80,6 +80,36 @@ fn event(action: &str, k: &Issued, old: Option<&str>, new: Option<&str>) -> Valu
            "old_status": old, "new_status": new})
 }
 
+/// Rotate `k` (by prefix) with `grace` (SQL); the new key and the event it must send.
+fn rotate(c: &mut Client, k: &Issued, grace: &str) -> (Issued, Value) {
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT id::text, key, prefix FROM api_keys.api_key_rotate($1::text, {grace})"
+            ),
+            &[&k.prefix],
+        )
+        .unwrap();
+    let fresh = Issued {
+        id: row.get(0),
+        key: row.get(1),
+        prefix: row.get(2),
+    };
+    let mut rotated = event("rotated", k, Some("active"), Some("active"));
+    rotated["new_key_id"] = json!(fresh.id);
+    rotated["new_prefix"] = json!(fresh.prefix);
+    (fresh, rotated)
+}
+
+fn status(c: &mut Client, k: &Issued) -> String {
+    c.query_one(
+        "SELECT status::text FROM api_keys.keys WHERE prefix = $1",
+        &[&k.prefix],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn secret_hash(c: &mut Client, k: &Issued) -> String {
     c.query_one(
         "SELECT secret_hash FROM api_keys.keys WHERE id = $1::text::uuid",
@@ -146,37 +176,11 @@ fn status_changes_rotations_and_deletions_are_sent_at_commit() {
     seen.extend(got);
 
     // A rotation with a grace names the new key; one without also revokes the old key.
-    let row = c
-        .query_one(
-            "SELECT id::text, key, prefix FROM api_keys.api_key_rotate($1::text, interval '1 hour')",
-            &[&k.prefix],
-        )
-        .unwrap();
-    let k2 = Issued {
-        id: row.get(0),
-        key: row.get(1),
-        prefix: row.get(2),
-    };
-    let mut rotated = event("rotated", &k, Some("active"), Some("active"));
-    rotated["new_key_id"] = json!(k2.id);
-    rotated["new_prefix"] = json!(k2.prefix);
+    let (k2, rotated) = rotate(&mut c, &k, "interval '1 hour'");
     let got = next_events(&mut l, &mut c, 1, wait);
     assert_eq!(got, [rotated]);
     seen.extend(got);
-    let row = c
-        .query_one(
-            "SELECT id::text, key, prefix FROM api_keys.api_key_rotate($1::text)",
-            &[&k2.prefix],
-        )
-        .unwrap();
-    let k3 = Issued {
-        id: row.get(0),
-        key: row.get(1),
-        prefix: row.get(2),
-    };
-    let mut rotated = event("rotated", &k2, Some("active"), Some("active"));
-    rotated["new_key_id"] = json!(k3.id);
-    rotated["new_prefix"] = json!(k3.prefix);
+    let (k3, rotated) = rotate(&mut c, &k2, "interval '0'");
     let got = next_events(&mut l, &mut c, 2, wait);
     assert_eq!(
         got,
@@ -298,21 +302,7 @@ fn two_phase_commit_works_with_change_events_off() {
     .unwrap();
     xa.batch_execute("COMMIT PREPARED 'without_events'")
         .unwrap();
-    let status: String = c
-        .query_one(
-            "SELECT status::text FROM api_keys.keys WHERE prefix = $1",
-            &[&b.prefix],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "revoked");
-    let kept: String = c
-        .query_one(
-            "SELECT status::text FROM api_keys.keys WHERE prefix = $1",
-            &[&a.prefix],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(kept, "active");
+    assert_eq!(status(&mut c, &b), "revoked");
+    assert_eq!(status(&mut c, &a), "active");
     assert_nothing_more(&mut l);
 }
