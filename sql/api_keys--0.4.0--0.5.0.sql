@@ -714,3 +714,16 @@ $$;
 -- Admins read stats(), and the audit log's sequence, which pg_dump reads with the log.
 GRANT EXECUTE ON FUNCTION api_keys.stats() TO api_keys_admin;
 GRANT SELECT ON api_keys.audit_log_id_seq TO api_keys_admin;
+
+-- The audit entries of the keys the caller may see (for owners and the command line).
+CREATE VIEW api_keys.key_audit WITH (security_barrier) AS
+SELECT a.id, a.at, a.key_id, a.prefix, a.action, a.actor, a.app_actor,
+       a.old_status, a.new_status, a.reason, a.details
+  FROM api_keys.audit_log a
+ WHERE (SELECT api_keys._caller_is_admin())
+    OR a.key_id IN (SELECT l.id FROM api_keys.key_list l);
+
+COMMENT ON VIEW api_keys.key_audit IS
+    'The audit entries of the keys the caller may see (admins: all of them).';
+REVOKE ALL ON api_keys.key_audit FROM PUBLIC;
+GRANT SELECT ON api_keys.key_audit TO PUBLIC;

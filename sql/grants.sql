@@ -35,7 +35,7 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
 TO PUBLIC;
 GRANT SELECT ON api_keys.key_list, api_keys.expiring_soon,
-                api_keys.usage_by_key, api_keys.usage_by_owner TO PUBLIC;
+                api_keys.usage_by_key, api_keys.usage_by_owner, api_keys.key_audit TO PUBLIC;
 
 -- The scanner regex reveals nothing but the brand.
 GRANT EXECUTE ON FUNCTION api_keys.key_pattern() TO PUBLIC;

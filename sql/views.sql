@@ -82,3 +82,15 @@ SELECT l.owner, u.hour,
 
 COMMENT ON VIEW api_keys.usage_by_owner IS
     'Hourly usage summed over each owner''s keys (org-wide), for the owners the caller may see.';
+
+-- The audit entries of the keys the caller may see; admins see every entry (deleted
+-- keys' history and signing-key rotations too). The log itself stays admins-only.
+CREATE VIEW api_keys.key_audit WITH (security_barrier) AS
+SELECT a.id, a.at, a.key_id, a.prefix, a.action, a.actor, a.app_actor,
+       a.old_status, a.new_status, a.reason, a.details
+  FROM api_keys.audit_log a
+ WHERE (SELECT api_keys._caller_is_admin())
+    OR a.key_id IN (SELECT l.id FROM api_keys.key_list l);
+
+COMMENT ON VIEW api_keys.key_audit IS
+    'The audit entries of the keys the caller may see (admins: all of them).';
