@@ -445,9 +445,10 @@ AS 'MODULE_PATHNAME', '_authentic_key_wrapper';
 
 -- The id of the key `key_id` names: a uuid as text, or a prefix (of a whole key too,
 -- with a WARNING). A prefix no key the caller may manage has raises P0002, as an
--- unknown id does; anything else 22023, without repeating the input.
+-- unknown id does; anything else 22023, without repeating the input, and the
+-- statement's text (which may hold a secret) is kept out of the server log.
 CREATE FUNCTION api_keys._key_ref(key_id text) RETURNS uuid
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -460,30 +461,35 @@ DECLARE
 BEGIN
     IF key_id IS NULL THEN
         RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF octet_length(key_id) <= 128 AND key_id ~ (prefix_at_start || '_') THEN
-        -- A whole key, or most of one: its prefix names the key. A WARNING rather than
-        -- an error, which would put the statement, secret and all, in the server log.
+    END IF;
+    IF NOT (octet_length(key_id) <= 64 AND key_id ~ (prefix_at_start || '$')) THEN
+        BEGIN
+            RETURN key_id::uuid;
+        EXCEPTION WHEN invalid_text_representation THEN
+            -- Neither an id nor a prefix: it may hold a secret (a whole key, pasted
+            -- with a space, say). PostgreSQL logs the text of a statement that fails;
+            -- not this one, whatever fails later in this call (the setting ends with
+            -- the call, or with the transaction an error aborts).
+            PERFORM set_config('log_min_error_statement', 'panic', true);
+        END;
+        IF octet_length(key_id) > 128 OR key_id !~ (prefix_at_start || '_') THEN
+            RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
+        END IF;
+        -- A whole key, or most of one: its prefix names the key.
         key_id := (regexp_match(key_id, prefix_at_start))[1];
         RAISE WARNING 'key_id is a whole API key, secret included; its prefix % names the key', key_id
             USING HINT = 'Pass the prefix only. A key sent where it should not be is exposed: revoke it.';
     END IF;
-    IF octet_length(key_id) <= 64 AND key_id ~ (prefix_at_start || '$') THEN
-        SELECT k.id INTO found FROM api_keys.keys k
-         WHERE k.prefix = key_id AND (k.owner = me OR admin);
-        IF found IS NULL THEN
-            RAISE EXCEPTION 'no API key with prefix %', key_id
-                USING ERRCODE = 'no_data_found',
-                      HINT = 'The key does not exist, or it belongs to another owner.';
-        END IF;
-        RETURN found;
+    SELECT k.id INTO found FROM api_keys.keys k
+     WHERE k.prefix = key_id AND (k.owner = me OR admin);
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'no API key with prefix %', key_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'The key does not exist, or it belongs to another owner.';
     END IF;
-    BEGIN
-        RETURN key_id::uuid;
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
-    END;
+    RETURN found;
 END $$;
 
 CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)
@@ -587,12 +593,12 @@ AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 -- Leaked keys: what a secret scanner found revokes the keys it contains.
 
--- Revokes each presented string that is a key issued here (not yet revoked), with
+-- Revokes each key issued here (not yet revoked) found in the presented strings, with
 -- reason 'leaked: <source>' (audited, and sent as a change event like any revocation);
 -- returns their prefixes. Anything else (no key, another installation's key, a wrong
 -- secret, NULL) is ignored without a word: a scanner's findings are mostly noise.
--- Spaces, tabs and line ends around a string are not part of it. At most 1000 strings
--- per call, each costing at most one argon2 computation.
+-- At most 1000 strings per call, each key found costing at most one argon2
+-- computation.
 CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -600,9 +606,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found uuid[];
-    held text[];
+    revoked text[] := '{}';
+    waited text[] := '{}';
+    held uuid[];
     k api_keys.keys;
 BEGIN
+    -- The arguments are keys: PostgreSQL logs the text of a statement that fails, but
+    -- not this one (the setting ends with the call, or with the transaction an error
+    -- aborts).
+    PERFORM set_config('log_min_error_statement', 'panic', true);
     IF keys IS NULL THEN
         RAISE EXCEPTION 'keys must not be NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass the strings a secret scanner found, as a text array.';
@@ -613,16 +625,26 @@ BEGIN
     ELSIF source IS NULL OR btrim(source) = '' THEN
         RAISE EXCEPTION 'source is required' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Say where the keys were found, e.g. ''github secret scanning''; it becomes the revocation reason.';
+    ELSIF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- A key its owner or the worker changes meanwhile would fail the whole report
+        -- with a serialization error.
+        RAISE EXCEPTION 'api_key_report_leaked() runs only at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
     PERFORM api_keys._check_length('source', source, 200);
+    -- Every key in the first 4 KiB of each string: scanner lines quote keys, or put
+    -- them after `token=`.
     found := ARRAY(SELECT DISTINCT a
-                     FROM (SELECT DISTINCT btrim(p, E' \t\r\n') AS p
-                             FROM unnest(keys) p WHERE p IS NOT NULL) presented,
-                          LATERAL api_keys._authentic_key(textsend(presented.p)) a
+                     FROM (SELECT DISTINCT m[1] AS presented
+                             FROM unnest(keys) p,
+                                  regexp_matches(left(p, 4096), '(' || api_keys.key_pattern() || ')', 'g') m
+                            WHERE p IS NOT NULL) s,
+                          LATERAL api_keys._authentic_key(textsend(s.presented)) a
                     WHERE a IS NOT NULL);
-    -- Never waits: a key whose row another transaction holds (its owner editing it,
-    -- say) must not hold up the revocation of the others. It is named in a WARNING, to
-    -- be reported again.
+    -- First without waiting: a key whose row another transaction holds must not hold
+    -- up the revocation of the others.
     FOR k IN SELECT * FROM api_keys.keys
               WHERE id = ANY (found) AND status <> 'revoked'
               ORDER BY prefix
@@ -630,15 +652,36 @@ BEGIN
     LOOP
         UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
          WHERE id = k.id;
-        RETURN NEXT k.prefix;
+        revoked := revoked || k.prefix;
     END LOOP;
-    held := ARRAY(SELECT prefix FROM api_keys.keys
-                   WHERE id = ANY (found) AND status <> 'revoked' ORDER BY prefix);
+    -- Then a short wait for the held ones: most locks are brief (a worker's flush, an
+    -- owner's edit). Past it, they are named in a WARNING, to be reported again.
+    held := ARRAY(SELECT id FROM api_keys.keys WHERE id = ANY (found) AND status <> 'revoked');
     IF held <> '{}' THEN
-        RAISE WARNING '% reported key(s) not revoked: another transaction holds them', cardinality(held)
-            USING DETAIL = 'Held: ' || array_to_string(held, ', ') || '.',
-                  HINT = 'Report them again once that transaction has ended.';
+        BEGIN
+            PERFORM set_config('lock_timeout', '2s', true);
+            FOR k IN SELECT * FROM api_keys.keys
+                      WHERE id = ANY (held) AND status <> 'revoked'
+                      ORDER BY prefix
+                        FOR UPDATE
+            LOOP
+                UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
+                 WHERE id = k.id;
+                waited := waited || k.prefix;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            waited := '{}';
+        END;
+        revoked := revoked || waited;
+        waited := ARRAY(SELECT prefix FROM api_keys.keys
+                         WHERE id = ANY (held) AND status <> 'revoked' ORDER BY prefix);
+        IF waited <> '{}' THEN
+            RAISE WARNING '% reported key(s) not revoked: another transaction holds them', cardinality(waited)
+                USING DETAIL = 'Held: ' || array_to_string(waited, ', ') || '.',
+                      HINT = 'Report them again once that transaction has ended.';
+        END IF;
     END IF;
+    RETURN QUERY SELECT r FROM unnest(revoked) r ORDER BY r;
 END $$;
 
 CREATE FUNCTION api_keys.api_key_report_leaked(keys text[], source text)
@@ -697,7 +740,7 @@ BEGIN
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pair.text_version);
         FOR grantee IN
-            SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END
+            SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
                    || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
               FROM pg_catalog.pg_proc p,
                    pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)))
@@ -707,6 +750,16 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', pair.text_version, grantee);
         END LOOP;
+        -- pg_dump writes a member's privileges as changes from its initial ones, which
+        -- these GRANTs would otherwise become: start the new version from where its
+        -- uuid version started, so a dump carries the database's changes to both.
+        UPDATE pg_catalog.pg_init_privs t
+           SET initprivs = u.initprivs
+          FROM pg_catalog.pg_init_privs u
+         WHERE t.objoid = pair.text_version::oid AND t.classoid = 'pg_catalog.pg_proc'::regclass
+           AND t.objsubid = 0
+           AND u.objoid = pair.uuid_version AND u.classoid = 'pg_catalog.pg_proc'::regclass
+           AND u.objsubid = 0;
     END LOOP;
 END
 $$;

@@ -6,9 +6,10 @@
 
 -- The id of the key `key_id` names: a uuid as text, or a prefix (of a whole key too,
 -- with a WARNING). A prefix no key the caller may manage has raises P0002, as an
--- unknown id does; anything else 22023, without repeating the input.
+-- unknown id does; anything else 22023, without repeating the input, and the
+-- statement's text (which may hold a secret) is kept out of the server log.
 CREATE FUNCTION api_keys._key_ref(key_id text) RETURNS uuid
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -21,30 +22,35 @@ DECLARE
 BEGIN
     IF key_id IS NULL THEN
         RAISE EXCEPTION 'key_id must not be NULL' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF octet_length(key_id) <= 128 AND key_id ~ (prefix_at_start || '_') THEN
-        -- A whole key, or most of one: its prefix names the key. A WARNING rather than
-        -- an error, which would put the statement, secret and all, in the server log.
+    END IF;
+    IF NOT (octet_length(key_id) <= 64 AND key_id ~ (prefix_at_start || '$')) THEN
+        BEGIN
+            RETURN key_id::uuid;
+        EXCEPTION WHEN invalid_text_representation THEN
+            -- Neither an id nor a prefix: it may hold a secret (a whole key, pasted
+            -- with a space, say). PostgreSQL logs the text of a statement that fails;
+            -- not this one, whatever fails later in this call (the setting ends with
+            -- the call, or with the transaction an error aborts).
+            PERFORM set_config('log_min_error_statement', 'panic', true);
+        END;
+        IF octet_length(key_id) > 128 OR key_id !~ (prefix_at_start || '_') THEN
+            RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
+        END IF;
+        -- A whole key, or most of one: its prefix names the key.
         key_id := (regexp_match(key_id, prefix_at_start))[1];
         RAISE WARNING 'key_id is a whole API key, secret included; its prefix % names the key', key_id
             USING HINT = 'Pass the prefix only. A key sent where it should not be is exposed: revoke it.';
     END IF;
-    IF octet_length(key_id) <= 64 AND key_id ~ (prefix_at_start || '$') THEN
-        SELECT k.id INTO found FROM api_keys.keys k
-         WHERE k.prefix = key_id AND (k.owner = me OR admin);
-        IF found IS NULL THEN
-            RAISE EXCEPTION 'no API key with prefix %', key_id
-                USING ERRCODE = 'no_data_found',
-                      HINT = 'The key does not exist, or it belongs to another owner.';
-        END IF;
-        RETURN found;
+    SELECT k.id INTO found FROM api_keys.keys k
+     WHERE k.prefix = key_id AND (k.owner = me OR admin);
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'no API key with prefix %', key_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'The key does not exist, or it belongs to another owner.';
     END IF;
-    BEGIN
-        RETURN key_id::uuid;
-    EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'As api_keys.key_list shows them, e.g. ''ak_live_AbCdEf012345''.';
-    END;
+    RETURN found;
 END $$;
 
 CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)

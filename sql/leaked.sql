@@ -1,11 +1,11 @@
 -- Leaked keys: what a secret scanner found revokes the keys it contains.
 
--- Revokes each presented string that is a key issued here (not yet revoked), with
+-- Revokes each key issued here (not yet revoked) found in the presented strings, with
 -- reason 'leaked: <source>' (audited, and sent as a change event like any revocation);
 -- returns their prefixes. Anything else (no key, another installation's key, a wrong
 -- secret, NULL) is ignored without a word: a scanner's findings are mostly noise.
--- Spaces, tabs and line ends around a string are not part of it. At most 1000 strings
--- per call, each costing at most one argon2 computation.
+-- At most 1000 strings per call, each key found costing at most one argon2
+-- computation.
 CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -13,9 +13,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found uuid[];
-    held text[];
+    revoked text[] := '{}';
+    waited text[] := '{}';
+    held uuid[];
     k api_keys.keys;
 BEGIN
+    -- The arguments are keys: PostgreSQL logs the text of a statement that fails, but
+    -- not this one (the setting ends with the call, or with the transaction an error
+    -- aborts).
+    PERFORM set_config('log_min_error_statement', 'panic', true);
     IF keys IS NULL THEN
         RAISE EXCEPTION 'keys must not be NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass the strings a secret scanner found, as a text array.';
@@ -26,16 +32,26 @@ BEGIN
     ELSIF source IS NULL OR btrim(source) = '' THEN
         RAISE EXCEPTION 'source is required' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Say where the keys were found, e.g. ''github secret scanning''; it becomes the revocation reason.';
+    ELSIF current_setting('transaction_isolation') <> 'read committed' THEN
+        -- A key its owner or the worker changes meanwhile would fail the whole report
+        -- with a serialization error.
+        RAISE EXCEPTION 'api_key_report_leaked() runs only at READ COMMITTED, not %',
+                        upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
     PERFORM api_keys._check_length('source', source, 200);
+    -- Every key in the first 4 KiB of each string: scanner lines quote keys, or put
+    -- them after `token=`.
     found := ARRAY(SELECT DISTINCT a
-                     FROM (SELECT DISTINCT btrim(p, E' \t\r\n') AS p
-                             FROM unnest(keys) p WHERE p IS NOT NULL) presented,
-                          LATERAL api_keys._authentic_key(textsend(presented.p)) a
+                     FROM (SELECT DISTINCT m[1] AS presented
+                             FROM unnest(keys) p,
+                                  regexp_matches(left(p, 4096), '(' || api_keys.key_pattern() || ')', 'g') m
+                            WHERE p IS NOT NULL) s,
+                          LATERAL api_keys._authentic_key(textsend(s.presented)) a
                     WHERE a IS NOT NULL);
-    -- Never waits: a key whose row another transaction holds (its owner editing it,
-    -- say) must not hold up the revocation of the others. It is named in a WARNING, to
-    -- be reported again.
+    -- First without waiting: a key whose row another transaction holds must not hold
+    -- up the revocation of the others.
     FOR k IN SELECT * FROM api_keys.keys
               WHERE id = ANY (found) AND status <> 'revoked'
               ORDER BY prefix
@@ -43,15 +59,36 @@ BEGIN
     LOOP
         UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
          WHERE id = k.id;
-        RETURN NEXT k.prefix;
+        revoked := revoked || k.prefix;
     END LOOP;
-    held := ARRAY(SELECT prefix FROM api_keys.keys
-                   WHERE id = ANY (found) AND status <> 'revoked' ORDER BY prefix);
+    -- Then a short wait for the held ones: most locks are brief (a worker's flush, an
+    -- owner's edit). Past it, they are named in a WARNING, to be reported again.
+    held := ARRAY(SELECT id FROM api_keys.keys WHERE id = ANY (found) AND status <> 'revoked');
     IF held <> '{}' THEN
-        RAISE WARNING '% reported key(s) not revoked: another transaction holds them', cardinality(held)
-            USING DETAIL = 'Held: ' || array_to_string(held, ', ') || '.',
-                  HINT = 'Report them again once that transaction has ended.';
+        BEGIN
+            PERFORM set_config('lock_timeout', '2s', true);
+            FOR k IN SELECT * FROM api_keys.keys
+                      WHERE id = ANY (held) AND status <> 'revoked'
+                      ORDER BY prefix
+                        FOR UPDATE
+            LOOP
+                UPDATE api_keys.keys SET status = 'revoked', status_reason = 'leaked: ' || btrim(source)
+                 WHERE id = k.id;
+                waited := waited || k.prefix;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            waited := '{}';
+        END;
+        revoked := revoked || waited;
+        waited := ARRAY(SELECT prefix FROM api_keys.keys
+                         WHERE id = ANY (held) AND status <> 'revoked' ORDER BY prefix);
+        IF waited <> '{}' THEN
+            RAISE WARNING '% reported key(s) not revoked: another transaction holds them', cardinality(waited)
+                USING DETAIL = 'Held: ' || array_to_string(waited, ', ') || '.',
+                      HINT = 'Report them again once that transaction has ended.';
+        END IF;
     END IF;
+    RETURN QUERY SELECT r FROM unnest(revoked) r ORDER BY r;
 END $$;
 
 CREATE FUNCTION api_keys.api_key_report_leaked(keys text[], source text)

@@ -70,3 +70,29 @@ fn a_held_key_is_named_and_the_others_are_revoked_at_once() {
     assert_eq!(report(&mut scanner), [held.prefix.as_str()]);
     assert_eq!(notices.lock().unwrap().len(), 1, "no second WARNING");
 }
+
+/// A report runs only at READ COMMITTED: under REPEATABLE READ a key its owner or the
+/// worker changed meanwhile would fail the whole report with a serialization error.
+#[test]
+fn a_report_refuses_repeatable_read() {
+    let cluster = Cluster::start("leaked_rr");
+    let mut admin = cluster.connect_fast(DB);
+    cheap_hashing(&mut admin);
+    let k = issue(&mut admin, "'rr', 'service', 'production'");
+    let mut t = admin
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    let e = t
+        .query(
+            "SELECT api_keys.api_key_report_leaked(ARRAY[$1], 'scan')",
+            &[&k.key],
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&postgres::error::SqlState::INVALID_TRANSACTION_STATE),
+        "{e:?}"
+    );
+}

@@ -137,3 +137,58 @@ fn no_key_secret_or_hash_reaches_the_log_at_debug5() {
         "an argon2 PHC string is in the server log"
     );
 }
+
+/// PostgreSQL logs the text of a statement that fails (`log_min_error_statement`, here
+/// at `warning`, stricter than its default), literals included. A whole key written
+/// as a literal where a lifecycle function wants an id or a prefix, or in a leaked-key
+/// report, stays out of the log whatever then fails: a missing reason, a refused
+/// transition, an unknown key, input that is no id at all.
+#[test]
+fn failing_statements_with_a_whole_key_literal_are_not_logged() {
+    let cluster = Cluster::start_with("logs_literal", &["log_min_error_statement = warning"]);
+    let mut c = cluster.connect(DB);
+    cheap_hashing(&mut c);
+    let a = issue(&mut c, "'literal a', 'service', 'production'");
+    c.batch_execute(&format!("SELECT api_keys.api_key_suspend('{}')", a.prefix))
+        .unwrap();
+    let key = &a.key;
+    for (sql, expected) in [
+        (
+            format!("SELECT api_keys.api_key_revoke('{key}', NULL)"),
+            "22023",
+        ),
+        (format!("SELECT api_keys.api_key_suspend('{key}')"), "55000"),
+        (
+            format!("SELECT api_keys.api_key_suspend(' {key}')"),
+            "22023",
+        ),
+        (
+            format!(
+                "SELECT api_keys.api_key_delete('{key}x{}')",
+                "y".repeat(200)
+            ),
+            "22023",
+        ),
+        (
+            format!("SELECT api_keys.api_key_report_leaked(ARRAY['{key}'], NULL)"),
+            "22023",
+        ),
+        (format!("SELECT api_keys.api_key_reactivate('{key}')"), "ok"),
+    ] {
+        let got = sqlstate(c.batch_execute(&sql));
+        assert_eq!(got.as_deref().unwrap_or("ok"), expected, "{sql}");
+    }
+    // An error outside our functions is logged with its statement, as PostgreSQL does.
+    assert!(c.batch_execute("SELECT 1/0 AS logged_statement").is_err());
+    drop(c);
+    let log = cluster.server_log();
+    assert!(
+        log.contains("logged_statement"),
+        "statements are not logged at all"
+    );
+    let secret = &key[key.len() - 6 - 21 - 43..key.len() - 6 - 21];
+    assert!(
+        !log.contains(secret),
+        "a secret is in the server log:\n{log}"
+    );
+}

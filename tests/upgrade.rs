@@ -285,10 +285,11 @@ fn the_prefix_versions_take_the_privileges_of_the_uuid_versions() {
     let mut c = cluster.connect("at_0_4_0");
     c.batch_execute(
         "CREATE EXTENSION api_keys VERSION '0.4.0'; \
-         CREATE ROLE ops; CREATE ROLE alice LOGIN; \
+         CREATE ROLE ops; CREATE ROLE \"Help Desk\"; CREATE ROLE alice LOGIN; \
          REVOKE EXECUTE ON FUNCTION api_keys.api_key_delete(uuid), \
                                     api_keys.api_key_revoke(uuid, text) FROM PUBLIC; \
          GRANT EXECUTE ON FUNCTION api_keys.api_key_delete(uuid) TO ops WITH GRANT OPTION; \
+         GRANT EXECUTE ON FUNCTION api_keys.api_key_revoke(uuid, text) TO \"Help Desk\"; \
          ALTER EXTENSION api_keys UPDATE",
     )
     .unwrap();
@@ -322,6 +323,24 @@ fn the_prefix_versions_take_the_privileges_of_the_uuid_versions() {
     ] {
         assert_eq!(acl(uuid_version), acl(text_version), "{acls:?}");
     }
+    // pg_dump writes the changes from the initial privileges: both versions start alike.
+    let init_differs: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_init_privs t JOIN pg_init_privs u \
+                 ON u.objoid = to_regprocedure(replace(t.objoid::regprocedure::text, '(text', '(uuid')) \
+              WHERE t.classoid = 'pg_proc'::regclass AND u.classoid = 'pg_proc'::regclass \
+                AND t.objoid::regprocedure::text \
+                    ~ '^api_keys\\.api_key_(suspend|reactivate|revoke|set_status|delete|rotate|update)\\(text' \
+                AND t.initprivs IS DISTINCT FROM u.initprivs",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(init_differs, 0);
+    assert!(
+        acl("api_keys.api_key_revoke(text,text)").contains("Help Desk"),
+        "{acls:?}"
+    );
     assert!(
         acl("api_keys.api_key_delete(text)").contains("ops=X*"),
         "{acls:?}"

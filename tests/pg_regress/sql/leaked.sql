@@ -42,11 +42,19 @@ SELECT valid, reason FROM api_key_verify(:'active');
 SELECT count(*) FROM api_key_report_leaked(ARRAY[:'active', :'suspended'], 'again');
 SELECT count(*) FROM api_key_report_leaked('{}', 'nothing');
 
--- spaces, tabs and line ends around a key (as a scanner's output lines have) are not
--- part of it
+-- keys are found inside the strings (a scanner's output lines): padded, quoted, after
+-- `token=`, two in one line; within the first 4 KiB of each string
 SELECT key AS padded FROM api_key_issue('padded', 'service', 'production') \gset
-SELECT count(*) FROM api_key_report_leaked(ARRAY[E' \t' || :'padded' || E'\r\n'], 'log lines');
-SELECT status, status_reason FROM keys WHERE name = 'padded';
+SELECT key AS quoted FROM api_key_issue('quoted', 'service', 'production') \gset
+SELECT key AS assigned FROM api_key_issue('assigned', 'service', 'production') \gset
+SELECT key AS too_far FROM api_key_issue('too far', 'service', 'production') \gset
+SELECT count(*) FROM api_key_report_leaked(
+    ARRAY[E' \t' || :'padded' || E'\r\n',
+          format('config.json:3: "api_key": "%s", token=%s;', :'quoted', :'assigned'),
+          repeat('x', 4096) || :'too_far'],
+    'log lines');
+SELECT name, status, status_reason FROM keys
+ WHERE name IN ('padded', 'quoted', 'assigned', 'too far') ORDER BY name;
 
 -- bounds: 22023 before any work
 SELECT regress.expect_error($$SELECT api_keys.api_key_report_leaked(NULL, 'x')$$);
