@@ -56,7 +56,10 @@ pub fn fields(pairs: &[(&str, String)]) -> Result<()> {
     let width = pairs.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
     let text: String = pairs
         .iter()
-        .map(|(label, value)| format!("{:width$} {value}\n", format!("{label}:")))
+        .map(|(label, value)| {
+            let line = format!("{:width$} {value}", format!("{label}:"));
+            format!("{}\n", line.trim_end())
+        })
         .collect();
     out(&text)
 }

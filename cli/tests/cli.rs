@@ -899,6 +899,67 @@ fn delete_asks_or_needs_yes() {
     assert_no_secret(&[&refused, &deleted], &[&key, &other]);
 }
 
+/// `api-keys delete <prefix>` as `user` on a terminal (util-linux `script` lends it
+/// one), answering `answer`; its exit code and what the terminal showed.
+fn delete_on_a_terminal(c: &Cluster, user: &str, prefix: &str, answer: &str) -> (i32, String) {
+    let port = c.port.to_string();
+    let mut child = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} delete {prefix}",
+            env!("CARGO_BIN_EXE_api-keys")
+        ))
+        .arg("/dev/null")
+        .env_clear()
+        .envs([
+            ("PGHOST", c.socket_dir()),
+            ("PGPORT", &port),
+            ("PGUSER", user),
+            ("PGDATABASE", DB),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux script, for a terminal");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+    )
+}
+
+#[test]
+fn delete_asks_on_a_terminal() {
+    let c = cluster();
+    c.role("ivan");
+    let key = create_quiet(&c, "ivan", &["--name", "asked about"]);
+    let p = prefix_of(&key);
+    let (code, screen) = delete_on_a_terminal(&c, "ivan", p, "n");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains(&format!("Delete key {p}? [y/N] Not deleted.")),
+        "{screen}"
+    );
+    expect(&c, "ivan", 0, &["show", p]);
+    let (code, screen) = delete_on_a_terminal(&c, "ivan", p, "y");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains(&format!(
+            "Delete key {p}? [y/N] Deleted key {p} (asked about)"
+        )),
+        "{screen}"
+    );
+    expect(&c, "ivan", 3, &["show", p]);
+    assert!(!screen.contains(secret(&key)));
+}
+
 /// The usage totals of `args` (`usage … -o json`), summed over the hours.
 fn usage_totals(c: &Cluster, user: &str, args: &[&str]) -> (i64, i64) {
     let out = expect(c, user, 0, &[&["usage", "-o", "json"][..], args].concat()).json();

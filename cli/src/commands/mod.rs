@@ -133,10 +133,13 @@ impl KeyRow {
         };
         let mut last_used = self.last_used();
         if self.used_ago.is_some() {
+            let from = match self.text("last_used_ip") {
+                ip if ip.is_empty() => String::new(),
+                ip => format!(", from {ip}"),
+            };
             last_used = format!(
-                "{} ({last_used}, from {})",
-                output::timestamp(self.get("last_used_at")),
-                self.text("last_used_ip")
+                "{} ({last_used}{from})",
+                output::timestamp(self.get("last_used_at"))
             );
         }
         let or = |v: String, default: &str| if v.is_empty() { default.to_owned() } else { v };
