@@ -191,8 +191,10 @@ pub struct OutputArg {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
+    /// Keys in this status (expired: past their expiry too)
     #[arg(long, value_enum)]
     pub status: Option<Status>,
+    /// Keys for this environment
     #[arg(long, visible_alias = "env", value_enum)]
     pub environment: Option<Environment>,
     /// Keys of this owner (admins; others see only their own keys)
@@ -208,8 +210,10 @@ pub struct ListArgs {
     /// expires; optionally followed by asc or desc
     #[arg(long, value_name = "COLUMN [asc|desc]", default_value = "created desc")]
     pub order_by: String,
+    /// Keys per page, 1 to 1000
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub page_size: i64,
+    /// Which page, from 1
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub page: i64,
     #[command(flatten)]
@@ -218,38 +222,53 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// What the key is for, as listings show it
     #[arg(long)]
     pub name: String,
+    /// Free text, as `show` shows it
     #[arg(long)]
     pub description: Option<String>,
+    /// A service's key or a person's
     #[arg(long = "type", value_enum, default_value = "service")]
     pub key_type: KeyType,
+    /// Which environment the key is for (its prefix says: live, stage, dev)
     #[arg(long, visible_alias = "env", value_enum, default_value = "production")]
     pub environment: Environment,
-    /// Comma-separated scopes, e.g. runs:read,projects/42/*:write (default: * = all)
-    #[arg(long, visible_alias = "scopes", value_name = "SCOPES")]
-    pub permissions: Option<String>,
     /// Owner of the key (admins only; default: you)
     #[arg(long)]
     pub owner: Option<String>,
-    /// Expire after this long: 90d, 12h, 30m, 2w
-    #[arg(long, value_parser = duration::arg, conflicts_with = "expires_at")]
-    pub expires_in: Option<String>,
-    /// Expire at this time, e.g. '2026-01-31 12:00+00'
-    #[arg(long, value_name = "TIMESTAMP")]
-    pub expires_at: Option<String>,
-    /// Comma-separated networks allowed to use the key, e.g. 10.0.0.0/8,192.0.2.7
-    #[arg(long, value_name = "CIDRS")]
-    pub allowed_cidrs: Option<String>,
-    #[arg(long, value_name = "N")]
-    pub rate_limit_per_minute: Option<i32>,
-    #[arg(long, value_name = "N")]
-    pub rate_limit_per_hour: Option<i32>,
+    #[command(flatten)]
+    pub settings: KeySettings,
     /// Print only the key, for KEY=$(api-keys create …)
     #[arg(long, short, conflicts_with = "output")]
     pub quiet: bool,
     #[command(flatten)]
     pub output: OutputArg,
+}
+
+/// The settings of a key that create sets and update replaces.
+#[derive(Args, Debug)]
+pub struct KeySettings {
+    /// Comma-separated scopes, e.g. runs:read,projects/42/*:write (create's default:
+    /// * = all)
+    #[arg(long, visible_alias = "scopes", value_name = "SCOPES")]
+    pub permissions: Option<String>,
+    /// Comma-separated networks that may use the key, e.g. 10.0.0.0/8,192.0.2.7
+    /// ('' or none: any)
+    #[arg(long, value_name = "CIDRS")]
+    pub allowed_cidrs: Option<String>,
+    /// Expire after this long: 90d, 12h, 30m, 2w
+    #[arg(long, value_name = "DURATION", value_parser = duration::arg, conflicts_with = "expires_at")]
+    pub expires_in: Option<String>,
+    /// Expire at this time, e.g. '2026-01-31 12:00+00'
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub expires_at: Option<String>,
+    /// Calls per clock minute (default: setting api_keys.default_rate_limit_per_minute)
+    #[arg(long, value_name = "N")]
+    pub rate_limit_per_minute: Option<i32>,
+    /// Calls per clock hour (default: setting api_keys.default_rate_limit_per_hour)
+    #[arg(long, value_name = "N")]
+    pub rate_limit_per_hour: Option<i32>,
 }
 
 #[derive(Args, Debug)]
@@ -266,32 +285,23 @@ pub struct UpdateArgs {
     /// The key's id or prefix
     #[arg(value_name = "ID|PREFIX")]
     pub key: String,
+    /// The new status (revoked and expired are final)
     #[arg(long, value_enum)]
     pub status: Option<Status>,
     /// Why (required to revoke)
     #[arg(long, requires = "status")]
     pub reason: Option<String>,
+    /// A new name
     #[arg(long)]
     pub name: Option<String>,
+    /// A new description ('' clears it)
     #[arg(long)]
     pub description: Option<String>,
-    /// Comma-separated scopes, replacing the key's
-    #[arg(long, visible_alias = "scopes", value_name = "SCOPES")]
-    pub permissions: Option<String>,
-    /// Comma-separated networks, replacing the key's ('' allows all)
-    #[arg(long, value_name = "CIDRS")]
-    pub allowed_cidrs: Option<String>,
-    #[arg(long, value_name = "TIMESTAMP", conflicts_with_all = ["expires_in", "no_expiry"])]
-    pub expires_at: Option<String>,
-    #[arg(long, value_parser = duration::arg, conflicts_with = "no_expiry")]
-    pub expires_in: Option<String>,
+    #[command(flatten)]
+    pub settings: KeySettings,
     /// Never expire
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
     pub no_expiry: bool,
-    #[arg(long, value_name = "N")]
-    pub rate_limit_per_minute: Option<i32>,
-    #[arg(long, value_name = "N")]
-    pub rate_limit_per_hour: Option<i32>,
     #[command(flatten)]
     pub output: OutputArg,
 }
@@ -302,7 +312,7 @@ pub struct RotateArgs {
     #[arg(value_name = "ID|PREFIX")]
     pub key: String,
     /// Keep the old key valid this long (0 revokes it at once): 1h, 30m, 2d
-    #[arg(long, value_parser = duration::arg)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::arg)]
     pub grace: Option<String>,
     /// Print only the new key
     #[arg(long, short, conflicts_with = "output")]

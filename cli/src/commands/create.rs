@@ -4,7 +4,7 @@
 use postgres::Client;
 use serde_json::json;
 
-use super::{comma_list, print_new_key, Call};
+use super::{print_new_key, Call};
 use crate::args::{label, CreateArgs};
 use crate::errors::Result;
 
@@ -21,30 +21,9 @@ pub fn run(client: &mut Client, args: CreateArgs) -> Result<()> {
         "{}::text::api_keys.environment",
         label(args.environment),
     );
-    call.arg_opt(
-        "scopes",
-        "{}::text[]",
-        args.permissions.as_deref().map(comma_list),
-    );
     call.arg_opt("description", "{}::text", args.description);
-    call.arg_opt(
-        "expires_at",
-        "statement_timestamp() + {}::text::interval",
-        args.expires_in,
-    );
-    call.arg_opt("expires_at", "{}::text::timestamptz", args.expires_at);
-    call.arg_opt(
-        "allowed_cidrs",
-        "{}::text[]::cidr[]",
-        args.allowed_cidrs.as_deref().map(comma_list),
-    );
     call.arg_opt("owner", "{}::text", args.owner);
-    call.arg_opt(
-        "rate_limit_per_minute",
-        "{}::int4",
-        args.rate_limit_per_minute,
-    );
-    call.arg_opt("rate_limit_per_hour", "{}::int4", args.rate_limit_per_hour);
+    call.settings(args.settings);
 
     let sql = format!(
         "SELECT id::text, key, prefix, to_json(expires_at) FROM api_keys.api_key_issue({})",

@@ -15,7 +15,7 @@ use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
 use serde_json::{json, Value};
 
-use crate::args::{Cli, Command, Format};
+use crate::args::{Cli, Command, Format, KeySettings};
 use crate::connect::connect;
 use crate::errors::{Class, Error, Result};
 use crate::keyref::KeyRef;
@@ -64,6 +64,30 @@ impl Call {
         if let Some(v) = value {
             self.arg(name, expr, v);
         }
+    }
+
+    /// The settings create and update share, as arguments of issue and update (an
+    /// expiry as a time or from now).
+    fn settings(&mut self, s: KeySettings) {
+        self.arg_opt(
+            "scopes",
+            "{}::text[]",
+            s.permissions.as_deref().map(comma_list),
+        );
+        // '' is an empty list, which allows every address.
+        self.arg_opt(
+            "allowed_cidrs",
+            "{}::text[]::cidr[]",
+            s.allowed_cidrs.as_deref().map(comma_list),
+        );
+        self.arg_opt("expires_at", "{}::text::timestamptz", s.expires_at);
+        self.arg_opt(
+            "expires_at",
+            "statement_timestamp() + {}::text::interval",
+            s.expires_in,
+        );
+        self.arg_opt("rate_limit_per_minute", "{}::int4", s.rate_limit_per_minute);
+        self.arg_opt("rate_limit_per_hour", "{}::int4", s.rate_limit_per_hour);
     }
 
     fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {

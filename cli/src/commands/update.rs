@@ -3,7 +3,7 @@
 
 use postgres::Client;
 
-use super::{comma_list, Call, KeyRow, KEY_COLUMNS};
+use super::{Call, KeyRow, KEY_COLUMNS};
 use crate::args::{label, UpdateArgs};
 use crate::errors::{Error, Result};
 
@@ -12,32 +12,10 @@ pub fn run(client: &mut Client, args: UpdateArgs) -> Result<()> {
     call.arg("key_id", "{}::text", args.key.clone());
     call.arg_opt("name", "{}::text", args.name);
     call.arg_opt("description", "{}::text", args.description);
-    call.arg_opt(
-        "scopes",
-        "{}::text[]",
-        args.permissions.as_deref().map(comma_list),
-    );
-    // '' is an empty list, which allows every address.
-    call.arg_opt(
-        "allowed_cidrs",
-        "{}::text[]::cidr[]",
-        args.allowed_cidrs.as_deref().map(comma_list),
-    );
-    call.arg_opt("expires_at", "{}::text::timestamptz", args.expires_at);
-    call.arg_opt(
-        "expires_at",
-        "statement_timestamp() + {}::text::interval",
-        args.expires_in,
-    );
+    call.settings(args.settings);
     if args.no_expiry {
         call.arg("expires_at", "{}::text::timestamptz", "infinity");
     }
-    call.arg_opt(
-        "rate_limit_per_minute",
-        "{}::int4",
-        args.rate_limit_per_minute,
-    );
-    call.arg_opt("rate_limit_per_hour", "{}::int4", args.rate_limit_per_hour);
     let edits = call.args.len() > 1;
     if !edits && args.status.is_none() {
         return Err(Error::usage("nothing to change")
