@@ -14,12 +14,15 @@ RUN_DIR ?= /tmp/api_keys_run
 RUN_PORT ?= 5433
 PGRX_TEST_DATA ?= /tmp/api_keys_pgrx_test
 PSQL_RUN := psql -X -h $(RUN_DIR) -p $(RUN_PORT) -U postgres
+# The command line client (cli/), as make run builds it, pointed at the run cluster.
+CLI_DEBUG := $${CARGO_TARGET_DIR:-target}/debug/api-keys
+CLI_RUN := PGHOST=$(RUN_DIR) PGPORT=$(RUN_PORT) PGUSER=postgres PGDATABASE=postgres $(CLI_DEBUG)
 
 # The tiers run in the order written (install before the tests that need it), also
 # under make -j.
 .NOTPARALLEL:
 
-.PHONY: run test bench bench-scale bench-standby release-install fuzz reliability deps postrust install lint regress isolation pgrx-test stop psql clean
+.PHONY: run test bench bench-scale bench-standby release-install fuzz reliability deps postrust install lint regress isolation pgrx-test cli install-cli cli-test stop psql clean
 
 ## make run: everything from a fresh machine to a guided tour on a local cluster.
 # The cluster is stopped while the library is replaced: installing copies over the
@@ -40,12 +43,24 @@ run: deps
 	@PGOPTIONS='-c client_min_messages=warning' $(PSQL_RUN) -q \
 	    -c "CREATE EXTENSION IF NOT EXISTS api_keys" -c "ALTER EXTENSION api_keys UPDATE"
 	@$(PSQL_RUN) -f examples/tour.sql
+	@cargo build --quiet -p api-keys-cli
+	@echo
+	@echo '8. The same from the command line (api-keys; README, "Command line"). The tour'"'"'s keys:'
+	@echo '   $$ api-keys list --search tour --page-size 3'
+	@$(CLI_RUN) list --search tour --page-size 3 | sed 's/^/   /'
+	@echo
+	@echo '   A key for a script or a CI step (--quiet prints the key alone), then its settings:'
+	@echo '   $$ KEY=$$(api-keys create --name "tour: from a script" --permissions runs:read --expires-in 1d --quiet)'
+	@key=$$($(CLI_RUN) create --name 'tour: from a script' --permissions runs:read --expires-in 1d --quiet) && \
+	    prefix=$$(echo "$$key" | cut -d_ -f1-3) && \
+	    echo "   \$$ api-keys show $$prefix" && \
+	    $(CLI_RUN) show "$$prefix" | sed 's/^/   /'
 	@echo
 	@echo "Connect:  psql -h $(RUN_DIR) -p $(RUN_PORT) -U postgres    (or: make psql)"
 	@echo "Stop:     make stop"
 
 ## make test: lint, pure and in-database units, the SQL surface, real-cluster integration.
-test: deps postrust lint install regress isolation pgrx-test
+test: deps postrust lint install regress isolation pgrx-test cli-test
 	@echo "make test: all tiers passed"
 
 ## make bench: pgbench against a preloaded cluster with a release build; writes
@@ -124,8 +139,8 @@ install:
 
 # Also: a released install script is never edited, and none is left unlisted.
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 	cd sql/released && sha256sum --check --quiet SHA256SUMS
 	@diff <(cd sql/released && ls api_keys--*.sql) <(cut -d' ' -f3 sql/released/SHA256SUMS) >/dev/null || \
 	    { echo "sql/released/SHA256SUMS does not list exactly the released install scripts" >&2; exit 1; }
@@ -142,6 +157,20 @@ isolation:
 pgrx-test: postrust
 	rm -rf $(PGRX_TEST_DATA)
 	cargo pgrx test pg15 --runas postgres --pgdata=$(PGRX_TEST_DATA)
+
+## make cli: the command line client, target/release/api-keys (README, "Command line").
+cli:
+	cargo build --release -p api-keys-cli
+	@echo "built $${CARGO_TARGET_DIR:-target}/release/api-keys"
+
+## make install-cli: the same, installed as ~/.cargo/bin/api-keys.
+install-cli:
+	cargo install --locked --path cli
+
+# The client against real clusters with the installed extension (make test's install
+# step): every command, output format, error path and exit code.
+cli-test:
+	PG_BIN=$(PG_BIN) cargo test -p api-keys-cli
 
 ## make fuzz: the parser and matcher property tests at volume (FUZZ_CASES each, default
 ## 1000000): key parser, scope matcher against a regex reference, CIDR matching against
