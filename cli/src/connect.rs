@@ -26,9 +26,16 @@ pub fn connect(dsn: Option<&str>) -> Result<Client> {
             eprintln!("hint: {}", redact(hint));
         }
     });
-    config
+    let mut client = config
         .connect(NoTls)
-        .map_err(|e| Error::connect(&target(&config), &e))
+        .map_err(|e| Error::connect(&target(&config), &e))?;
+    // Every name this client uses is qualified or built in: nothing a role put in a
+    // schema on the search path (an overload of to_json, an operator) may run as the
+    // caller, who may be an admin. As pg_dump does.
+    client.batch_execute(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)",
+    )?;
+    Ok(client)
 }
 
 fn connection_error(message: impl std::fmt::Display) -> Error {
@@ -43,23 +50,25 @@ pub fn config(dsn: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result
         None => ("DATABASE_URL", var("DATABASE_URL")),
     };
     let mut config = match &text {
-        Some(text) => {
-            // Checked first: the parser knows no verify-ca or verify-full.
-            if let Some(mode) = ssl_mode_in(text) {
-                check_ssl_mode(&mode)?;
+        // The parser's message names the faulty option, never a value. It knows
+        // sslmode disable, prefer and require only: allow, verify-ca and verify-full
+        // are refused as invalid values, and require below.
+        Some(text) => text.parse::<Config>().map_err(|e| {
+            let why = describe(&e);
+            let error =
+                connection_error(format!("{source} is not a valid connection string: {why}"));
+            if why.contains("sslmode") {
+                error.with_hint(SSL_HINT)
+            } else {
+                error
             }
-            // The parser knows no sslmode=allow; for a client without TLS it is disable.
-            let text = text.replace("sslmode=allow", "sslmode=disable");
-            // The parser's message names the faulty option, never a value.
-            text.parse::<Config>().map_err(|e| {
-                connection_error(format!(
-                    "{source} is not a valid connection string: {}",
-                    describe(&e)
-                ))
-            })?
-        }
+        })?,
         None => Config::new(),
     };
+    // As parsed (the last of several, URL escapes decoded, quoting undone).
+    if config.get_ssl_mode() == SslMode::Require {
+        check_ssl_mode("require")?;
+    }
     if let Some(mode) = var("PGSSLMODE") {
         check_ssl_mode(&mode)?;
     }
@@ -128,15 +137,7 @@ pub fn config(dsn: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result
     Ok(config)
 }
 
-/// The value of `sslmode` in a keyword string or URL, if any.
-fn ssl_mode_in(text: &str) -> Option<String> {
-    let at = text.find("sslmode=")? + "sslmode=".len();
-    let value: String = text[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    Some(value)
-}
+const SSL_HINT: &str = "api-keys has no TLS: connect over a unix socket or a trusted network with sslmode=disable or prefer, or through a local TLS tunnel.";
 
 fn check_ssl_mode(mode: &str) -> Result<()> {
     match mode {
@@ -144,7 +145,7 @@ fn check_ssl_mode(mode: &str) -> Result<()> {
         "require" | "verify-ca" | "verify-full" => Err(connection_error(format!(
             "sslmode={mode} needs TLS, which api-keys does not support"
         ))
-        .with_hint("Connect over a unix socket or a trusted network with sslmode=disable or prefer, or through a local TLS tunnel.")),
+        .with_hint(SSL_HINT)),
         other => Err(connection_error(format!(
             "invalid sslmode {other:?} (disable, allow, prefer, require, verify-ca, verify-full)"
         ))),
@@ -267,16 +268,35 @@ mod tests {
             let e = with(None, &[("PGUSER", "u"), ("PGSSLMODE", mode)]).unwrap_err();
             assert_eq!(e.class, Class::Connection);
             assert!(e.message.contains("needs TLS"), "{}", e.message);
-            let e = with(Some(&format!("host=h user=u sslmode={mode}")), &[]).unwrap_err();
-            assert!(e.message.contains("needs TLS"), "{}", e.message);
-            let e = with(Some(&format!("postgres://u@h/db?sslmode={mode}")), &[]).unwrap_err();
-            assert!(e.message.contains("needs TLS"), "{}", e.message);
+        }
+        // A connection string is read as the parser reads it: spaces around `=`,
+        // quoting, the last of several, URL escapes. Every way to ask for TLS is
+        // refused (require as such, verify-* as values the parser does not know).
+        for dsn in [
+            "host=h user=u sslmode=require",
+            "host=h user=u sslmode = require",
+            "host=h user=u sslmode='require'",
+            "host=h user=u sslmode=prefer sslmode=require",
+            "postgres://u@h/db?sslmode=require",
+            "postgres://u@h/db?sslmode=disable&sslmode=require",
+            "postgres://u@h/db?ssl%6dode=require",
+            "host=h user=u sslmode=verify-full",
+            "postgres://u@h/db?sslmode=verify-ca",
+        ] {
+            let e = with(Some(dsn), &[]).unwrap_err();
+            assert_eq!(e.class, Class::Connection, "{dsn}");
+            assert!(e.message.contains("sslmode"), "{dsn}: {}", e.message);
         }
         for mode in ["disable", "allow", "prefer"] {
             assert!(with(None, &[("PGUSER", "u"), ("PGSSLMODE", mode)]).is_ok());
+        }
+        for mode in ["disable", "prefer"] {
             assert!(with(Some(&format!("host=h user=u sslmode={mode}")), &[]).is_ok());
         }
         assert!(with(None, &[("PGUSER", "u"), ("PGSSLMODE", "bogus")]).is_err());
+        // Never a value in the message: here, part of a password.
+        let e = with(Some("host=h user=u password=xsslmode=Hunter2"), &[]);
+        assert!(e.is_ok() || !e.unwrap_err().message.contains("Hunter2"));
     }
 
     #[test]

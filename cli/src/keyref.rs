@@ -86,30 +86,45 @@ pub fn whole_key_prefix(s: &str) -> Option<&str> {
 }
 
 /// `text` with the secret of every key in it replaced by `…`: what the client prints
-/// on stderr may quote a mistyped argument.
+/// on stderr may quote a mistyped argument. A key is found wherever it starts, also
+/// glued to a word (`token_<key>`).
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        match whole_key_prefix(word) {
-            Some(prefix) => {
-                out.push_str(prefix);
-                out.push_str("_…");
-            }
-            None => out.push_str(word),
-        }
-        word.clear();
-    };
     for c in text.chars() {
         if c.is_ascii_alphanumeric() || c == '_' {
             word.push(c);
         } else {
-            flush(&mut word, &mut out);
+            redact_word(&word, &mut out);
+            word.clear();
             out.push(c);
         }
     }
-    flush(&mut word, &mut out);
+    redact_word(&word, &mut out);
     out
+}
+
+/// One run of letters, digits and underscores: up to the first key's prefix as is,
+/// the rest (the secret, and whatever is glued to it) as `_…`. Linear in the word:
+/// each triple of consecutive underscores is tried once.
+fn redact_word(word: &str, out: &mut String) {
+    let bytes = word.as_bytes();
+    let underscores: Vec<usize> = word.match_indices('_').map(|(i, _)| i).collect();
+    for w in underscores.windows(3) {
+        let (u1, u3) = (w[0], w[2]);
+        let brand_len = bytes[..u1]
+            .iter()
+            .rev()
+            .take(8)
+            .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            .count();
+        if brand_len >= 2 && u3 + 1 < word.len() && is_prefix(&word[u1 - brand_len..u3]) {
+            out.push_str(&word[..u3]);
+            out.push_str("_…");
+            return;
+        }
+    }
+    out.push_str(word);
 }
 
 #[cfg(test)]
@@ -159,5 +174,11 @@ mod tests {
         );
         assert_eq!(redact("a_b_c_d ünïcode"), "a_b_c_d ünïcode");
         assert!(!redact(&format!("{KEY}{KEY}")).contains("ceXZ"));
+        // Glued to a word, after an underscore or letters.
+        for glued in [format!("_{KEY}"), format!("x_{KEY}"), format!("svc{KEY}")] {
+            let shown = redact(&format!("bad value '{glued}'"));
+            assert!(!shown.contains("ceXZ"), "{shown}");
+            assert!(shown.contains("IMdcQW4lJbJX_…"), "{shown}");
+        }
     }
 }

@@ -1,22 +1,54 @@
 //! Printing: tables for people, JSON and CSV for scripts.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use comfy_table::{presets, Table};
 use serde_json::Value;
 
 use crate::errors::Result;
 
+/// Set while a new key is printed: then a reader that has gone is an error (the key
+/// exists and nobody has it), not a quiet end.
+pub static NEW_KEY: AtomicBool = AtomicBool::new(false);
+
 /// Writes to stdout. A reader that has gone (`api-keys list | head -1`) ends the
-/// program quietly, as it would end `ls`.
+/// program quietly, as it would end `ls`, except while a new key is printed.
 pub fn out(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && !NEW_KEY.load(Relaxed) => {
+            std::process::exit(0)
+        }
         r => Ok(r?),
+    }
+}
+
+/// Text for a terminal: control characters (an escape sequence in a key's name could
+/// clear the screen or forge a line) and bidirectional overrides shown escaped, as
+/// `\u{1b}`. Names, descriptions and reasons are any role's input.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A cell a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab, CR first)
+/// gets a leading `'`, as OWASP advises for CSV meant to be opened.
+fn no_formula(cell: &str) -> String {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
+        _ => cell.to_owned(),
     }
 }
 
@@ -26,7 +58,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
     t.load_preset(presets::NOTHING);
     t.set_header(headers.to_vec());
     for row in rows {
-        t.add_row(row.clone());
+        t.add_row(row.iter().map(|c| printable(c)).collect::<Vec<_>>());
     }
     for column in t.column_iter_mut() {
         column.set_padding((0, 2));
@@ -38,7 +70,7 @@ pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(headers)?;
     for row in rows {
-        w.write_record(row)?;
+        w.write_record(row.iter().map(|c| no_formula(c)))?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;
     out(&String::from_utf8_lossy(&bytes))
@@ -57,7 +89,7 @@ pub fn fields(pairs: &[(&str, String)]) -> Result<()> {
     let text: String = pairs
         .iter()
         .map(|(label, value)| {
-            let line = format!("{:width$} {value}", format!("{label}:"));
+            let line = format!("{:width$} {}", format!("{label}:"), printable(value));
             format!("{}\n", line.trim_end())
         })
         .collect();
@@ -145,6 +177,19 @@ mod tests {
         assert_eq!(ago(125.0), "2m ago");
         assert_eq!(ago(7200.0), "2h ago");
         assert_eq!(ago(3.0 * 86400.0), "3d ago");
+    }
+
+    #[test]
+    fn terminal_and_spreadsheet_safe() {
+        assert_eq!(
+            printable("evil\u{1b}[2J\r\nline"),
+            "evil\\u{1b}[2J\\u{d}\\u{a}line"
+        );
+        assert_eq!(printable("abc\u{202e}def"), "abc\\u{202e}def");
+        assert_eq!(printable("ci: runs/7 ü"), "ci: runs/7 ü");
+        assert_eq!(no_formula("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(no_formula("-1"), "'-1");
+        assert_eq!(no_formula("ci deploy"), "ci deploy");
     }
 
     #[test]

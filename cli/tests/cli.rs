@@ -1205,3 +1205,90 @@ fn help_has_examples_everywhere() {
     assert_eq!(run_env(&[], &[]).code, 2);
     assert_eq!(run_env(&[], &["create"]).code, 2, "--name is required");
 }
+
+/// Red-team regressions. A role that may create objects in a schema on the search path
+/// (`public`, on databases that began before PostgreSQL 15) plants an overload of a
+/// built-in the client calls, hoping an admin runs it: the client pins its search path
+/// and never calls it. Names, descriptions and reasons with escape sequences are shown
+/// escaped; a CSV cell that a spreadsheet would take for a formula is quoted; and a new
+/// key that cannot be printed is an error, not a quiet success.
+#[test]
+fn hostile_names_and_search_paths_do_not_reach_an_admin() {
+    let c = cluster();
+    c.role("rt_mallory");
+    c.admin(DB)
+        .batch_execute(
+            "GRANT CREATE ON SCHEMA public TO rt_mallory; \
+             CREATE TABLE public.rt_loot (who text); \
+             GRANT INSERT ON public.rt_loot TO rt_mallory",
+        )
+        .unwrap();
+    let mut mallory = postgres::Client::connect(
+        &format!(
+            "host={} port={} user=rt_mallory dbname={DB}",
+            c.socket_dir(),
+            c.port
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    mallory
+        .batch_execute(
+            "CREATE FUNCTION public.to_json(r api_keys.key_list) RETURNS json \
+             LANGUAGE plpgsql AS $$ BEGIN \
+               INSERT INTO public.rt_loot VALUES (current_user); \
+               RETURN pg_catalog.to_json(r); END $$",
+        )
+        .unwrap();
+    let name = "evil\u{1b}[2J\u{202e}=cmd";
+    let key = create_quiet(&c, "rt_mallory", &["--name", name]);
+    let prefix = prefix_of(&key);
+    create_quiet(&c, "rt_mallory", &["--name", "=1+2 evil"]);
+    let list = expect(&c, "postgres", 0, &["list", "--search", "evil"]);
+    let show = expect(&c, "postgres", 0, &["show", prefix]);
+    let csv = expect(
+        &c,
+        "postgres",
+        0,
+        &["list", "--search", "evil", "-o", "csv"],
+    );
+    let loot: i64 = c
+        .admin(DB)
+        .query_one("SELECT count(*) FROM public.rt_loot", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(loot, 0, "the planted function ran");
+    for out in [&list, &show] {
+        assert!(!out.stdout.contains('\u{1b}'), "{out:?}");
+        assert!(!out.stdout.contains('\u{202e}'), "{out:?}");
+        assert!(
+            out.stdout.contains("evil\\u{1b}[2J\\u{202e}=cmd"),
+            "{out:?}"
+        );
+    }
+    assert!(csv.stdout.contains(",'=1+2 evil,"), "{csv:?}");
+
+    // stdout closed before the key is printed: the key exists, nobody has it.
+    let port = c.port.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_api-keys"))
+        .args(["create", "--name", "never delivered", "--quiet"])
+        .env_clear()
+        .envs([
+            ("PGHOST", c.socket_dir()),
+            ("PGPORT", port.as_str()),
+            ("PGUSER", "rt_mallory"),
+            ("PGDATABASE", DB),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            drop(child.stdout.take());
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be printed"), "{stderr}");
+}

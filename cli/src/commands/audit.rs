@@ -76,6 +76,8 @@ fn table_row(e: &Value) -> Vec<String> {
     };
     let status = match (text("old_status").as_str(), text("new_status").as_str()) {
         ("", new) => new.to_owned(),
+        // A deletion: the status the key had.
+        (old, "") => format!("{old} → deleted"),
         (old, new) if old == new => old.to_owned(),
         (old, new) => format!("{old} → {new}"),
     };

@@ -241,6 +241,20 @@ fn print_new_key(
     key: &str,
     summary: &str,
 ) -> Result<()> {
+    output::NEW_KEY.store(true, std::sync::atomic::Ordering::Relaxed);
+    let prefix = fields["prefix"].as_str().unwrap_or_default().to_owned();
+    print_key(format, quiet, fields, key, summary).map_err(|e| {
+        Error::new(
+            Class::Other,
+            format!("key {prefix} was made, but it could not be printed: {}", e.message),
+        )
+        .with_hint(format!(
+            "Nobody has the key: revoke it (api-keys update {prefix} --status revoked --reason 'never delivered') and make another."
+        ))
+    })
+}
+
+fn print_key(format: Format, quiet: bool, fields: Value, key: &str, summary: &str) -> Result<()> {
     if quiet {
         return output::out(&format!("{key}\n"));
     }
