@@ -97,21 +97,9 @@ fn forged() -> Reason {
 /// others may be guessing at its prefix, and the budget would then refuse it. Nothing
 /// is counted: no usage, rate window, memo entry or failure.
 pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
-    let parsed = format::parse(key).ok()?;
-    if let Some(signature) = &parsed.signature {
-        if !signing_keys::made_by_us(signature) {
-            return None;
-        }
-    }
-    let row = key_row::fetch(parsed.prefix)?;
-    let signed_by = parsed
-        .signature
-        .as_ref()
-        .map(|s| s.signing_key_id.as_bytes());
+    let (parsed, row) = presented_row(key).ok()?;
     // A revoked key is left as it is, so it costs no argon2.
-    if signed_by != row.signing_key.as_ref().map(|id| &id[..])
-        || row.status == Some(KeyStatus::Revoked)
-    {
+    if row.status == Some(KeyStatus::Revoked) {
         return None;
     }
     let fact = memo::fact_id(&row.secret_hash, key);
@@ -127,6 +115,37 @@ pub(crate) fn authentic(key: &[u8]) -> Option<KeyRow<'_>> {
     matches.then_some(row)
 }
 
+/// Why a presentation has no key row to judge.
+enum Unread {
+    Malformed,
+    NotFound,
+    /// Its MAC fails, or it is not signed as its row says.
+    Forged,
+}
+
+/// The presentation, parsed, and its key row. Cheap rejection first: the shape and
+/// checksum (no table, no hash), then the signature (one HMAC, still no table), then
+/// the row, which says how the key is signed.
+fn presented_row(key: &[u8]) -> Result<(format::ParsedKey<'_>, KeyRow<'_>), Unread> {
+    let parsed = format::parse(key).map_err(|_| Unread::Malformed)?;
+    if let Some(signature) = &parsed.signature {
+        if !signing_keys::made_by_us(signature) {
+            return Err(Unread::Forged);
+        }
+    }
+    let row = key_row::fetch(parsed.prefix).ok_or(Unread::NotFound)?;
+    // A signed key is presented signed, by the signing key its row names.
+    if parsed
+        .signature
+        .as_ref()
+        .map(|s| s.signing_key_id.as_bytes())
+        != row.signing_key.as_ref().map(|id| &id[..])
+    {
+        return Err(Unread::Forged);
+    }
+    Ok((parsed, row))
+}
+
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
 /// row counts in that key's usage, except forgeries; only calls that pass every other
 /// check consume rate-limit quota.
@@ -135,24 +154,11 @@ fn check<'m>(
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
 ) -> Result<KeyRow<'m>, Reason> {
-    // Cheap rejection first: no table, no hash.
-    let parsed = format::parse(key).map_err(|_| Reason::Malformed)?;
-    // Then the signature: one HMAC, still no table.
-    if let Some(signature) = &parsed.signature {
-        if !signing_keys::made_by_us(signature) {
-            return Err(forged());
-        }
-    }
-    let row = key_row::fetch(parsed.prefix).ok_or(Reason::NotFound)?;
-    // A signed key is presented signed, by the signing key its row names.
-    if parsed
-        .signature
-        .as_ref()
-        .map(|s| s.signing_key_id.as_bytes())
-        != row.signing_key.as_ref().map(|id| &id[..])
-    {
-        return Err(forged());
-    }
+    let (parsed, row) = presented_row(key).map_err(|unread| match unread {
+        Unread::Malformed => Reason::Malformed,
+        Unread::NotFound => Reason::NotFound,
+        Unread::Forged => forged(),
+    })?;
     let key_id = row.key_id();
     let limits = rate_limits(&row);
     match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
