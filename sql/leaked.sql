@@ -12,6 +12,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    presented text[];
     found uuid[];
     revoked text[] := '{}';
     waited text[] := '{}';
@@ -32,23 +33,24 @@ BEGIN
     ELSIF source IS NULL OR btrim(source) = '' THEN
         RAISE EXCEPTION 'source is required' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Say where the keys were found, e.g. ''github secret scanning''; it becomes the revocation reason.';
-    ELSIF current_setting('transaction_isolation') <> 'read committed' THEN
-        -- A key its owner or the worker changes meanwhile would fail the whole report
-        -- with a serialization error.
-        RAISE EXCEPTION 'api_key_report_leaked() runs only at READ COMMITTED, not %',
-                        upper(current_setting('transaction_isolation'))
-            USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
     END IF;
+    -- A key its owner or the worker changes meanwhile would fail a report at a higher
+    -- level with a serialization error.
+    PERFORM api_keys._require_read_committed('api_key_report_leaked()');
     PERFORM api_keys._check_length('source', source, 200);
-    -- Every key in the first 4 KiB of each string: scanner lines quote keys, or put
-    -- them after `token=`.
+    -- Every key in the first 4 KiB of each string (scanner lines quote keys, or put
+    -- them after `token=`): at most 1000 in all, counted before any is hashed.
+    presented := ARRAY(SELECT DISTINCT m[1]
+                         FROM unnest(keys) p,
+                              regexp_matches(left(p, 4096), '(' || api_keys.key_pattern() || ')', 'g') m
+                        WHERE p IS NOT NULL);
+    IF cardinality(presented) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 keys per call (found %)', cardinality(presented)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits a report to 1000 keys; split it into several calls.';
+    END IF;
     found := ARRAY(SELECT DISTINCT a
-                     FROM (SELECT DISTINCT m[1] AS presented
-                             FROM unnest(keys) p,
-                                  regexp_matches(left(p, 4096), '(' || api_keys.key_pattern() || ')', 'g') m
-                            WHERE p IS NOT NULL) s,
-                          LATERAL api_keys._authentic_key(textsend(s.presented)) a
+                     FROM unnest(presented) s, LATERAL api_keys._authentic_key(textsend(s)) a
                     WHERE a IS NOT NULL);
     -- First without waiting: a key whose row another transaction holds must not hold
     -- up the revocation of the others.

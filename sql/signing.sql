@@ -61,12 +61,7 @@ DECLARE
 BEGIN
     -- The checks after the table's lock (the cap, an unused id) must see every
     -- rotation committed before it: a snapshot taken earlier would not.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'rotate_signing_key() runs only at READ COMMITTED, not %',
-                        upper(current_setting('transaction_isolation'))
-            USING ERRCODE = 'invalid_transaction_state',
-                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
-    END IF;
+    PERFORM api_keys._require_read_committed('rotate_signing_key()');
     SELECT * INTO STRICT created FROM api_keys._create_signing_key();
     -- An entry of no key (key_id and prefix NULL).
     PERFORM api_keys._audit('signing_key_rotated', NULL::api_keys.keys, NULL, NULL, NULL,

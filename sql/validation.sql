@@ -138,3 +138,18 @@ BEGIN
             HINT = 'Say why, e.g. ''leaked in a public repository''. It is kept in the audit log.';
     END IF;
 END $$;
+
+-- The isolation level a function needs to see every change committed before each of
+-- its statements (25000 otherwise, naming the function).
+CREATE FUNCTION api_keys._require_read_committed(what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '% runs only at READ COMMITTED, not %',
+                        what, upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Run it in a transaction at READ COMMITTED: BEGIN ISOLATION LEVEL READ COMMITTED.';
+    END IF;
+END $$;

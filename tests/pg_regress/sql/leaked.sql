@@ -59,6 +59,11 @@ SELECT name, status, status_reason FROM keys
 -- bounds: 22023 before any work
 SELECT regress.expect_error($$SELECT api_keys.api_key_report_leaked(NULL, 'x')$$);
 SELECT regress.expect_error($$SELECT api_keys.api_key_report_leaked(array_fill('x'::text, ARRAY[1001]), 'x')$$);
+-- ... and at most 1000 keys found in them (here 20 lines of 51 keys each)
+SELECT regress.expect_error(format('SELECT api_keys.api_key_report_leaked(%L::text[], %L)',
+    (SELECT array_agg(line) FROM (
+        SELECT string_agg(regress.forge_key('ak_live_' || lpad(i::text, 12, '0'), repeat('A', 43)), ' ') AS line
+          FROM generate_series(1, 1020) i GROUP BY i % 20) lines), 'x'));
 SELECT regress.expect_error(format('SELECT api_keys.api_key_report_leaked(ARRAY[%L], NULL)', :'unreported'));
 SELECT regress.expect_error(format('SELECT api_keys.api_key_report_leaked(ARRAY[%L], %L)', :'unreported', '  '));
 SELECT regress.expect_error(format('SELECT api_keys.api_key_report_leaked(ARRAY[%L], %L)', :'unreported', repeat('s', 201)));
