@@ -198,17 +198,17 @@ pub struct ListArgs {
     #[arg(long, visible_alias = "env", value_enum)]
     pub environment: Option<Environment>,
     /// Keys of this owner (admins; others see only their own keys)
-    #[arg(long)]
+    #[arg(long, value_parser = bounded_text)]
     pub owner: Option<String>,
     /// Name or prefix contains this text (case-insensitive)
-    #[arg(long)]
+    #[arg(long, value_parser = bounded_text)]
     pub search: Option<String>,
     /// A filter expression (see below)
     #[arg(long, value_name = "EXPR")]
     pub filter: Option<String>,
     /// Sort by: id, prefix, name, type, env, status, owner, created, last_used,
     /// expires; optionally followed by asc or desc
-    #[arg(long, value_name = "COLUMN [asc|desc]", default_value = "created desc")]
+    #[arg(long, value_name = "COLUMN [asc|desc]", default_value = "created desc", value_parser = bounded_text)]
     pub order_by: String,
     /// Keys per page, 1 to 1000
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
@@ -339,7 +339,7 @@ pub struct UsageArgs {
     #[arg(long, value_name = "ID|PREFIX", conflicts_with = "owner")]
     pub key: Option<String>,
     /// The usage of all keys of one owner
-    #[arg(long)]
+    #[arg(long, value_parser = bounded_text)]
     pub owner: Option<String>,
     /// How many hours back, this one included
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i32).range(1..=720))]
@@ -358,6 +358,15 @@ pub struct AuditArgs {
     pub limit: i64,
     #[command(flatten)]
     pub output: OutputArg,
+}
+
+/// A search text, owner or sort order: at most 200 characters, as the server bounds an
+/// owner, and as `--filter` bounds each of its values.
+fn bounded_text(text: &str) -> std::result::Result<String, String> {
+    if text.chars().count() > 200 {
+        return Err("at most 200 characters".into());
+    }
+    Ok(text.to_owned())
 }
 
 #[cfg(test)]

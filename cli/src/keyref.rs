@@ -41,6 +41,13 @@ impl KeyRef {
         )
     }
 
+    /// The id or the prefix, as the lifecycle functions take it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyRef::Id(s) | KeyRef::Prefix(s) => s,
+        }
+    }
+
     /// How messages name it.
     pub fn describe(&self) -> String {
         match self {

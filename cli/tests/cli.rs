@@ -1055,17 +1055,22 @@ fn whole_keys_name_their_key_without_being_printed() {
     c.role("heidi");
     let key = create_quiet(&c, "heidi", &["--name", "pasted"]);
     let p = prefix_of(&key);
-    // The client's own lookups (show) and the server's (update) warn with the prefix.
-    let show = expect(&c, "heidi", 0, &["show", &key]);
-    assert!(show.stderr.starts_with(&format!("warning: that is a whole API key, secret included; its prefix {p} names the key\nhint: ")), "{show:?}");
-    assert!(show.stdout.contains(p));
-    let update = expect(&c, "heidi", 0, &["update", &key, "--name", "renamed"]);
-    assert!(
-        update.stderr.contains(&format!(
-            "warning: key_id is a whole API key, secret included; its prefix {p} names the key"
-        )),
-        "{update:?}"
+    // The client names the key by its prefix itself (the key never reaches the
+    // server), with a warning, for lookups (show) and changes (update, once) alike.
+    let warning = format!(
+        "warning: that is a whole API key, secret included; its prefix {p} names the key\nhint: "
     );
+    let show = expect(&c, "heidi", 0, &["show", &key]);
+    assert!(show.stderr.starts_with(&warning), "{show:?}");
+    assert!(show.stdout.contains(p));
+    let update = expect(
+        &c,
+        "heidi",
+        0,
+        &["update", &key, "--name", "renamed", "--status", "suspended"],
+    );
+    assert!(update.stderr.starts_with(&warning), "{update:?}");
+    assert_eq!(update.stderr.matches("warning:").count(), 1, "{update:?}");
     let audit = expect(&c, "heidi", 0, &["audit", &key]);
     // A key among arguments clap rejects is cut to its prefix in the message.
     let clap = expect(&c, "heidi", 2, &["show", p, &key]);
@@ -1267,6 +1272,12 @@ fn hostile_names_and_search_paths_do_not_reach_an_admin() {
         );
     }
     assert!(csv.stdout.contains(",'=1+2 evil,"), "{csv:?}");
+    // Free text options are bounded like --filter's values.
+    let long = "x".repeat(201);
+    for option in ["--search", "--owner", "--order-by"] {
+        expect(&c, "rt_mallory", 2, &["list", option, &long]);
+    }
+    expect(&c, "rt_mallory", 2, &["usage", "--owner", &long]);
 
     // stdout closed before the key is printed: the key exists, nobody has it.
     let port = c.port.to_string();

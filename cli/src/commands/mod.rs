@@ -249,7 +249,7 @@ fn print_new_key(
             format!("key {prefix} was made, but it could not be printed: {}", e.message),
         )
         .with_hint(format!(
-            "Nobody has the key: revoke it (api-keys update {prefix} --status revoked --reason 'never delivered') and make another."
+            "Nobody has the key: rotate it (api-keys rotate {prefix}), which revokes it and makes one with the same settings."
         ))
     })
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::print_new_key;
 use crate::args::RotateArgs;
 use crate::errors::Result;
+use crate::keyref::KeyRef;
 use crate::output::timestamp;
 
 pub fn run(client: &mut Client, args: RotateArgs) -> Result<()> {
@@ -15,7 +16,7 @@ pub fn run(client: &mut Client, args: RotateArgs) -> Result<()> {
     let row = tx.query_one(
         "SELECT id::text, key, prefix, to_json(expires_at) \
            FROM api_keys.api_key_rotate($1::text, $2::text::interval)",
-        &[&args.key, &grace],
+        &[&KeyRef::parse(&args.key)?.as_str(), &grace],
     )?;
     let (id, key, prefix): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     // to_json(NULL) is NULL: no expiry.

@@ -6,10 +6,13 @@ use postgres::Client;
 use super::{Call, KeyRow, KEY_COLUMNS};
 use crate::args::{label, UpdateArgs};
 use crate::errors::{Error, Result};
+use crate::keyref::KeyRef;
 
 pub fn run(client: &mut Client, args: UpdateArgs) -> Result<()> {
+    // Named here, so that a pasted whole key never leaves this machine.
+    let key_ref = KeyRef::parse(&args.key)?;
     let mut call = Call::default();
-    call.arg("key_id", "{}::text", args.key.clone());
+    call.arg("key_id", "{}::text", key_ref.as_str().to_owned());
     call.arg_opt("name", "{}::text", args.name);
     call.arg_opt("description", "{}::text", args.description);
     call.settings(args.settings);
@@ -36,9 +39,10 @@ pub fn run(client: &mut Client, args: UpdateArgs) -> Result<()> {
             "SELECT {KEY_COLUMNS} FROM api_keys.api_key_set_status($1::text, \
              $2::text::api_keys.key_status, $3::text) l"
         );
-        key = Some(KeyRow::from_row(
-            &tx.query_one(&sql, &[&args.key, &label(status), &args.reason])?,
-        ));
+        key = Some(KeyRow::from_row(&tx.query_one(
+            &sql,
+            &[&key_ref.as_str(), &label(status), &args.reason],
+        )?));
     }
     tx.commit()?;
     key.expect("an edit or a status change ran")

@@ -11,16 +11,21 @@ use crate::errors::{Class, Error, Result};
 use crate::keyref::KeyRef;
 use crate::output;
 
-/// The hours of the window, each joined with the usage counted in it. Usage hours are
-/// matched by range, so that a session time zone with a half-hour offset still counts.
+/// The hours of the window, each joined with the usage counted in it: the usage of
+/// the window only (the table keeps every hour since install), summed per hour first,
+/// then joined by equality. Usage hours are truncated in the session's time zone, so
+/// that one with a half-hour offset still counts each in its hour.
 fn sql(view: &str, condition: &str) -> String {
     format!(
-        "SELECT to_json(h.hour), to_char(h.hour, 'YYYY-MM-DD HH24:MI'), \
-                coalesce(sum(u.verified), 0)::int8, coalesce(sum(u.rejected), 0)::int8 \
-           FROM generate_series(date_trunc('hour', statement_timestamp()) - ($1::int4 - 1) * interval '1 hour', \
-                                date_trunc('hour', statement_timestamp()), interval '1 hour') AS h(hour) \
-           LEFT JOIN {view} u ON u.hour >= h.hour AND u.hour < h.hour + interval '1 hour' AND {condition} \
-          GROUP BY h.hour ORDER BY h.hour"
+        "WITH w(first) AS (SELECT date_trunc('hour', statement_timestamp()) - ($1::int4 - 1) * interval '1 hour'), \
+              u AS (SELECT date_trunc('hour', v.hour) AS hour, sum(v.verified) AS verified, \
+                           sum(v.rejected) AS rejected \
+                      FROM {view} v, w WHERE v.hour >= w.first AND {condition} GROUP BY 1) \
+         SELECT to_json(h.hour), to_char(h.hour, 'YYYY-MM-DD HH24:MI'), \
+                coalesce(u.verified, 0)::int8, coalesce(u.rejected, 0)::int8 \
+           FROM w, generate_series(w.first, date_trunc('hour', statement_timestamp()), interval '1 hour') AS h(hour) \
+           LEFT JOIN u ON u.hour = h.hour \
+          ORDER BY h.hour"
     )
 }
 
@@ -35,7 +40,7 @@ pub fn run(client: &mut Client, args: UsageArgs) -> Result<()> {
     let rows = if let Some(k) = &args.key {
         let key = find_key(client, &KeyRef::parse(k)?)?;
         client.query(
-            &sql("api_keys.usage_by_key", "u.key_id = $2::text::uuid"),
+            &sql("api_keys.usage_by_key", "v.key_id = $2::text::uuid"),
             &[&args.hours, &key.text("id")],
         )?
     } else if let Some(owner) = &args.owner {
@@ -52,7 +57,7 @@ pub fn run(client: &mut Client, args: UsageArgs) -> Result<()> {
             );
         }
         client.query(
-            &sql("api_keys.usage_by_owner", "u.owner = $2::text"),
+            &sql("api_keys.usage_by_owner", "v.owner = $2::text"),
             &[&args.hours, owner],
         )?
     } else {
