@@ -7,13 +7,15 @@
 use subtle::ConstantTimeEq;
 
 use crate::core::argon2_budget::Budget;
-use crate::core::rate_limit::Activity;
+use crate::core::rate_limit::{Activity, OwnerWindows};
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct KeyState {
     pub(crate) activity: Activity,
     pub(crate) budget: Budget,
+    /// In an owner's entry (`owner_entry_id`), the windows its keys share.
+    pub(crate) owner: OwnerWindows,
     /// The memo fact (`memo::fact_id`) of the last presentation argon2 accepted; all
     /// zero: none. A hash change (rotation) changes every fact, so a stale one never
     /// matches.
@@ -27,6 +29,19 @@ const MICROS_PER_MINUTE: i64 = 60_000_000;
 
 fn minute_of(now: i64) -> u32 {
     (now.max(0) / MICROS_PER_MINUTE) as u32
+}
+
+/// The entry an owner's shared windows live in, beside its keys' entries: a digest of
+/// the owner's name (a key's entry is named by its uuid; 128 bits apart).
+pub(crate) fn owner_entry_id(owner: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"api_keys owner\0")
+        .chain_update(owner)
+        .finalize();
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 impl KeyState {
@@ -55,6 +70,7 @@ impl KeyState {
     /// Dropping it costs the key one argon2 computation at its next presentation.
     pub(crate) fn is_idle(&self, now: i64) -> bool {
         self.activity.is_idle(now)
+            && self.owner.is_idle(now)
             && !self.budget.is_live(now)
             && minute_of(now).saturating_sub(self.expiry_reported_minute) > 60
     }
@@ -94,14 +110,15 @@ mod tests {
         const HOUR: i64 = 3_600_000_000;
         let mut s = KeyState::default();
         let t = 50 * HOUR;
-        s.activity.record_rejected(t);
+        s.activity.record_rejected(t, 2);
         let copy = s.activity.unflushed(t).unwrap();
         s.activity.mark_written(&copy);
         s.budget.record_failure(t + 55 * 60_000_000);
         assert!(!s.is_idle(t + 62 * 60_000_000), "suspect for 10 minutes");
         assert!(s.is_idle(t + 66 * 60_000_000));
         let mut fresh = KeyState::default();
-        assert!(fresh.activity.admit(t, Limits::UNLIMITED, None));
+        let (admitted, _) = fresh.activity.admit(t, Limits::UNLIMITED, None, None);
+        assert_eq!(admitted, crate::core::rate_limit::Admission::Admitted);
         assert!(!fresh.is_idle(t + 3 * HOUR), "unwritten usage");
     }
 }

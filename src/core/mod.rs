@@ -4,9 +4,11 @@
 
 pub(crate) mod argon2_budget;
 pub(crate) mod cidr;
+pub(crate) mod credits;
 pub(crate) mod forwarded_for;
 pub(crate) mod key;
 pub(crate) mod key_state;
+pub(crate) mod limit_headers;
 pub(crate) mod memo;
 pub(crate) mod rate_limit;
 pub(crate) mod request_headers;

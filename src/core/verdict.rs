@@ -18,11 +18,12 @@ pub(crate) enum Reason {
     IpNotAllowed,
     InsufficientScope,
     RateLimited,
+    UsageExceeded,
 }
 
 impl Reason {
     /// In declaration order, so `reason as usize` indexes it.
-    pub(crate) const ALL: [Reason; 10] = [
+    pub(crate) const ALL: [Reason; 11] = [
         Self::Ok,
         Self::Malformed,
         Self::NotFound,
@@ -33,6 +34,7 @@ impl Reason {
         Self::IpNotAllowed,
         Self::InsufficientScope,
         Self::RateLimited,
+        Self::UsageExceeded,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -47,6 +49,23 @@ impl Reason {
             Self::IpNotAllowed => "ip_not_allowed",
             Self::InsufficientScope => "insufficient_scope",
             Self::RateLimited => "rate_limited",
+            Self::UsageExceeded => "usage_exceeded",
+        }
+    }
+
+    /// The usage table's outcome column a rejection counts in (`rate_limit::OUTCOMES`);
+    /// None for `ok` and for calls with no key row.
+    pub(crate) fn usage_column(self) -> Option<usize> {
+        match self {
+            Self::Ok | Self::Malformed | Self::NotFound => None,
+            Self::RateLimited => Some(0),
+            Self::UsageExceeded => Some(1),
+            Self::InvalidSecret => Some(2),
+            Self::Suspended => Some(3),
+            Self::Revoked => Some(4),
+            Self::Expired => Some(5),
+            Self::IpNotAllowed => Some(6),
+            Self::InsufficientScope => Some(7),
         }
     }
 
@@ -56,7 +75,7 @@ impl Reason {
         match self {
             Self::Ok => None,
             Self::IpNotAllowed | Self::InsufficientScope => Some(403),
-            Self::RateLimited => Some(429),
+            Self::RateLimited | Self::UsageExceeded => Some(429),
             _ => Some(401),
         }
     }
@@ -78,7 +97,10 @@ impl Reason {
             Self::IpNotAllowed => "The client address is outside the key's allowed_cidrs.",
             Self::InsufficientScope => "The key lacks the required scope.",
             Self::RateLimited => {
-                "The key is over its rate limit; retry in the next minute or hour."
+                "The key or its owner is over a rate limit; retry once the window resets (Retry-After)."
+            }
+            Self::UsageExceeded => {
+                "The key has no uses left; wait for its refill, or ask its owner or an admin for more."
             }
         }
     }

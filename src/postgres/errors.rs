@@ -23,6 +23,12 @@ pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>)
     unreachable!("ERROR does not return")
 }
 
+/// `s` copied into palloc'd memory, NUL-terminated.
+fn palloc_text(s: &str) -> *mut c_char {
+    // SAFETY: copies `s` (pointer and length of a live str).
+    unsafe { pgrx::pg_sys::pnstrdup(s.as_ptr().cast(), s.len()) }
+}
+
 /// An error with a SQLSTATE of our own (PostgREST's `PT401`, `PT403`, `PT429`), which
 /// pgrx's error type cannot carry. Its texts are copied into palloc memory, which the
 /// error cleanup frees, so raising it needs nothing from Rust.
@@ -31,6 +37,8 @@ pub(crate) struct Refusal {
     sqlstate: c_int,
     message: *mut c_char,
     hint: *mut c_char,
+    /// Null: none.
+    detail: *mut c_char,
 }
 
 impl Refusal {
@@ -41,12 +49,18 @@ impl Refusal {
         let sqlstate = sqlstate.bytes().rev().fold(0, |code, ch| {
             (code << 6) | ((ch as c_int - b'0' as c_int) & 0x3F)
         });
-        // SAFETY: copies `s` (pointer and length of a live str) into palloc'd memory.
-        let palloc_text = |s: &str| unsafe { pgrx::pg_sys::pnstrdup(s.as_ptr().cast(), s.len()) };
         Refusal {
             sqlstate,
             message: palloc_text(message),
             hint: palloc_text(hint),
+            detail: std::ptr::null_mut(),
+        }
+    }
+
+    pub(crate) fn with_detail(self, detail: &str) -> Refusal {
+        Refusal {
+            detail: palloc_text(detail),
+            ..self
         }
     }
 
@@ -61,6 +75,7 @@ impl Refusal {
             fn errcode(sqlerrcode: c_int) -> c_int;
             fn errmsg(fmt: *const c_char, ...) -> c_int;
             fn errhint(fmt: *const c_char, ...) -> c_int;
+            fn errdetail(fmt: *const c_char, ...) -> c_int;
             fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
         }
         // SAFETY: ereport(ERROR) spelled out; the texts are palloc'd, NUL-terminated and
@@ -71,6 +86,9 @@ impl Refusal {
                 errcode(self.sqlstate);
                 errmsg(c"%s".as_ptr(), self.message);
                 errhint(c"%s".as_ptr(), self.hint);
+                if !self.detail.is_null() {
+                    errdetail(c"%s".as_ptr(), self.detail);
+                }
                 errfinish(c"api_keys".as_ptr(), 0, c"api_keys".as_ptr());
             }
         }

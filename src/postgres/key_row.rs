@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use pgrx::{pg_guard, pg_sys, PgSqlErrorCode};
 
 use crate::core::cidr;
+use crate::core::credits::{CreditRow, Refill};
 use crate::core::key::signature::SIGNING_KEY_ID_LEN;
 use crate::core::verdict::KeyStatus;
 use crate::postgres::datum;
@@ -41,6 +42,10 @@ pub(crate) struct KeyRow<'m> {
     cidrs: StoredRules,
     pub(crate) rate_limit_per_minute: Option<i32>,
     pub(crate) rate_limit_per_hour: Option<i32>,
+    /// The owner's limits, copied into each of its keys (`api_keys.owner_limits`).
+    pub(crate) owner_rate_limit_per_minute: Option<i32>,
+    pub(crate) owner_rate_limit_per_hour: Option<i32>,
+    pub(crate) credits: CreditRow,
     /// The id of the signing key that signed the key (read without a copy on the heap;
     /// a stored value of another length, which the table's CHECK forbids, matches no
     /// key); None for a key issued before signing (or a catalog from before it).
@@ -60,6 +65,12 @@ enum StoredRules {
 }
 
 impl KeyRow<'_> {
+    /// The owner's name as stored (empty if the column could not be read).
+    pub(crate) fn owner_bytes(&self) -> &[u8] {
+        // SAFETY: a text datum copied into this call's memory by `read_row`.
+        self.owner.map_or(&[][..], |d| unsafe { datum::bytes(d) })
+    }
+
     /// The key's uuid bytes (the nil uuid if the column could not be read).
     pub(crate) fn key_id(&self) -> [u8; 16] {
         self.id
@@ -109,6 +120,14 @@ struct Columns {
     rate_limit_per_minute: i32,
     rate_limit_per_hour: i32,
     signing_key: i32,
+    owner_rate_limit_per_minute: i32,
+    owner_rate_limit_per_hour: i32,
+    uses_granted: i32,
+    uses_from: i32,
+    refill_amount: i32,
+    refill_interval: i32,
+    uses_period: i32,
+    uses_spent: i32,
 }
 
 /// # Safety
@@ -135,6 +154,14 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Columns {
                 b"rate_limit_per_minute" => &mut c.rate_limit_per_minute,
                 b"rate_limit_per_hour" => &mut c.rate_limit_per_hour,
                 b"signing_key" => &mut c.signing_key,
+                b"owner_rate_limit_per_minute" => &mut c.owner_rate_limit_per_minute,
+                b"owner_rate_limit_per_hour" => &mut c.owner_rate_limit_per_hour,
+                b"uses_granted" => &mut c.uses_granted,
+                b"uses_from" => &mut c.uses_from,
+                b"refill_amount" => &mut c.refill_amount,
+                b"refill_interval" => &mut c.refill_interval,
+                b"uses_period" => &mut c.uses_period,
+                b"uses_spent" => &mut c.uses_spent,
                 _ => continue,
             };
             *slot = i as i32 + 1;
@@ -323,6 +350,18 @@ unsafe fn read_row<'m>(slot: *mut pg_sys::TupleTableSlot, c: &Columns) -> KeyRow
             },
             rate_limit_per_minute: get(c.rate_limit_per_minute).map(|d| d.value() as i32),
             rate_limit_per_hour: get(c.rate_limit_per_hour).map(|d| d.value() as i32),
+            owner_rate_limit_per_minute: get(c.owner_rate_limit_per_minute)
+                .map(|d| d.value() as i32),
+            owner_rate_limit_per_hour: get(c.owner_rate_limit_per_hour).map(|d| d.value() as i32),
+            // int8 and timestamptz are passed by value (64-bit builds only).
+            credits: CreditRow {
+                uses_granted: get(c.uses_granted).map(|d| d.value() as i64),
+                uses_from: get(c.uses_from).map(|d| d.value() as i64),
+                refill_amount: get(c.refill_amount).map(|d| d.value() as i64),
+                refill: get(c.refill_interval).and_then(|d| Refill::from_label(datum::bytes(d))),
+                uses_period: get(c.uses_period).map(|d| d.value() as i64),
+                uses_spent: get(c.uses_spent).map_or(0, |d| d.value() as i64),
+            },
             signing_key: get(c.signing_key)
                 .map(|d| <[u8; SIGNING_KEY_ID_LEN]>::try_from(datum::bytes(d)).unwrap_or_default()),
             memory: PhantomData,

@@ -25,6 +25,25 @@ pub(crate) fn setting(name: &CStr, max: usize) -> Result<Option<String>, TooLong
     Ok(Some(value.to_string_lossy().into_owned()))
 }
 
+/// Set a setting for the rest of the transaction, as `set_config(name, value, true)`.
+pub(crate) fn set_local_setting(name: &CStr, value: &str) {
+    let value = std::ffi::CString::new(value).expect("no NUL in a setting");
+    // SAFETY: valid NUL-terminated name and value; a placeholder is made for a name
+    // with a dot that no module defines (as set_config does); errors are raised.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
 /// `inet_client_addr()`: None over a Unix socket.
 pub(crate) fn peer_address() -> Option<IpAddr> {
     // SAFETY: inet_client_addr() takes no argument and returns an inet or NULL.

@@ -10,23 +10,38 @@ use pgrx::pg_sys;
 
 use crate::core::key::{format, hash};
 use crate::core::memo::{self, Fact};
-use crate::core::rate_limit::Limits;
+use crate::core::rate_limit::{Admission, LimitState, Limits, Spend};
 use crate::core::verdict::{self, KeyState, KeyStatus, Reason};
 use crate::postgres::gucs;
 use crate::postgres::key_row::{self, KeyRow};
 use crate::postgres::shmem::{self, Argon2For};
 use crate::postgres::signing_keys;
 
-/// Verify and count the outcome in `api_keys.stats()`. `required_scope` is raw bytes:
-/// a scope that is not UTF-8 is one nobody holds.
+/// A verification's answer: the key row of a valid key or why not, and, once the secret
+/// has matched, the key's limits after the call.
+pub(crate) struct Verdict<'m> {
+    pub(crate) outcome: Result<KeyRow<'m>, Reason>,
+    pub(crate) limits: Option<LimitState>,
+}
+
+impl Verdict<'_> {
+    pub(crate) fn reason(&self) -> Reason {
+        *self.outcome.as_ref().err().unwrap_or(&Reason::Ok)
+    }
+}
+
+/// Verify, spending `cost` uses of a key with credits, and count the outcome in
+/// `api_keys.stats()`. `required_scope` is raw bytes: a scope that is not UTF-8 is one
+/// nobody holds.
 pub(crate) fn verify<'m>(
     key: &'m [u8],
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
-) -> Result<KeyRow<'m>, Reason> {
-    let outcome = check(key, client, required_scope);
-    shmem::count(*outcome.as_ref().err().unwrap_or(&Reason::Ok));
-    outcome
+    cost: u32,
+) -> Verdict<'m> {
+    let verdict = check(key, client, required_scope, cost);
+    shmem::count(verdict.reason());
+    verdict
 }
 
 /// A presentation the memo does not know: argon2 decides, and the memo remembers the
@@ -149,26 +164,71 @@ fn presented_row(key: &[u8]) -> Result<(format::ParsedKey<'_>, KeyRow<'_>), Unre
 /// The key row of a valid key, or why it is not valid. Every call that finds a key
 /// row counts in that key's usage, except forgeries; only calls that pass every other
 /// check consume rate-limit quota.
+/// A call refused before its key is read (a cost out of bounds), counted as malformed.
+pub(crate) fn malformed_call<'m>() -> Verdict<'m> {
+    shmem::count(Reason::Malformed);
+    refused(Reason::Malformed)
+}
+
+/// A refusal before the key's limits are known.
+fn refused<'m>(reason: Reason) -> Verdict<'m> {
+    Verdict {
+        outcome: Err(reason),
+        limits: None,
+    }
+}
+
 fn check<'m>(
     key: &'m [u8],
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
-) -> Result<KeyRow<'m>, Reason> {
-    let (parsed, row) = presented_row(key).map_err(|unread| match unread {
-        Unread::Malformed => Reason::Malformed,
-        Unread::NotFound => Reason::NotFound,
-        Unread::Forged => forged(),
-    })?;
+    cost: u32,
+) -> Verdict<'m> {
+    let (parsed, row) = match presented_row(key) {
+        Ok(found) => found,
+        Err(Unread::Malformed) => return refused(Reason::Malformed),
+        Err(Unread::NotFound) => return refused(Reason::NotFound),
+        Err(Unread::Forged) => return refused(forged()),
+    };
     let key_id = row.key_id();
     let limits = rate_limits(&row);
     match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
-        Reason::Ok if shmem::admit(&key_id, limits, client) => Ok(row),
-        Reason::Ok => Err(Reason::RateLimited),
+        Reason::Ok => {
+            // SAFETY: reads the statement's start time.
+            let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+            let spend = row.credits.terms(now).map(|terms| Spend { terms, cost });
+            let owner = owner_limits(&row);
+            let (admission, state) = shmem::admit(&key_id, limits, client, spend, owner);
+            let outcome = match admission {
+                Admission::Admitted => Ok(row),
+                Admission::RateLimited => Err(Reason::RateLimited),
+                Admission::UsageExceeded => Err(Reason::UsageExceeded),
+            };
+            Verdict {
+                outcome,
+                limits: Some(state),
+            }
+        }
         reason => {
-            shmem::record_rejected(&key_id);
-            Err(reason)
+            if let Some(column) = reason.usage_column() {
+                shmem::record_rejected(&key_id, column);
+            }
+            refused(reason)
         }
     }
+}
+
+/// The owner's limits the key row carries (a copy of `api_keys.owner_limits`), if any.
+fn owner_limits<'r>(row: &'r KeyRow<'_>) -> Option<shmem::OwnerLimits<'r>> {
+    let limit = |l: Option<i32>| l.map_or(0, |l| l.max(0) as u32);
+    let limits = Limits {
+        per_minute: limit(row.owner_rate_limit_per_minute),
+        per_hour: limit(row.owner_rate_limit_per_hour),
+    };
+    (limits != Limits::UNLIMITED).then(|| shmem::OwnerLimits {
+        owner: row.owner_bytes(),
+        limits,
+    })
 }
 
 /// The key's limits: its own, else the settings' defaults (0 = unlimited).

@@ -18,6 +18,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
+use crate::core::key_state::owner_entry_id;
 use crate::core::rate_limit::Unflushed;
 use crate::postgres::shmem::{self, databases, key_state};
 use crate::postgres::{gucs, primary_link};
@@ -290,27 +291,42 @@ SELECT m.key_id::pg_catalog.text, m.gone
                 ORDER BY n),
          $5::pg_catalog.text::pg_catalog.int8[],
          $6::pg_catalog.text::pg_catalog.int8[],
-         $7::pg_catalog.text::pg_catalog.uuid[],
+         $7::pg_catalog.text::pg_catalog.int8[],
+         $8::pg_catalog.text::pg_catalog.uuid[],
          ARRAY(SELECT pg_catalog.to_timestamp(946684800 OPERATOR(pg_catalog.+) (t OPERATOR(pg_catalog./) 1000000.0))
-                 FROM pg_catalog.unnest($8::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
+                 FROM pg_catalog.unnest($9::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
                 ORDER BY n),
-         $9::pg_catalog.text::pg_catalog.inet[]) AS m";
+         $10::pg_catalog.text::pg_catalog.inet[],
+         $11::pg_catalog.text::pg_catalog.uuid[],
+         ARRAY(SELECT '2000-01-01 00:00:00+00'::pg_catalog.timestamptz OPERATOR(pg_catalog.+)
+                        (t::pg_catalog.float8 OPERATOR(pg_catalog.*) '1 microsecond'::pg_catalog.interval)
+                 FROM pg_catalog.unnest($12::pg_catalog.text::pg_catalog.int8[]) WITH ORDINALITY AS a(t, n)
+                ORDER BY n),
+         $13::pg_catalog.text::pg_catalog.int8[],
+         $14::pg_catalog.text::pg_catalog.int8[]) AS m";
 
 /// The parameters of MERGE for `batch`: this cluster's system identifier (the primary
 /// checks it is its own), and array literals of this server's totals.
 fn merge_params(source: [u8; 16], batch: &[([u8; 16], Unflushed)]) -> Vec<Option<String>> {
-    let mut lists: [Vec<String>; 7] = Default::default();
+    let mut lists: [Vec<String>; 12] = Default::default();
     for (key, u) in batch {
         for h in &u.usage {
             lists[0].push(uuid_text(key));
             lists[1].push(h.hour_start.to_string());
             lists[2].push(h.verified.to_string());
             lists[3].push(h.rejected.to_string());
+            lists[4].extend(h.outcomes.iter().map(u32::to_string));
         }
         if let Some(l) = u.last {
-            lists[4].push(uuid_text(key));
-            lists[5].push(l.at.to_string());
-            lists[6].push(l.ip.map_or("NULL".into(), |ip| format!("\"{ip}\"")));
+            lists[5].push(uuid_text(key));
+            lists[6].push(l.at.to_string());
+            lists[7].push(l.ip.map_or("NULL".into(), |ip| format!("\"{ip}\"")));
+        }
+        if let Some(c) = u.credits {
+            lists[8].push(uuid_text(key));
+            lists[9].push(c.period.to_string());
+            lists[10].push(c.since.to_string());
+            lists[11].push(c.spent.to_string());
         }
     }
     // SAFETY: reads the control file's value kept in shared memory.
@@ -395,7 +411,105 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
         }
         clock
     });
+    read_credits(oid, source, after);
+    read_owners(oid, source, hour, after);
     databases::note_others_tick(oid, clock);
+}
+
+/// Every writer's spending in the credit periods written to since tick `after`
+/// (exact µs periods: `extract` is numeric).
+const CREDITS: &str = "\
+SELECT c.key_id,
+       ((pg_catalog.extract(epoch FROM c.period) - 946684800) * 1000000)::pg_catalog.int8,
+       c.source, c.since, c.spent
+  FROM api_keys.credit_use c
+ WHERE (c.key_id, c.period) IN (SELECT y.key_id, y.period FROM api_keys.credit_use y WHERE y.tick > $1)
+ ORDER BY c.key_id, c.period";
+
+/// Other servers' spending of the credits of keys in use here (`Activity::note_credit_others`).
+fn read_credits(oid: pg_sys::Oid, source: [u8; 16], after: i64) {
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(CREDITS, &[after.into()]);
+        loop {
+            let chunk = cursor.fetch(BATCH as i64).expect("credit spending");
+            if chunk.is_empty() {
+                break;
+            }
+            let mut rows = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let (Some(key), Some(period), Some(writer), Some(since), Some(spent)) = (
+                    row.get::<pgrx::datum::Uuid>(1).expect("a key"),
+                    row.get::<i64>(2).expect("a period"),
+                    row.get::<pgrx::datum::Uuid>(3).expect("a source"),
+                    row.get::<i64>(4).expect("a start"),
+                    row.get::<i64>(5).expect("a count"),
+                ) else {
+                    continue;
+                };
+                rows.push(key_state::CreditRow {
+                    key: *key.as_bytes(),
+                    period,
+                    writer: *writer.as_bytes(),
+                    since,
+                    spent: spent.max(0) as u64,
+                });
+            }
+            key_state::note_credit_others(oid, source, &rows);
+            databases::note_progress(oid);
+            pg_sys::check_for_interrupts!();
+        }
+    });
+}
+
+/// Other servers' calls of the hour summed over each owner with an hourly limit whose
+/// keys' counts changed since tick `after`.
+const OWNERS: &str = "\
+SELECT pg_catalog.convert_to(k.owner, 'SQL_ASCII'), pg_catalog.sum(u.verified)::pg_catalog.int8
+  FROM api_keys.usage u JOIN api_keys.keys k ON k.id = u.key_id
+ WHERE u.hour = $1 AND u.source <> $3 AND k.owner_rate_limit_per_hour IS NOT NULL
+   AND k.owner IN (SELECT k2.owner FROM api_keys.usage y JOIN api_keys.keys k2 ON k2.id = y.key_id
+                    WHERE y.hour = $1 AND y.tick > $2 AND y.source <> $3
+                      AND k2.owner_rate_limit_per_hour IS NOT NULL)
+ GROUP BY k.owner";
+
+fn read_owners(oid: pg_sys::Oid, source: [u8; 16], hour: TimestampWithTimeZone, after: i64) {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let hour_us = now - now.rem_euclid(3_600_000_000);
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(
+            OWNERS,
+            &[
+                hour.into(),
+                after.into(),
+                pgrx::datum::Uuid::from_bytes(source).into(),
+            ],
+        );
+        loop {
+            let chunk = cursor.fetch(BATCH as i64).expect("owners' counts");
+            if chunk.is_empty() {
+                break;
+            }
+            let mut counts = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let (Some(owner), Some(verified)) = (
+                    // The name's bytes, as verification reads them from the key row.
+                    row.get::<Vec<u8>>(1).expect("an owner"),
+                    row.get::<i64>(2).expect("a count"),
+                ) else {
+                    continue;
+                };
+                counts.push((
+                    owner_entry_id(&owner),
+                    hour_us,
+                    u32::try_from(verified.max(0)).unwrap_or(u32::MAX),
+                ));
+            }
+            key_state::note_owner_others(oid, &counts);
+            databases::note_progress(oid);
+            pg_sys::check_for_interrupts!();
+        }
+    });
 }
 
 fn expire() {

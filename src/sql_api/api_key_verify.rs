@@ -19,28 +19,32 @@ use pgrx::prelude::*;
 
 use super::{args, fmgr};
 use crate::core::scope::MAX_SCOPE_LEN;
-use crate::core::verdict::Reason;
 use crate::postgres::datum;
 use crate::postgres::datum::CallMemory;
 use crate::postgres::errors;
-use crate::postgres::key_row::KeyRow;
-use crate::postgres::verification;
+use crate::postgres::verification::{self, Verdict};
+
+/// The most uses one call may spend (`cost`); outside 0 to this, the call is malformed.
+pub(crate) const MAX_COST: i32 = 1_000_000;
 
 extension_sql!(
     r#"
 CREATE FUNCTION api_keys.api_key_verify(
     key text,
     client_ip inet DEFAULT NULL,
-    required_scope text DEFAULT NULL
+    required_scope text DEFAULT NULL,
+    cost integer DEFAULT 1
 ) RETURNS TABLE (
     valid boolean, reason text, key_id uuid, owner text,
     key_type api_keys.key_type, environment api_keys.environment,
-    scopes text[], expires_at timestamptz
+    scopes text[], expires_at timestamptz,
+    rate_limit integer, rate_remaining integer, rate_reset timestamptz,
+    remaining_uses bigint
 )
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'api_key_verify';
-COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text) IS
-    'One row for any input: valid, reason and, when valid, the key''s identity.';
+COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text, integer) IS
+    'One row for any input: valid, reason and, when valid, the key''s identity; once the secret matched, its limits (the window that runs out first, uses left).';
 "#,
     name = "api_key_verify",
     requires = ["tables"]
@@ -56,21 +60,28 @@ pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo)
     // SAFETY: at the start of the call, kept on its stack.
     let memory = unsafe { CallMemory::of_this_call() };
     // SAFETY: the function manager's call info for api_key_verify(text, inet, text).
-    let (key, client, required_scope) = unsafe {
+    let (key, client, required_scope, cost) = unsafe {
         (
             args::key(&memory, fcinfo, 0),
             args::client_ip(fcinfo, 1),
             // Longer than any scope: one nobody holds, found out without reading it.
             args::short_text(&memory, fcinfo, 2, MAX_SCOPE_LEN).unwrap_or(Some(b"\0")),
+            // NULL (and 0.4.0's declaration, which has no cost): one use.
+            args::arg(fcinfo, 3).map_or(1, |d| d.value() as i32),
         )
     };
     // The row's shape first, while the function's catalog entry is certainly there:
     // verification may wait for a lock held by a DROP EXTENSION that then commits.
     // SAFETY: this call's info.
     let desc = unsafe { result_desc(fcinfo) };
-    let outcome = verification::verify(key, client, required_scope);
+    let verdict = match u32::try_from(cost) {
+        Ok(cost) if cost <= MAX_COST as u32 => {
+            verification::verify(key, client, required_scope, cost)
+        }
+        _ => verification::malformed_call(),
+    };
     // SAFETY: the row's datums live in this call's memory; `desc` is its descriptor.
-    unsafe { result_row(desc, &outcome) }
+    unsafe { result_row(desc, &verdict) }
 }
 
 // The entry point 0.1.0's catalog names. A database still at 0.1.0 keeps verifying
@@ -120,21 +131,21 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
     }
 }
 
-/// (valid, reason, key_id, owner, key_type, environment, scopes, expires_at)
+/// (valid, reason, key_id, owner, key_type, environment, scopes, expires_at,
+/// rate_limit, rate_remaining, rate_reset, remaining_uses); a database still at 0.4.0's
+/// declaration takes the first eight.
 ///
 /// # Safety
 /// `desc` is api_key_verify's blessed result descriptor (`result_desc`); the row's
 /// datums live in this call's memory.
-unsafe fn result_row(
-    desc: pg_sys::TupleDesc,
-    outcome: &Result<KeyRow<'_>, Reason>,
-) -> pg_sys::Datum {
-    // SAFETY: eight values and nulls for the eight columns of the blessed descriptor,
-    // each of its column's type.
+unsafe fn result_row(desc: pg_sys::TupleDesc, verdict: &Verdict<'_>) -> pg_sys::Datum {
+    // SAFETY: twelve values and nulls, at least the blessed descriptor's columns, each
+    // of its column's type.
     unsafe {
-        let mut values = [pg_sys::Datum::from(0); 8];
-        let mut nulls = [true; 8];
-        let reason = *outcome.as_ref().err().unwrap_or(&Reason::Ok);
+        let mut values = [pg_sys::Datum::from(0); 12];
+        let mut nulls = [true; 12];
+        let outcome = &verdict.outcome;
+        let reason = verdict.reason();
         values[0] = pg_sys::Datum::from(outcome.is_ok());
         values[1] = datum::text_datum(reason.as_str().as_bytes());
         nulls[..2].fill(false);
@@ -152,6 +163,24 @@ unsafe fn result_row(
                 if let Some(d) = column {
                     values[2 + i] = d;
                     nulls[2 + i] = false;
+                }
+            }
+        }
+        // The limits, once the secret has matched.
+        if let Some(limits) = &verdict.limits {
+            let window = limits.window;
+            let state = [
+                window.map(|w| pg_sys::Datum::from(w.limit as i32)),
+                window.map(|w| pg_sys::Datum::from(w.remaining as i32)),
+                window.map(|w| pg_sys::Datum::from(w.reset)),
+                limits
+                    .remaining_uses
+                    .map(|n| pg_sys::Datum::from(n.min(i64::MAX as u64) as i64)),
+            ];
+            for (i, column) in state.into_iter().enumerate() {
+                if let Some(d) = column {
+                    values[8 + i] = d;
+                    nulls[8 + i] = false;
                 }
             }
         }

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 use super::pattern::configured_brand;
 use super::{args, fmgr};
 use crate::core::forwarded_for;
+use crate::core::limit_headers;
 use crate::core::request_headers::{Credential, Headers};
 use crate::core::scope::{Scope, MAX_SCOPE_LEN};
 use crate::core::verdict::Reason;
@@ -19,8 +20,8 @@ use crate::postgres::errors::{self, Refusal};
 use crate::postgres::gucs;
 use crate::postgres::key_row::KeyRow;
 use crate::postgres::request_context::{self, Context};
-use crate::postgres::request_info::{peer_address, setting};
-use crate::postgres::verification;
+use crate::postgres::request_info::{peer_address, set_local_setting, setting};
+use crate::postgres::verification::{self, Verdict};
 
 extension_sql!(
     r#"
@@ -96,7 +97,7 @@ unsafe fn authenticate(_fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datu
         headers.get("x-forwarded-for"),
         &gucs::trusted_proxies(),
     );
-    accept(key.as_bytes(), client).map(|_| VOID)
+    accept(key.as_bytes(), client, Caller::Http).map(|_| VOID)
 }
 
 /// # Safety
@@ -106,7 +107,7 @@ unsafe fn login(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Datum, Refus
     let memory = unsafe { CallMemory::of_this_call() };
     // SAFETY: login(key text, client_ip inet).
     let (key, client) = unsafe { (args::key(&memory, fcinfo, 0), args::client_ip(fcinfo, 1)) };
-    let row = accept(key, client)?;
+    let row = accept(key, client, Caller::App)?;
     Ok(pgrx::Uuid::from_bytes(row.key_id())
         .into_datum()
         .unwrap_or(VOID))
@@ -194,18 +195,61 @@ fn current_owner() -> Option<String> {
     request_context::with(|c| c.map(|c| c.owner.clone()))
 }
 
-/// Verify and, when valid, make the key this transaction's context.
-fn accept(key: &[u8], client: Option<IpAddr>) -> Result<KeyRow<'_>, Refusal> {
-    let row = verification::verify(key, client, None).map_err(refusal)?;
-    request_context::set(Some(Context::of(&row)));
-    Ok(row)
+/// Who asks: PostgREST's pre-request (limits go out as HTTP headers) or an app.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Http,
+    App,
+}
+
+/// Verify (one use) and, when valid, make the key this transaction's context. For
+/// HTTP, the key's limits go into `response.headers`, and a 429 is raised the way
+/// PostgREST answers with headers (`Retry-After`).
+fn accept(key: &[u8], client: Option<IpAddr>, caller: Caller) -> Result<KeyRow<'_>, Refusal> {
+    let Verdict { outcome, limits } = verification::verify(key, client, None, 1);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let http_limits = limits.filter(|_| caller == Caller::Http);
+    match outcome {
+        Ok(row) => {
+            if let Some(limits) = http_limits {
+                let headers = limit_headers::rate_limit_headers(&limits, now);
+                if !headers.is_empty() {
+                    set_local_setting(
+                        c"response.headers",
+                        &limit_headers::response_headers(&headers),
+                    );
+                }
+            }
+            request_context::set(Some(Context::of(&row)));
+            Ok(row)
+        }
+        Err(reason) => Err(match http_limits {
+            Some(limits) if reason.refusal_status() == Some(429) => {
+                let message = refusal_message(reason);
+                let too_many = limit_headers::TooMany {
+                    code: "PT429",
+                    message: &message,
+                    hint: reason.hint(),
+                    usage_exceeded: reason == Reason::UsageExceeded,
+                };
+                let (body, detail) = limit_headers::too_many_requests(&too_many, &limits, now);
+                Refusal::new("PGRST", &body, reason.hint()).with_detail(&detail)
+            }
+            _ => refusal(reason),
+        }),
+    }
+}
+
+fn refusal_message(reason: Reason) -> String {
+    format!("API key rejected: {}", reason.as_str())
 }
 
 fn refusal(reason: Reason) -> Refusal {
     let status = reason.refusal_status().unwrap_or(401);
     Refusal::new(
         &format!("PT{status}"),
-        &format!("API key rejected: {}", reason.as_str()),
+        &refusal_message(reason),
         reason.hint(),
     )
 }

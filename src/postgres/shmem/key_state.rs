@@ -129,6 +129,55 @@ pub(crate) fn note_others(oid: pg_sys::Oid, counts: &[([u8; 16], i64, u32)]) {
     });
 }
 
+/// One writer's spending in one credit period of a key, as the credit table shows it.
+pub(crate) struct CreditRow {
+    pub(crate) key: [u8; 16],
+    pub(crate) period: i64,
+    pub(crate) writer: [u8; 16],
+    pub(crate) since: i64,
+    pub(crate) spent: u64,
+}
+
+/// Other writers' spending of the credits of database `oid`'s keys in use here; `rows`
+/// come grouped by key and period, every writer of each. Keys not in use here are left
+/// out: their first call reads the spending from the key row.
+pub(crate) fn note_credit_others(oid: pg_sys::Oid, source: [u8; 16], rows: &[CreditRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    databases::with_keys_of(oid, false, |table| {
+        for group in rows.chunk_by(|a, b| (a.key, a.period) == (b.key, b.period)) {
+            if let Some(mut entry) = table.find(&group[0].key) {
+                let writers = group.iter().map(|r| (r.writer, r.since, r.spent));
+                entry
+                    .state
+                    .activity
+                    .note_credit_others(group[0].period, source, writers);
+            }
+        }
+    });
+}
+
+/// Other servers' calls of the current hour for owners' keys, per owner entry: (entry,
+/// hour in µs since 2000, calls). Owners not seen here yet get an entry, so their first
+/// call here already counts them.
+pub(crate) fn note_owner_others(oid: pg_sys::Oid, counts: &[([u8; 16], i64, u32)]) {
+    if counts.is_empty() {
+        return;
+    }
+    databases::with_keys_of(oid, true, |table| {
+        let mut inserted = 0;
+        for (owner, hour_start, verified) in counts {
+            let (mut entry, new) = table.find_or_insert(owner);
+            inserted += i64::from(new);
+            entry.state.owner.note_others(*hour_start, *verified);
+        }
+        if let Some(header) = shared() {
+            header.tracked_keys.fetch_add(inserted, Relaxed);
+        }
+    });
+}
+
 /// Drop the state of these keys of database `oid` (their rows are gone).
 pub(crate) fn forget_keys(oid: pg_sys::Oid, keys: &[[u8; 16]]) {
     if keys.is_empty() {

@@ -38,7 +38,7 @@ pub(crate) use argon2_budget::{record_failure, spend_budget};
 pub(crate) use argon2_cap::{argon2, Argon2For};
 pub(crate) use counters::{count, count_flush, count_forged, snapshot};
 pub(crate) use memo::{memo_lookup, memo_remember};
-pub(crate) use rate_limit::{admit, rate_limited, record_rejected};
+pub(crate) use rate_limit::{admit, rate_limited, record_rejected, OwnerLimits};
 
 use argon2_cap::Argon2Cap;
 use counters::Counters;

@@ -1,12 +1,13 @@
-//! Per-key rate windows and unflushed usage (`core::rate_limit`), in each key's state.
+//! Per-key rate windows, credits and unflushed usage (`core::rate_limit`), in each key's
+//! state; an owner's shared windows in its owner's entry.
 
 use std::net::IpAddr;
 
 use super::counters::add;
 use super::key_state::with_key;
 use super::now;
-use crate::core::key_state::KeyState;
-use crate::core::rate_limit::Limits;
+use crate::core::key_state::{owner_entry_id, KeyState};
+use crate::core::rate_limit::{Admission, LimitState, Limits, Spend, Window};
 
 /// Is the key at or over one of its limits now?
 pub(crate) fn rate_limited(key_id: &[u8; 16], limits: Limits) -> bool {
@@ -25,12 +26,44 @@ fn counting<R>(key_id: &[u8; 16], f: impl FnOnce(&mut KeyState) -> R) -> R {
     result
 }
 
-/// Count an otherwise valid call against the key's limits; false when over one.
-pub(crate) fn admit(key_id: &[u8; 16], limits: Limits, ip: Option<IpAddr>) -> bool {
-    counting(key_id, |s| s.activity.admit(now(), limits, ip))
+/// The limits an owner's keys share, and the owner's name.
+pub(crate) struct OwnerLimits<'a> {
+    pub(crate) owner: &'a [u8],
+    pub(crate) limits: Limits,
 }
 
-/// Count a rejected call of a known key in its usage.
-pub(crate) fn record_rejected(key_id: &[u8; 16]) {
-    counting(key_id, |s| s.activity.record_rejected(now()));
+/// Count an otherwise valid call against the key's limits and credits, then its
+/// owner's: admitted only when all have room. The key is counted first (its entry's
+/// lock is never held with another); when the owner's windows then refuse, the key's
+/// count is taken back, so a refusal spends nothing.
+pub(crate) fn admit(
+    key_id: &[u8; 16],
+    limits: Limits,
+    ip: Option<IpAddr>,
+    spend: Option<Spend>,
+    owner: Option<OwnerLimits<'_>>,
+) -> (Admission, LimitState) {
+    let now = now();
+    let (admission, mut state) = counting(key_id, |s| s.activity.admit(now, limits, ip, spend));
+    let Some(owner) = owner.filter(|_| admission == Admission::Admitted) else {
+        return (admission, state);
+    };
+    let (room, window) = with_key(&owner_entry_id(owner.owner), |s| {
+        s.owner.admit(now, owner.limits)
+    });
+    state.window = Window::tighter(state.window, window);
+    if room {
+        return (admission, state);
+    }
+    counting(key_id, |s| s.activity.refund(now, spend));
+    state.remaining_uses = state
+        .remaining_uses
+        .zip(spend)
+        .map(|(left, s)| left + u64::from(s.cost));
+    (Admission::RateLimited, state)
+}
+
+/// Count a rejected call of a known key in its usage, under the reason's column.
+pub(crate) fn record_rejected(key_id: &[u8; 16], outcome: usize) {
+    counting(key_id, |s| s.activity.record_rejected(now(), outcome));
 }
