@@ -9,6 +9,10 @@
 -- * api_keys.usage counts per server (source) with a write tick; standbys send theirs to
 --   the primary through api_keys._merge_usage (role api_keys_standby); usage_by_key sums
 --   over servers.
+-- * Metering (issue 18): credits on keys (remaining_uses, with a daily or monthly
+--   refill; api_key_set_credits), owner-wide rate limits (api_keys.owner_limits,
+--   api_key_set_owner_limits, admins; copied into each key), usage counted per outcome,
+--   and the uses spent per credit period (api_keys.credit_use).
 -- CREATE OR REPLACE keeps every existing function's oid, privileges and comment.
 
 -- The isolation level a function needs to see every change committed before each of
@@ -35,7 +39,7 @@ ALTER TABLE api_keys.audit_log DROP CONSTRAINT audit_log_action_check;
 ALTER TABLE api_keys.audit_log ADD CONSTRAINT audit_log_action_check
     CHECK (action IN ('issued', 'updated', 'suspended', 'reactivated',
                       'revoked', 'expired', 'rotated', 'deleted',
-                      'signing_key_rotated'));
+                      'signing_key_rotated', 'owner_limits_changed'));
 
 CREATE TABLE api_keys.signing_keys (
     id         text NOT NULL CHECK (id ~ '^[0-9A-Za-z]{4}$'),
@@ -286,25 +290,33 @@ SELECT u.key_id, l.prefix, l.name, l.owner, u.hour,
  GROUP BY u.key_id, l.prefix, l.name, l.owner, u.hour;
 
 CREATE FUNCTION api_keys._merge_usage(
-    system     bigint,
-    source     uuid,
-    key_ids    uuid[],
-    hours      timestamptz[],
-    verified   bigint[],
-    rejected   bigint[],
-    last_ids   uuid[],
-    last_at    timestamptz[],
-    last_ip    inet[]
+    system        bigint,
+    source        uuid,
+    key_ids       uuid[],
+    hours         timestamptz[],
+    verified      bigint[],
+    rejected      bigint[],
+    outcomes      bigint[],
+    last_ids      uuid[],
+    last_at       timestamptz[],
+    last_ip       inet[],
+    spent_ids     uuid[],
+    spent_periods timestamptz[],
+    spent_since   bigint[],
+    spent         bigint[]
 ) RETURNS TABLE (key_id uuid, gone boolean)
 LANGUAGE plpgsql SECURITY DEFINER
--- Writing last use is no edit for keys_guard to judge nor keys_audit to record.
+-- Writing last use and spending is no edit for keys_guard to judge nor keys_audit to
+-- record.
 SET session_replication_role = replica
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     counts   integer := coalesce(cardinality(key_ids), 0);
     uses     integer := coalesce(cardinality(last_ids), 0);
+    credits  integer := coalesce(cardinality(spent_ids), 0);
     now_tick bigint;
+    got      uuid[];
 BEGIN
     -- A standby pointed at another cluster would hear its keys are gone.
     IF system IS DISTINCT FROM (SELECT s.system_identifier FROM pg_control_system() s) THEN
@@ -316,14 +328,18 @@ BEGIN
         RAISE EXCEPTION 'source must be a server''s usage source, not NULL or the nil uuid'
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
     END IF;
-    IF counts > 20000 OR uses > 10000 THEN
-        RAISE EXCEPTION 'too many counts in one call: % key-hours and % last uses', counts, uses
-            USING ERRCODE = '22023', HINT = 'At most 20000 key-hours and 10000 last uses a call.';
+    IF counts > 20000 OR uses > 10000 OR credits > 10000 THEN
+        RAISE EXCEPTION 'too many counts in one call: % key-hours, % last uses and % credit counts', counts, uses, credits
+            USING ERRCODE = '22023', HINT = 'At most 20000 key-hours, 10000 last uses and 10000 credit counts a call.';
     END IF;
     IF coalesce(cardinality(hours), 0) <> counts OR coalesce(cardinality(verified), 0) <> counts
        OR coalesce(cardinality(rejected), 0) <> counts
-       OR coalesce(cardinality(last_at), 0) <> uses OR coalesce(cardinality(last_ip), 0) <> uses THEN
-        RAISE EXCEPTION 'the arrays of counts, and of last uses, must have the same lengths'
+       OR coalesce(cardinality(outcomes), 0) <> counts * 8
+       OR coalesce(cardinality(last_at), 0) <> uses OR coalesce(cardinality(last_ip), 0) <> uses
+       OR coalesce(cardinality(spent_periods), 0) <> credits
+       OR coalesce(cardinality(spent_since), 0) <> credits
+       OR coalesce(cardinality(spent), 0) <> credits THEN
+        RAISE EXCEPTION 'the arrays of counts (and 8 outcomes each), of last uses, and of credit counts must have the same lengths'
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
     END IF;
     IF EXISTS (SELECT FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
@@ -332,62 +348,1103 @@ BEGIN
                    OR NOT isfinite(h) OR date_trunc('hour', h, 'UTC') <> h
                    OR h < date_trunc('hour', now(), 'UTC') - interval '3 hours'
                    OR h > now() + interval '1 hour')
+       OR EXISTS (SELECT FROM unnest(outcomes) AS o(n) WHERE n IS NULL OR n NOT BETWEEN 0 AND 4294967295)
        OR EXISTS (SELECT FROM unnest(last_ids, last_at) AS u(k, a)
-                   WHERE k IS NULL OR a IS NULL OR NOT isfinite(a)) THEN
-        RAISE EXCEPTION 'counts need a key, a whole UTC hour of the last three and counts from 0 to 4294967295; last uses a key and a finite time'
+                   WHERE k IS NULL OR a IS NULL OR NOT isfinite(a))
+       OR EXISTS (SELECT FROM unnest(spent_ids, spent_periods, spent_since, spent) AS s(k, p, w, n)
+                   WHERE k IS NULL OR p IS NULL OR NOT isfinite(p) OR w IS NULL OR n IS NULL OR n < 0) THEN
+        RAISE EXCEPTION 'counts need a key, a whole UTC hour of the last three and counts from 0 to 4294967295; last uses a key and a finite time; credit counts a key, a finite period, a writer and a count from 0'
             USING ERRCODE = '22023', HINT = 'Only api_keys workers call this function.';
     END IF;
     -- The next tick, this row locked until commit: writes become visible in tick order.
     UPDATE api_keys.usage_clock SET tick = usage_clock.tick + 1 RETURNING usage_clock.tick INTO now_tick;
 
-    RETURN QUERY
+    -- Keys whose row no user has locked; the others are sent again next round.
+    SELECT array_agg(l.id) INTO got
+      FROM (SELECT k.id FROM api_keys.keys k
+             WHERE k.id IN (SELECT unnest(key_ids) UNION SELECT unnest(last_ids)
+                            UNION SELECT unnest(spent_ids))
+               FOR NO KEY UPDATE OF k SKIP LOCKED) l;
+    got := coalesce(got, '{}');
+
     WITH batch AS (
-        SELECT c.k AS key_id, c.h AS hour, c.v AS verified, c.r AS rejected
-          FROM unnest(key_ids, hours, verified, rejected) AS c(k, h, v, r)
-    ), used AS (
-        -- The latest use of each key; none later than now (a clock ahead of this one).
-        SELECT DISTINCT ON (u.k) u.k AS key_id, least(u.a, now()) AS at, u.ip
-          FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
-         ORDER BY u.k, u.a DESC
-    ), wanted AS (
-        SELECT b.key_id FROM batch b UNION SELECT u.key_id FROM used u
-    ), locked AS (
-        -- Keys whose row no user has locked; the others are sent again next round.
-        SELECT k.id FROM api_keys.keys k
-         WHERE k.id IN (SELECT w.key_id FROM wanted w)
-           FOR NO KEY UPDATE OF k SKIP LOCKED
+        SELECT c.k AS key_id, c.h AS hour, c.v AS verified, c.r AS rejected,
+               (c.n - 1) * 8 AS o
+          FROM unnest(key_ids, hours, verified, rejected) WITH ORDINALITY AS c(k, h, v, r, n)
     ), counted AS (
-        INSERT INTO api_keys.usage AS u (key_id, hour, source, verified, rejected, tick)
-        SELECT b.key_id, b.hour, _merge_usage.source, b.verified, b.rejected, now_tick
+        INSERT INTO api_keys.usage AS u (key_id, hour, source, verified, rejected, tick,
+                                         rate_limited, usage_exceeded, invalid_secret, suspended,
+                                         revoked, expired, ip_not_allowed, insufficient_scope)
+        SELECT b.key_id, b.hour, _merge_usage.source, b.verified, b.rejected, now_tick,
+               outcomes[b.o + 1], outcomes[b.o + 2], outcomes[b.o + 3], outcomes[b.o + 4],
+               outcomes[b.o + 5], outcomes[b.o + 6], outcomes[b.o + 7], outcomes[b.o + 8]
           FROM batch b
-         WHERE b.key_id IN (SELECT l.id FROM locked l)
+         WHERE b.key_id = ANY (got)
         ON CONFLICT ON CONSTRAINT usage_pkey DO UPDATE
            SET verified = greatest(u.verified, EXCLUDED.verified),
                rejected = greatest(u.rejected, EXCLUDED.rejected),
+               rate_limited = greatest(u.rate_limited, EXCLUDED.rate_limited),
+               usage_exceeded = greatest(u.usage_exceeded, EXCLUDED.usage_exceeded),
+               invalid_secret = greatest(u.invalid_secret, EXCLUDED.invalid_secret),
+               suspended = greatest(u.suspended, EXCLUDED.suspended),
+               revoked = greatest(u.revoked, EXCLUDED.revoked),
+               expired = greatest(u.expired, EXCLUDED.expired),
+               ip_not_allowed = greatest(u.ip_not_allowed, EXCLUDED.ip_not_allowed),
+               insufficient_scope = greatest(u.insufficient_scope, EXCLUDED.insufficient_scope),
                tick = EXCLUDED.tick
          WHERE u.verified < EXCLUDED.verified OR u.rejected < EXCLUDED.rejected
-    ), touched AS (
-        UPDATE api_keys.keys k
-           SET last_used_at = l.at, last_used_ip = l.ip
-          FROM used l
-         WHERE k.id = l.key_id
-           AND k.id IN (SELECT x.id FROM locked x)
-           AND (k.last_used_at IS NULL OR k.last_used_at < l.at)
+            OR u.rate_limited < EXCLUDED.rate_limited OR u.usage_exceeded < EXCLUDED.usage_exceeded
+            OR u.invalid_secret < EXCLUDED.invalid_secret OR u.suspended < EXCLUDED.suspended
+            OR u.revoked < EXCLUDED.revoked OR u.expired < EXCLUDED.expired
+            OR u.ip_not_allowed < EXCLUDED.ip_not_allowed
+            OR u.insufficient_scope < EXCLUDED.insufficient_scope
+         RETURNING 1
+    )
+    INSERT INTO api_keys.credit_use AS c (key_id, period, source, since, spent, tick)
+    SELECT s.k, s.p, _merge_usage.source, s.w, s.n, now_tick
+      FROM unnest(spent_ids, spent_periods, spent_since, spent) AS s(k, p, w, n)
+     WHERE s.k = ANY (got)
+    ON CONFLICT ON CONSTRAINT credit_use_pkey DO UPDATE
+       SET spent = greatest(c.spent, EXCLUDED.spent), tick = EXCLUDED.tick
+     WHERE c.spent < EXCLUDED.spent;
+
+    -- Each key's last use, and the sum of its current credit period over every writer.
+    WITH used AS (
+        -- The latest use of each key; none later than now (a clock ahead of this one).
+        SELECT DISTINCT ON (u.k) u.k AS key_id, least(u.a, now()) AS at, u.ip
+          FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
+         WHERE u.k = ANY (got)
+         ORDER BY u.k, u.a DESC
+    ), totals AS (
+        SELECT c.key_id, c.period, sum(c.spent)::bigint AS spent
+          FROM api_keys.credit_use c
+         WHERE (c.key_id, c.period) IN (SELECT s.k, s.p FROM unnest(spent_ids, spent_periods) AS s(k, p)
+                                         WHERE s.k = ANY (got))
+         GROUP BY c.key_id, c.period
+    ), latest AS (
+        SELECT DISTINCT ON (t.key_id) t.key_id, t.period, t.spent
+          FROM totals t ORDER BY t.key_id, t.period DESC
+    )
+    UPDATE api_keys.keys k
+       SET last_used_at = CASE WHEN x.newer_use THEN x.at ELSE k.last_used_at END,
+           last_used_ip = CASE WHEN x.newer_use THEN x.ip ELSE k.last_used_ip END,
+           uses_period = CASE WHEN x.current THEN x.period ELSE k.uses_period END,
+           uses_spent = CASE WHEN x.current THEN x.spent ELSE k.uses_spent END
+      FROM (SELECT coalesce(l.key_id, t.key_id) AS key_id, l.at, l.ip, t.period, t.spent,
+                   l.at IS NOT NULL AND (k2.last_used_at IS NULL OR k2.last_used_at < l.at) AS newer_use,
+                   t.period IS NOT NULL AND t.period >= k2.uses_from
+                       AND t.period >= coalesce(k2.uses_period, '-infinity') AS current
+              FROM used l FULL JOIN latest t ON t.key_id = l.key_id
+              JOIN api_keys.keys k2 ON k2.id = coalesce(l.key_id, t.key_id)) x
+     WHERE k.id = x.key_id AND (x.newer_use OR x.current);
+
+    RETURN QUERY
+    WITH wanted AS (
+        SELECT unnest(key_ids) AS key_id UNION SELECT unnest(last_ids) UNION SELECT unnest(spent_ids)
     )
     SELECT w.key_id, k.id IS NULL
       FROM wanted w LEFT JOIN api_keys.keys k ON k.id = w.key_id
-     WHERE k.id IS NULL OR k.id NOT IN (SELECT x.id FROM locked x);
+     WHERE NOT (w.key_id = ANY (got));
 END
 $$;
 
-COMMENT ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[], uuid[], timestamptz[], inet[]) IS
-    'Workers only: write one server''s usage totals (system: the cluster''s system identifier, checked) (the larger total wins) and last uses; returns the keys left out: locked by a user (gone false, sent again) or with no row (gone true).';
+COMMENT ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[], bigint[], uuid[], timestamptz[], inet[], uuid[], timestamptz[], bigint[], bigint[]) IS
+    'Workers only: write one server''s usage totals per outcome (system: the cluster''s system identifier, checked) (the larger total wins), last uses and credit spending; returns the keys left out: locked by a user (gone false, sent again) or with no row (gone true).';
 
 REVOKE ALL ON api_keys.usage_clock FROM PUBLIC;
 REVOKE ALL ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[],
-                                             uuid[], timestamptz[], inet[]) FROM PUBLIC;
+                                             bigint[], uuid[], timestamptz[], inet[], uuid[],
+                                             timestamptz[], bigint[], bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys._merge_usage(bigint, uuid, uuid[], timestamptz[], bigint[], bigint[],
-                                                uuid[], timestamptz[], inet[]) TO api_keys_standby;
+                                                bigint[], uuid[], timestamptz[], inet[], uuid[],
+                                                timestamptz[], bigint[], bigint[]) TO api_keys_standby;
+
+-- Issue 18: metering. Credits (remaining uses, refilled daily or monthly) on keys,
+-- limits shared by all keys of an owner (api_keys.owner_limits, copied into each key),
+-- per-outcome usage counts, and the uses spent per credit period (api_keys.credit_use).
+-- api_key_issue, api_key_update and api_key_rotate take new arguments, so each is a new
+-- function that takes the privileges of the one it replaces.
+
+ALTER TABLE api_keys.keys
+    ADD COLUMN uses_granted bigint CHECK (uses_granted BETWEEN 0 AND 1000000000000),
+    ADD COLUMN uses_from timestamptz,
+    ADD COLUMN refill_amount bigint CHECK (refill_amount BETWEEN 1 AND 1000000000000),
+    ADD COLUMN refill_interval text CHECK (refill_interval IN ('daily', 'monthly')),
+    ADD COLUMN uses_period timestamptz,
+    ADD COLUMN uses_spent bigint NOT NULL DEFAULT 0 CHECK (uses_spent >= 0),
+    ADD COLUMN owner_rate_limit_per_minute integer CHECK (owner_rate_limit_per_minute > 0),
+    ADD COLUMN owner_rate_limit_per_hour integer CHECK (owner_rate_limit_per_hour > 0),
+    ADD CONSTRAINT keys_uses_from_check CHECK ((uses_granted IS NULL) = (uses_from IS NULL)),
+    ADD CONSTRAINT keys_refill_check CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)
+                                            AND (refill_amount IS NULL OR uses_granted IS NOT NULL));
+
+COMMENT ON COLUMN api_keys.keys.uses_granted IS
+    'The uses the key had at uses_from (set by issue, update, rotate, set_credits); NULL: unlimited.';
+COMMENT ON COLUMN api_keys.keys.uses_from IS
+    'When uses_granted was set: the start of the first credit period.';
+COMMENT ON COLUMN api_keys.keys.uses_period IS
+    'The credit period uses_spent counts in (workers only): uses_from, or the start of the UTC day or month of a refill.';
+COMMENT ON COLUMN api_keys.keys.uses_spent IS
+    'The uses spent in uses_period, as written by all servers (workers only).';
+COMMENT ON COLUMN api_keys.keys.owner_rate_limit_per_minute IS
+    'A copy of the owner''s limit (api_keys.owner_limits), kept by triggers; NULL: none.';
+COMMENT ON COLUMN api_keys.keys.owner_rate_limit_per_hour IS
+    'A copy of the owner''s limit (api_keys.owner_limits), kept by triggers; NULL: none.';
+
+-- Limits shared by all keys of one owner (api_key_set_owner_limits, admins). Each key
+-- carries a copy (keys.owner_rate_limit_*), kept by the triggers of sql/lifecycle.sql.
+CREATE TABLE api_keys.owner_limits (
+    owner                 text PRIMARY KEY CHECK (owner <> ''),
+    rate_limit_per_minute integer CHECK (rate_limit_per_minute > 0),
+    rate_limit_per_hour   integer CHECK (rate_limit_per_hour > 0),
+    updated_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_by            text NOT NULL,
+    CONSTRAINT owner_limits_some_limit_check
+        CHECK (rate_limit_per_minute IS NOT NULL OR rate_limit_per_hour IS NOT NULL)
+);
+
+COMMENT ON TABLE api_keys.owner_limits IS
+    'Rate limits shared by all keys of an owner, on top of each key''s own; set by api_key_set_owner_limits (admins).';
+
+ALTER TABLE api_keys.usage
+    ADD COLUMN rate_limited bigint NOT NULL DEFAULT 0 CHECK (rate_limited >= 0),
+    ADD COLUMN usage_exceeded bigint NOT NULL DEFAULT 0 CHECK (usage_exceeded >= 0),
+    ADD COLUMN invalid_secret bigint NOT NULL DEFAULT 0 CHECK (invalid_secret >= 0),
+    ADD COLUMN suspended bigint NOT NULL DEFAULT 0 CHECK (suspended >= 0),
+    ADD COLUMN revoked bigint NOT NULL DEFAULT 0 CHECK (revoked >= 0),
+    ADD COLUMN expired bigint NOT NULL DEFAULT 0 CHECK (expired >= 0),
+    ADD COLUMN ip_not_allowed bigint NOT NULL DEFAULT 0 CHECK (ip_not_allowed >= 0),
+    ADD COLUMN insufficient_scope bigint NOT NULL DEFAULT 0 CHECK (insufficient_scope >= 0);
+
+COMMENT ON TABLE api_keys.usage IS
+    'Verifications per key per hour and per server that counted them (source; the nil uuid: before 0.5.0): verified (valid) and rejected (the key was found but the call failed a check; forgeries are not counted), and the rejections by reason (rate_limited … insufficient_scope; 0 in rows counted before 0.5.0). Kept current within api_keys.flush_interval; standbys send theirs to the primary.';
+
+-- The uses spent of each key's credits, per credit period, per writer: a server's
+-- source and the time its count started (since). As in usage, each writer writes its
+-- total and the larger total wins. Written by the workers only (_merge_usage); no
+-- foreign key, and deleting a key removes its rows.
+CREATE TABLE api_keys.credit_use (
+    key_id uuid NOT NULL,
+    period timestamptz NOT NULL,
+    source uuid NOT NULL,
+    since  bigint NOT NULL,
+    spent  bigint NOT NULL CHECK (spent >= 0),
+    tick   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, period, source, since)
+);
+
+COMMENT ON TABLE api_keys.credit_use IS
+    'Uses spent per key per credit period per writer (a server''s source and the time its count started); written by workers only, the larger total wins.';
+
+-- Other servers' spending, from the ticks a server has not read yet.
+CREATE INDEX credit_use_tick_idx ON api_keys.credit_use (tick);
+
+-- Credits (README, "Credits"); verification (Rust) counts the same way. The credit
+-- period at `at`: uses_from, or with a refill the start of the UTC day or month of
+-- `at` when that is later (each refill starts a period).
+CREATE FUNCTION api_keys._credit_period(uses_from timestamptz, refill_interval text, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN refill_interval IS NULL THEN uses_from
+                ELSE greatest(uses_from,
+                              date_trunc(CASE refill_interval WHEN 'daily' THEN 'day'
+                                                              WHEN 'monthly' THEN 'month' END,
+                                         at, 'UTC'))
+           END
+$$;
+
+-- The uses left at `at`: the uses of the period (refill_amount once a refill started
+-- it, uses_granted before) less those the workers wrote for it; NULL: unlimited.
+CREATE FUNCTION api_keys._remaining_uses(k api_keys.keys, at timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN k.uses_granted IS NULL THEN NULL
+                ELSE greatest(CASE WHEN p.period > k.uses_from THEN k.refill_amount
+                                   ELSE k.uses_granted END
+                              - CASE WHEN k.uses_period = p.period THEN k.uses_spent ELSE 0 END,
+                              0)
+           END
+      FROM (SELECT api_keys._credit_period(k.uses_from, k.refill_interval, at) AS period) p
+$$;
+
+-- The next refill after `at` (the next UTC day or month start; never before uses_from);
+-- NULL without a refill.
+CREATE FUNCTION api_keys._next_refill(uses_from timestamptz, refill_interval text, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- In UTC throughout: timestamptz + interval would count days in the session's zone.
+    SELECT (CASE refill_interval
+                WHEN 'daily' THEN date_trunc('day', greatest(uses_from, at) AT TIME ZONE 'UTC') + interval '1 day'
+                WHEN 'monthly' THEN date_trunc('month', greatest(uses_from, at) AT TIME ZONE 'UTC') + interval '1 month'
+            END) AT TIME ZONE 'UTC'
+$$;
+
+CREATE OR REPLACE VIEW api_keys.key_list WITH (security_barrier) AS
+SELECT k.id, k.prefix, k.name, k.description, k.key_type, k.environment, k.owner,
+       api_keys._effective_status(k.status, k.expires_at) AS status,
+       k.status_reason, k.scopes, k.allowed_cidrs, k.expires_at, k.created_at, k.created_by,
+       k.last_used_at, k.last_used_ip, k.rotated_from, k.rate_limit_per_minute,
+       k.rate_limit_per_hour, k.metadata,
+       api_keys._remaining_uses(k, pg_catalog.statement_timestamp()) AS remaining_uses,
+       k.refill_amount, k.refill_interval,
+       api_keys._next_refill(k.uses_from, k.refill_interval, pg_catalog.statement_timestamp()) AS refill_at,
+       k.owner_rate_limit_per_minute, k.owner_rate_limit_per_hour
+  FROM api_keys.keys k
+ WHERE k.owner OPERATOR(pg_catalog.=) (SELECT api_keys._caller())
+    OR (SELECT api_keys._caller_is_admin());
+
+CREATE OR REPLACE VIEW api_keys.expiring_soon WITH (security_barrier) AS
+SELECT l.*
+  FROM api_keys.key_list l
+ WHERE l.status OPERATOR(pg_catalog.=) 'active'::api_keys.key_status
+   AND l.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.statement_timestamp() OPERATOR(pg_catalog.+)
+       -- current_setting, not pg_settings: it also sees a value SET before the library
+       -- was loaded in this session.
+       coalesce(NULLIF(pg_catalog.current_setting('api_keys.expiry_warning', true), '')::pg_catalog.interval,
+                '7 days'::pg_catalog.interval));
+
+CREATE OR REPLACE VIEW api_keys.usage_by_key WITH (security_barrier) AS
+SELECT u.key_id, l.prefix, l.name, l.owner, u.hour,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.invalid_secret)::bigint AS invalid_secret,
+       pg_catalog.sum(u.suspended)::bigint AS suspended,
+       pg_catalog.sum(u.revoked)::bigint AS revoked,
+       pg_catalog.sum(u.expired)::bigint AS expired,
+       pg_catalog.sum(u.ip_not_allowed)::bigint AS ip_not_allowed,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope
+  FROM api_keys.usage u
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
+ GROUP BY u.key_id, l.prefix, l.name, l.owner, u.hour;
+
+CREATE OR REPLACE VIEW api_keys.usage_by_owner WITH (security_barrier) AS
+SELECT l.owner, u.hour,
+       pg_catalog.count(DISTINCT u.key_id) AS keys,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.invalid_secret)::bigint AS invalid_secret,
+       pg_catalog.sum(u.suspended)::bigint AS suspended,
+       pg_catalog.sum(u.revoked)::bigint AS revoked,
+       pg_catalog.sum(u.expired)::bigint AS expired,
+       pg_catalog.sum(u.ip_not_allowed)::bigint AS ip_not_allowed,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope
+  FROM api_keys.usage u
+  JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
+ GROUP BY l.owner, u.hour;
+
+CREATE OR REPLACE FUNCTION api_keys._check_bounds(k api_keys.keys, old api_keys.keys) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    metadata_bytes integer;
+BEGIN
+    IF k.name IS DISTINCT FROM old.name THEN
+        PERFORM api_keys._check_length('name', k.name, 200);
+    END IF;
+    IF k.description IS DISTINCT FROM old.description THEN
+        PERFORM api_keys._check_length('description', k.description, 2000);
+    END IF;
+    IF k.owner IS DISTINCT FROM old.owner THEN
+        PERFORM api_keys._check_length('owner', k.owner, 200);
+    END IF;
+    IF k.status_reason IS DISTINCT FROM old.status_reason THEN
+        PERFORM api_keys._check_length('reason', k.status_reason, 1000);
+    END IF;
+    IF k.metadata IS DISTINCT FROM old.metadata THEN
+        metadata_bytes := octet_length(k.metadata::text);
+    END IF;
+    IF metadata_bytes > 16384 THEN
+        RAISE EXCEPTION 'metadata is too large: % bytes as JSON text (at most 16384)', metadata_bytes
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits metadata to 16 KiB of JSON; keep bulky data in your own table, keyed by the key id.';
+    END IF;
+    IF (k.uses_granted, k.refill_amount, k.refill_interval)
+       IS DISTINCT FROM (old.uses_granted, old.refill_amount, old.refill_interval) THEN
+        PERFORM api_keys._check_credits('uses_granted', k.uses_granted, k.refill_amount, k.refill_interval);
+    END IF;
+END $$;
+
+-- Credits: the uses (named `uses_field`: remaining_uses in the functions, uses_granted
+-- in a direct UPDATE) 0 to 10^12 or NULL for unlimited; a refill is an amount 1 to 10^12
+-- and an interval, both or neither, and only with uses.
+CREATE FUNCTION api_keys._check_credits(uses_field text, uses bigint, refill_amount bigint, refill_interval text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF uses NOT BETWEEN 0 AND 1000000000000 THEN
+        RAISE EXCEPTION '% must be between 0 and 1000000000000 (got %)', uses_field, uses
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('api_keys limits %s to 0 .. 1,000,000,000,000; leave it NULL for unlimited uses.', uses_field);
+    ELSIF refill_amount NOT BETWEEN 1 AND 1000000000000 THEN
+        RAISE EXCEPTION 'refill_amount must be between 1 and 1000000000000 (got %)', refill_amount
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits refill_amount to 1 .. 1,000,000,000,000 uses a refill.';
+    ELSIF refill_interval NOT IN ('daily', 'monthly') THEN
+        -- (not repeated: it may be long)
+        RAISE EXCEPTION 'refill_interval must be daily or monthly'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Refills happen at the start of each UTC day (daily) or month (monthly).';
+    ELSIF (refill_amount IS NULL) <> (refill_interval IS NULL) THEN
+        RAISE EXCEPTION 'refill_amount and refill_interval go together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give both for a refill (e.g. refill_amount => 1000, refill_interval => ''daily''), or neither.';
+    ELSIF refill_amount IS NOT NULL AND uses IS NULL THEN
+        RAISE EXCEPTION 'a refill needs %', uses_field
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('A key without %s has unlimited uses; give it %s (its uses until the first refill).', uses_field, uses_field);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION api_keys._impl_keys_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changes jsonb;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM api_keys.usage WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
+        DELETE FROM api_keys.credit_use WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
+        PERFORM api_keys._audit('deleted', OLD, api_keys._effective_status(OLD.status, OLD.expires_at),
+                                NULL, NULL, jsonb_build_object('name', api_keys._audit_value(OLD.name),
+                                                               'owner', api_keys._audit_value(OLD.owner)));
+        RETURN OLD;
+    END IF;
+    -- The columns an UPDATE may change (the guard keeps the others fixed), each only
+    -- when changed. Status has its own audit columns; last use, the uses spent, the
+    -- copies of the owner's limits and the hash are not edits and never logged. New
+    -- credits show as remaining_uses: the uses left before (as written) and given now.
+    changes := api_keys._audit_change('name', OLD.name, NEW.name)
+            || api_keys._audit_change('description', OLD.description, NEW.description)
+            || api_keys._audit_change('owner', OLD.owner, NEW.owner)
+            || api_keys._audit_change('scopes', OLD.scopes, NEW.scopes)
+            || api_keys._audit_change('allowed_cidrs', OLD.allowed_cidrs, NEW.allowed_cidrs)
+            || api_keys._audit_change('expires_at', OLD.expires_at, NEW.expires_at)
+            || api_keys._audit_change('rate_limit_per_minute', OLD.rate_limit_per_minute, NEW.rate_limit_per_minute)
+            || api_keys._audit_change('rate_limit_per_hour', OLD.rate_limit_per_hour, NEW.rate_limit_per_hour)
+            || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata)
+            || CASE WHEN (NEW.uses_granted, NEW.uses_from) IS DISTINCT FROM (OLD.uses_granted, OLD.uses_from)
+                    THEN api_keys._audit_change('remaining_uses',
+                             api_keys._remaining_uses(OLD, statement_timestamp()), NEW.uses_granted)
+                    ELSE '{}'::jsonb END
+            || api_keys._audit_change('refill_amount', OLD.refill_amount, NEW.refill_amount)
+            || api_keys._audit_change('refill_interval', OLD.refill_interval, NEW.refill_interval);
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        -- The reason of a status change has its own column.
+        PERFORM api_keys._audit(
+            CASE NEW.status WHEN 'active' THEN 'reactivated' ELSE NEW.status::text END,
+            NEW, OLD.status, NEW.status, NEW.status_reason, nullif(changes, '{}'::jsonb));
+    ELSE
+        changes := changes || api_keys._audit_change('status_reason', OLD.status_reason, NEW.status_reason);
+        IF changes <> '{}'::jsonb THEN
+            PERFORM api_keys._audit('updated', NEW, OLD.status, NEW.status, NULL, changes);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION api_keys._keys_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (NEW.id, NEW.prefix, NEW.secret_hash, NEW.created_at, NEW.created_by,
+        NEW.key_type, NEW.environment, NEW.rotated_from, NEW.signing_key)
+       IS DISTINCT FROM
+       (OLD.id, OLD.prefix, OLD.secret_hash, OLD.created_at, OLD.created_by,
+        OLD.key_type, OLD.environment, OLD.rotated_from, OLD.signing_key) THEN
+        RAISE EXCEPTION 'id, prefix, secret_hash, created_at, created_by, key_type, environment, rotated_from and signing_key of key % cannot be changed', OLD.prefix
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Rotate the key (api_key_rotate) for a new secret, or issue a new key.';
+    END IF;
+    -- Terminal keys: nothing but a revocation (of an expired key) may change, and that
+    -- only in status and status_reason.
+    IF (NEW.name, NEW.description, NEW.owner, NEW.scopes, NEW.allowed_cidrs,
+        NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata,
+        NEW.uses_granted, NEW.uses_from, NEW.refill_amount, NEW.refill_interval)
+       IS DISTINCT FROM
+       (OLD.name, OLD.description, OLD.owner, OLD.scopes, OLD.allowed_cidrs,
+        OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata,
+        OLD.uses_granted, OLD.uses_from, OLD.refill_amount, OLD.refill_interval)
+       OR (NEW.status IS NOT DISTINCT FROM OLD.status
+           AND NEW.status_reason IS DISTINCT FROM OLD.status_reason) THEN
+        PERFORM api_keys._check_editable(OLD);
+    END IF;
+    -- The uses spent are the workers' (they write with triggers off), the owner's limits
+    -- the copy triggers' (keys_owner_limits, owner_limits_copy). A change of the credits
+    -- (the functions mark one by a new uses_from) starts a new period, now.
+    NEW.uses_period := OLD.uses_period;
+    NEW.uses_spent := OLD.uses_spent;
+    NEW.owner_rate_limit_per_minute := OLD.owner_rate_limit_per_minute;
+    NEW.owner_rate_limit_per_hour := OLD.owner_rate_limit_per_hour;
+    IF (NEW.uses_granted, NEW.uses_from, NEW.refill_amount, NEW.refill_interval)
+       IS DISTINCT FROM
+       (OLD.uses_granted, OLD.uses_from, OLD.refill_amount, OLD.refill_interval) THEN
+        NEW.uses_from := CASE WHEN NEW.uses_granted IS NOT NULL THEN clock_timestamp() END;
+        NEW.uses_period := NULL;
+        NEW.uses_spent := 0;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM api_keys._check_transition(OLD, NEW.status);
+        IF NEW.status = 'revoked' AND coalesce(btrim(NEW.status_reason), '') = '' THEN
+            RAISE EXCEPTION 'status_reason is required to revoke key %', OLD.prefix
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'UPDATE api_keys.keys SET status = ''revoked'', status_reason = ''why'' ...';
+        END IF;
+        NEW.status_changed_at := now();
+        IF NEW.status = 'expired' AND (NEW.expires_at IS NULL OR NEW.expires_at > now()) THEN
+            NEW.expires_at := now();
+        END IF;
+    END IF;
+    -- Ending a key goes through its status (and is audited as such), not a past date,
+    -- also when the same UPDATE changes the status.
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at AND NEW.status <> 'expired' THEN
+        NEW.expires_at := api_keys._check_expiry(NEW.expires_at);
+    END IF;
+    PERFORM api_keys._check_bounds(NEW, OLD);
+    IF NEW.allowed_cidrs IS DISTINCT FROM OLD.allowed_cidrs THEN
+        NEW.allowed_cidrs := api_keys._check_cidrs(NEW.allowed_cidrs);
+    END IF;
+    IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        NEW.scopes := api_keys._check_scopes(NEW.scopes, true);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Owner-wide limits (api_keys.owner_limits). Each key carries a copy of its owner's, so
+-- that verification reads nothing but the key row: a new key, or one given another
+-- owner, copies them (keys_owner_limits, after keys_guard), and a change of the limits
+-- is copied into every key of the owner (owner_limits_copy).
+--
+-- Concurrency (a key issued while its owner's limits change must end up with the new
+-- ones): a per-owner transaction advisory lock. Copying into a key takes it shared, so
+-- it waits for a change in progress and then (at READ COMMITTED, where each statement
+-- sees what committed before it) reads the changed limits. api_key_set_owner_limits
+-- writes the limits and copies them into the keys it sees, then takes the lock
+-- exclusively, which waits for every transaction that was copying the old limits
+-- meanwhile, and copies again into what they committed. The lock is taken only once
+-- the first copy is done, so that it is never held while waiting for a key's row lock
+-- (a rotation holds its old key's while it issues the new one). At REPEATABLE READ or
+-- SERIALIZABLE a key copies from its transaction's snapshot, under FOR SHARE: limits
+-- changed or removed since raise 40001 (retry); an owner's first limits set since are
+-- missed (README, "Owner limits").
+CREATE FUNCTION api_keys._owner_lock(owner text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT hashtextextended('api_keys.owner:' || owner, 0)
+$$;
+
+-- BEFORE INSERT, and UPDATE OF owner: the owner's limits into the key.
+CREATE FUNCTION api_keys._keys_owner_limits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner THEN
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(api_keys._owner_lock(NEW.owner));
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
+    ELSE
+        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner
+           FOR SHARE;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER keys_owner_limits BEFORE INSERT OR UPDATE OF owner ON api_keys.keys
+    FOR EACH ROW EXECUTE FUNCTION api_keys._keys_owner_limits();
+
+-- The owner's current limits into each of its keys that lacks them. A copy is no edit
+-- for keys_guard to judge nor keys_audit to record: triggers are off.
+CREATE FUNCTION api_keys._copy_owner_limits(key_owner text) RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+    UPDATE api_keys.keys k
+       SET owner_rate_limit_per_minute = l.per_minute,
+           owner_rate_limit_per_hour = l.per_hour
+      FROM (SELECT max(o.rate_limit_per_minute) AS per_minute, max(o.rate_limit_per_hour) AS per_hour
+              FROM api_keys.owner_limits o
+             WHERE o.owner = _copy_owner_limits.key_owner) l
+     WHERE k.owner = _copy_owner_limits.key_owner
+       AND (k.owner_rate_limit_per_minute, k.owner_rate_limit_per_hour)
+           IS DISTINCT FROM (l.per_minute, l.per_hour)
+$$;
+
+-- AFTER each change of api_keys.owner_limits (also a restore's, whichever table it
+-- loads first): the limits into the owner's keys.
+CREATE FUNCTION api_keys._owner_limits_copy() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM api_keys._copy_owner_limits(OLD.owner);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner) THEN
+        PERFORM api_keys._copy_owner_limits(NEW.owner);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER owner_limits_copy AFTER INSERT OR UPDATE OR DELETE ON api_keys.owner_limits
+    FOR EACH ROW EXECUTE FUNCTION api_keys._owner_limits_copy();
+
+-- api_key_set_owner_limits (admins): set, change or (both NULL) remove the limits all
+-- keys of `owner` share; returns them with the number of keys that carry them. One
+-- audit entry ('owner_limits_changed', no key); the keys' copies are not audited.
+CREATE FUNCTION api_keys._set_owner_limits(of_owner text, per_minute integer, per_hour integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owned integer;
+BEGIN
+    -- Before the owner is trimmed or named in a message.
+    PERFORM api_keys._check_length('owner', of_owner, 200);
+    IF of_owner IS NULL OR btrim(of_owner) = '' THEN
+        RAISE EXCEPTION 'owner must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the owner whose keys share the limits, as api_keys.key_list shows it.';
+    ELSIF per_minute <= 0 OR per_hour <= 0 THEN
+        RAISE EXCEPTION '% must be positive (got %)',
+                        CASE WHEN per_minute <= 0 THEN 'rate_limit_per_minute' ELSE 'rate_limit_per_hour' END,
+                        CASE WHEN per_minute <= 0 THEN per_minute ELSE per_hour END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Leave it NULL for no owner limit of that window; both NULL remove the owner''s limits.';
+    END IF;
+    -- The second copy below must see every key committed before the lock.
+    PERFORM api_keys._require_read_committed('api_key_set_owner_limits()');
+    IF per_minute IS NULL AND per_hour IS NULL THEN
+        DELETE FROM api_keys.owner_limits l WHERE l.owner = of_owner;
+    ELSE
+        INSERT INTO api_keys.owner_limits AS l
+               (owner, rate_limit_per_minute, rate_limit_per_hour, updated_at, updated_by)
+        VALUES (of_owner, per_minute, per_hour, now(), api_keys._caller())
+        ON CONFLICT ON CONSTRAINT owner_limits_pkey DO UPDATE
+           SET rate_limit_per_minute = EXCLUDED.rate_limit_per_minute,
+               rate_limit_per_hour = EXCLUDED.rate_limit_per_hour,
+               updated_at = EXCLUDED.updated_at,
+               updated_by = EXCLUDED.updated_by;
+    END IF;
+    -- The trigger owner_limits_copy has copied the limits into the keys this statement
+    -- saw; keys being issued meanwhile copied the old ones: wait for them, copy again.
+    PERFORM pg_advisory_xact_lock(api_keys._owner_lock(of_owner));
+    PERFORM api_keys._copy_owner_limits(of_owner);
+    SELECT count(*) INTO owned FROM api_keys.keys k WHERE k.owner = of_owner;
+    PERFORM api_keys._audit('owner_limits_changed', NULL::api_keys.keys, NULL, NULL, NULL,
+                            jsonb_build_object('owner', of_owner, 'rate_limit_per_minute', per_minute,
+                                               'rate_limit_per_hour', per_hour, 'keys', owned));
+    RETURN owned;
+END $$;
+
+-- SQL, not PL/pgSQL: input and output columns share names, as the contract's do.
+CREATE FUNCTION api_keys._impl_api_key_set_owner_limits(owner text, rate_limit_per_minute integer,
+                                                        rate_limit_per_hour integer)
+RETURNS TABLE (owner text, rate_limit_per_minute integer, rate_limit_per_hour integer, keys integer)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT $1, $2, $3, api_keys._set_owner_limits($1, $2, $3)
+$$;
+
+CREATE FUNCTION api_keys.api_key_set_owner_limits(owner text, rate_limit_per_minute integer DEFAULT NULL,
+                                                  rate_limit_per_hour integer DEFAULT NULL)
+RETURNS TABLE (owner text, rate_limit_per_minute integer, rate_limit_per_hour integer, keys integer)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+COMMENT ON FUNCTION api_keys.api_key_set_owner_limits(text, integer, integer) IS
+    'Admins: rate limits shared by all keys of an owner (both NULL: none); returns them and how many keys carry them.';
+
+CREATE OR REPLACE FUNCTION api_keys._create_key(t api_keys.keys)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    minted record;
+BEGIN
+    SELECT * INTO STRICT minted FROM api_keys._mint_signed_key(t.environment::text);
+    t.id := gen_random_uuid();
+    t.prefix := minted.prefix;
+    t.secret_hash := minted.secret_hash;
+    t.signing_key := minted.signing_key;
+    t.status := 'active';
+    t.created_at := now();
+    t.created_by := api_keys._caller();
+    -- Its credits start now, none spent; its owner's limits are copied by a trigger.
+    t.uses_from := CASE WHEN t.uses_granted IS NOT NULL THEN clock_timestamp() END;
+    t.uses_period := NULL;
+    t.uses_spent := 0;
+    INSERT INTO api_keys.keys SELECT t.*;
+    PERFORM api_keys._audit('issued', t, NULL, 'active', NULL,
+        -- (a key rotated from one written before the input bounds may be large)
+        jsonb_strip_nulls(jsonb_build_object(
+            'name', api_keys._audit_value(t.name), 'owner', api_keys._audit_value(t.owner),
+            'key_type', t.key_type, 'environment', t.environment,
+            'scopes', api_keys._audit_value(t.scopes), 'expires_at', t.expires_at,
+            'rotated_from', t.rotated_from, 'remaining_uses', t.uses_granted,
+            'refill_amount', t.refill_amount, 'refill_interval', t.refill_interval)));
+    RETURN QUERY SELECT t.id, minted.key, t.prefix, t.expires_at;
+END $$;
+
+-- The template, issue, rotate and update with their new arguments (privileges below).
+DROP FUNCTION api_keys._issue_template(text, api_keys.key_type, api_keys.environment, text[], text,
+                                       timestamptz, cidr[], text, integer, integer, jsonb);
+
+-- A validated template for a new key; api_key_issue mints and stores it.
+CREATE FUNCTION api_keys._issue_template(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[],
+    description text,
+    expires_at timestamptz,
+    allowed_cidrs cidr[],
+    owner text,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
+) RETURNS api_keys.keys
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller text := api_keys._caller();
+    t api_keys.keys;
+BEGIN
+    -- Before the owner is trimmed or named in a message.
+    PERFORM api_keys._check_length('owner', owner, 200);
+    IF key_type IS NULL THEN
+        RAISE EXCEPTION 'key_type must not be NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'One of: service, user.';
+    ELSIF environment IS NULL THEN
+        RAISE EXCEPTION 'environment must not be NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'One of: production, staging, development.';
+    ELSIF owner IS NOT NULL AND btrim(owner) = '' THEN
+        RAISE EXCEPTION 'owner must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Leave it NULL to own the key yourself.';
+    ELSIF owner IS NOT NULL AND owner <> caller AND NOT api_keys._caller_is_admin() THEN
+        RAISE EXCEPTION 'role % may only issue keys it owns itself, not for owner %', caller, owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Leave owner NULL, or ask a member of api_keys_admin.';
+    END IF;
+    t.name := api_keys._check_name(_issue_template.name);
+    t.description := _issue_template.description;
+    t.key_type := _issue_template.key_type;
+    t.environment := _issue_template.environment;
+    t.owner := coalesce(_issue_template.owner, caller);
+    t.metadata := coalesce(api_keys._check_metadata(_issue_template.metadata), '{}');
+    PERFORM api_keys._check_bounds(t, NULL);
+    t.scopes := api_keys._check_scopes(_issue_template.scopes, true);
+    t.allowed_cidrs := api_keys._check_cidrs(_issue_template.allowed_cidrs);
+    t.expires_at := api_keys._check_expiry(_issue_template.expires_at);
+    t.rate_limit_per_minute := api_keys._check_limit('rate_limit_per_minute', _issue_template.rate_limit_per_minute);
+    t.rate_limit_per_hour := api_keys._check_limit('rate_limit_per_hour', _issue_template.rate_limit_per_hour);
+    PERFORM api_keys._check_credits('remaining_uses', _issue_template.remaining_uses,
+                                    _issue_template.refill_amount, _issue_template.refill_interval);
+    t.uses_granted := _issue_template.remaining_uses;
+    t.refill_amount := _issue_template.refill_amount;
+    t.refill_interval := _issue_template.refill_interval;
+    RETURN t;
+END $$;
+
+CREATE FUNCTION api_keys._impl_api_key_issue(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[],
+    description text,
+    expires_at timestamptz,
+    allowed_cidrs cidr[],
+    owner text,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
+) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM api_keys._create_key(
+        api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14))
+$$;
+
+CREATE FUNCTION api_keys.api_key_issue(
+    name text,
+    key_type api_keys.key_type,
+    environment api_keys.environment,
+    scopes text[] DEFAULT ARRAY['*'],
+    description text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    owner text DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT '{}',
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
+) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval, remaining_uses bigint)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+    effective api_keys.key_status := api_keys._effective_status(k.status, k.expires_at);
+    t api_keys.keys;
+    fresh record;
+BEGIN
+    IF grace IS NULL OR grace < '0'::interval THEN
+        RAISE EXCEPTION 'grace must be zero or a positive interval (got %)', grace
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'With grace 0 the old key is revoked at once.';
+    ELSIF effective IN ('revoked', 'expired') THEN
+        RAISE EXCEPTION 'key % is %; it cannot be rotated', k.prefix, effective
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Issue a new key instead.';
+    ELSIF effective = 'suspended' THEN
+        RAISE EXCEPTION 'key % is suspended; reactivate it before rotating', k.prefix
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    t := k;
+    -- The new key's credits: those given, else what the old key has left now (as
+    -- written; NULL: unlimited), with the old key's refill.
+    t.uses_granted := coalesce(remaining_uses, api_keys._remaining_uses(k, statement_timestamp()));
+    PERFORM api_keys._check_credits('remaining_uses', t.uses_granted, t.refill_amount, t.refill_interval);
+    t.rotated_from := k.id;
+    t.status_reason := NULL;
+    t.status_changed_at := NULL;
+    t.last_used_at := NULL;
+    t.last_used_ip := NULL;
+    SELECT * INTO STRICT fresh FROM api_keys._create_key(t);
+    PERFORM api_keys._audit('rotated', k, k.status, k.status, NULL,
+        jsonb_build_object('new_key_id', fresh.id, 'new_prefix', fresh.prefix, 'grace', grace::text));
+    IF grace = '0'::interval THEN
+        UPDATE api_keys.keys SET status = 'revoked', status_reason = 'rotated to ' || fresh.prefix
+         WHERE keys.id = k.id;
+    ELSE
+        -- Statement time, like every expiry check: in a transaction older than the
+        -- grace, now() + grace would already be past.
+        UPDATE api_keys.keys SET expires_at = least(k.expires_at, statement_timestamp() + grace)
+         WHERE keys.id = k.id;
+    END IF;
+    RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
+END $$;
+
+CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
+RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_update(
+    key_id uuid,
+    name text,
+    description text,
+    scopes text[],
+    allowed_cidrs cidr[],
+    expires_at timestamptz,
+    rate_limit_per_minute integer,
+    rate_limit_per_hour integer,
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
+) RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+    stored api_keys.keys;
+    credits api_keys.keys := k;
+BEGIN
+    -- Before any validation: a terminal key says so first.
+    PERFORM api_keys._check_editable(k);
+    -- Credits, each NULL unchanged. New remaining_uses, or a new refill, start a new
+    -- period now (the guard resets the uses spent when uses_from moves); a new refill
+    -- alone keeps the uses left (as written).
+    credits.refill_amount := coalesce(_impl_api_key_update.refill_amount, k.refill_amount);
+    credits.refill_interval := coalesce(_impl_api_key_update.refill_interval, k.refill_interval);
+    IF _impl_api_key_update.remaining_uses IS NOT NULL
+       OR (credits.refill_amount, credits.refill_interval) IS DISTINCT FROM (k.refill_amount, k.refill_interval) THEN
+        credits.uses_granted := coalesce(_impl_api_key_update.remaining_uses,
+                                         api_keys._remaining_uses(k, statement_timestamp()));
+        PERFORM api_keys._check_credits('remaining_uses', credits.uses_granted,
+                                        credits.refill_amount, credits.refill_interval);
+        credits.uses_from := CASE WHEN credits.uses_granted IS NOT NULL THEN clock_timestamp() END;
+    END IF;
+    -- scopes, allowed_cidrs and expires_at are validated and normalised by the
+    -- keys_guard trigger, as on every write.
+    UPDATE api_keys.keys SET
+        name = CASE WHEN _impl_api_key_update.name IS NULL THEN keys.name
+                    ELSE api_keys._check_name(_impl_api_key_update.name) END,
+        -- '' clears the description
+        description = CASE WHEN _impl_api_key_update.description IS NULL THEN keys.description
+                           ELSE nullif(_impl_api_key_update.description, '') END,
+        scopes = coalesce(_impl_api_key_update.scopes, keys.scopes),
+        allowed_cidrs = coalesce(_impl_api_key_update.allowed_cidrs, keys.allowed_cidrs),
+        expires_at = coalesce(_impl_api_key_update.expires_at, keys.expires_at),
+        rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', _impl_api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
+        rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', _impl_api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
+        metadata = coalesce(api_keys._check_metadata(_impl_api_key_update.metadata), keys.metadata),
+        uses_granted = credits.uses_granted,
+        uses_from = credits.uses_from,
+        refill_amount = credits.refill_amount,
+        refill_interval = credits.refill_interval
+     WHERE keys.id = k.id
+    RETURNING keys.* INTO stored;
+    -- Compared as stored: the same networks in another order are no change.
+    IF (stored.scopes, stored.allowed_cidrs) IS DISTINCT FROM (k.scopes, k.allowed_cidrs)
+       AND k.last_used_at > now() - interval '24 hours' THEN
+        RAISE WARNING 'key % was used in the last 24 hours; callers relying on its old scopes or networks may break', k.prefix
+            USING HINT = 'Check recent callers, or rotate with a grace period instead.';
+    END IF;
+    RETURN api_keys._listed(k.id);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_update(
+    key_id uuid,
+    name text DEFAULT NULL,
+    description text DEFAULT NULL,
+    scopes text[] DEFAULT NULL,
+    allowed_cidrs cidr[] DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL,
+    rate_limit_per_minute integer DEFAULT NULL,
+    rate_limit_per_hour integer DEFAULT NULL,
+    metadata jsonb DEFAULT NULL,
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
+) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+-- The key's credits, all three given: remaining_uses from now (NULL: unlimited, no
+-- refill), and the refill (NULL, NULL: none). A new period starts now, none spent.
+CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id uuid, remaining_uses bigint,
+                                                   refill_amount bigint, refill_interval text)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+BEGIN
+    PERFORM api_keys._check_editable(k);
+    PERFORM api_keys._check_credits('remaining_uses', remaining_uses, refill_amount, refill_interval);
+    UPDATE api_keys.keys SET
+        uses_granted = _impl_api_key_set_credits.remaining_uses,
+        uses_from = CASE WHEN _impl_api_key_set_credits.remaining_uses IS NOT NULL THEN clock_timestamp() END,
+        refill_amount = _impl_api_key_set_credits.refill_amount,
+        refill_interval = _impl_api_key_set_credits.refill_interval
+     WHERE keys.id = k.id;
+    RETURN api_keys._listed(k.id);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_set_credits(key_id uuid, remaining_uses bigint,
+                                             refill_amount bigint DEFAULT NULL,
+                                             refill_interval text DEFAULT NULL)
+RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+-- api_key_verify takes a cost and answers the key's limits (columns after the ones it
+-- had, so SELECT valid, reason ... callers are unaffected): a new function that takes
+-- the privileges of the one it replaces (below).
+CREATE FUNCTION api_keys.api_key_verify(
+    key text,
+    client_ip inet DEFAULT NULL,
+    required_scope text DEFAULT NULL,
+    cost integer DEFAULT 1
+) RETURNS TABLE (
+    valid boolean, reason text, key_id uuid, owner text,
+    key_type api_keys.key_type, environment api_keys.environment,
+    scopes text[], expires_at timestamptz,
+    rate_limit integer, rate_remaining integer, rate_reset timestamptz,
+    remaining_uses bigint
+)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'api_key_verify';
+COMMENT ON FUNCTION api_keys.api_key_verify(text, inet, text, integer) IS
+    'One row for any input: valid, reason and, when valid, the key''s identity; once the secret matched, its limits (the window that runs out first, uses left).';
+
+-- Each new version takes the privileges the database gave the version it replaces
+-- (grant options included), and its initial privileges, from which pg_dump writes the
+-- database's changes; then the old version goes. api_key_set_credits takes
+-- api_key_update's.
+DO $$
+DECLARE
+    pair record;
+    grantee text;
+BEGIN
+    FOR pair IN
+        SELECT v.old_version::regprocedure::oid AS old_version, v.new_version::regprocedure AS new_version
+          FROM (VALUES
+                ('api_keys.api_key_issue(text, api_keys.key_type, api_keys.environment, text[], text, timestamptz, cidr[], text, integer, integer, jsonb)',
+                 'api_keys.api_key_issue(text, api_keys.key_type, api_keys.environment, text[], text, timestamptz, cidr[], text, integer, integer, jsonb, bigint, bigint, text)'),
+                ('api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)',
+                 'api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb, bigint, bigint, text)'),
+                ('api_keys.api_key_rotate(uuid, interval)',
+                 'api_keys.api_key_rotate(uuid, interval, bigint)'),
+                ('api_keys.api_key_verify(text, inet, text)',
+                 'api_keys.api_key_verify(text, inet, text, integer)'),
+                -- Whoever may change a key's settings may change its credits.
+                ('api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)',
+                 'api_keys.api_key_set_credits(uuid, bigint, bigint, text)')) AS v(old_version, new_version)
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pair.new_version);
+        FOR grantee IN
+            SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+              FROM pg_catalog.pg_proc p,
+                   pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner)))
+                       WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, ordinality)
+             WHERE p.oid = pair.old_version AND a.privilege_type = 'EXECUTE'
+             ORDER BY a.ordinality
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', pair.new_version, grantee);
+        END LOOP;
+        UPDATE pg_catalog.pg_init_privs n
+           SET initprivs = o.initprivs
+          FROM pg_catalog.pg_init_privs o
+         WHERE n.objoid = pair.new_version::oid AND n.classoid = 'pg_catalog.pg_proc'::regclass
+           AND n.objsubid = 0
+           AND o.objoid = pair.old_version AND o.classoid = 'pg_catalog.pg_proc'::regclass
+           AND o.objsubid = 0;
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION api_keys.api_key_issue(text, api_keys.key_type, api_keys.environment, text[], text,
+                                     timestamptz, cidr[], text, integer, integer, jsonb),
+              api_keys._impl_api_key_issue(text, api_keys.key_type, api_keys.environment, text[], text,
+                                           timestamptz, cidr[], text, integer, integer, jsonb),
+              api_keys.api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+              api_keys._impl_api_key_update(uuid, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+              api_keys.api_key_rotate(uuid, interval),
+              api_keys._impl_api_key_rotate(uuid, interval),
+              api_keys.api_key_verify(text, inet, text);
+
+CREATE OR REPLACE FUNCTION api_keys._impl_api_key_list(
+    status api_keys.key_status,
+    environment api_keys.environment,
+    search text,
+    owner text,
+    order_by text,
+    page_size integer,
+    page integer
+) RETURNS SETOF api_keys.key_list
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sortable CONSTANT text[] := ARRAY[
+        'id', 'prefix', 'name', 'description', 'key_type', 'environment', 'owner', 'status',
+        'status_reason', 'scopes', 'allowed_cidrs', 'expires_at', 'created_at', 'created_by',
+        'last_used_at', 'last_used_ip', 'rotated_from', 'rate_limit_per_minute',
+        'rate_limit_per_hour', 'metadata', 'remaining_uses', 'refill_amount', 'refill_interval',
+        'refill_at', 'owner_rate_limit_per_minute', 'owner_rate_limit_per_hour'];
+    words text[];
+    pattern text;
+BEGIN
+    PERFORM api_keys._check_length('order_by', order_by, 100);
+    PERFORM api_keys._check_length('search', search, 200);
+    PERFORM api_keys._check_length('owner', owner, 200);
+    words := regexp_split_to_array(lower(btrim(coalesce(order_by, ''))), '\s+');
+    IF array_length(words, 1) NOT BETWEEN 1 AND 2 OR NOT (words[1] = ANY (sortable))
+       OR coalesce(words[2], 'asc') NOT IN ('asc', 'desc') THEN
+        RAISE EXCEPTION 'order_by "%" is not a column of api_keys.key_list with optional asc or desc', order_by
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Sortable columns: ' || array_to_string(sortable, ', ') || '.';
+    ELSIF page_size IS NULL OR page_size NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'page_size must be between 1 and 1000 (got %)', page_size
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF page IS NULL OR page < 1 THEN
+        RAISE EXCEPTION 'page must be 1 or more (got %)', page
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- search is literal text: escape LIKE's wildcards.
+    pattern := '%' || replace(replace(replace(search, '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    RETURN QUERY EXECUTE format(
+        'SELECT * FROM api_keys.key_list l
+          WHERE ($1 IS NULL OR l.status = $1)
+            AND ($2 IS NULL OR l.environment = $2)
+            AND ($3 IS NULL OR l.name ILIKE $3 OR l.prefix ILIKE $3)
+            AND ($4 IS NULL OR l.owner = $4)
+          ORDER BY l.%I %s NULLS LAST, l.id
+          LIMIT $5 OFFSET $6',
+        words[1], coalesce(words[2], 'asc'))
+    USING status, environment, pattern, owner, page_size, (page::bigint - 1) * page_size;
+END $$;
+
+-- Privileges, as sql/grants.sql gives them.
+REVOKE ALL ON api_keys.owner_limits, api_keys.credit_use FROM PUBLIC;
+REVOKE ALL ON FUNCTION api_keys._credit_period(timestamptz, text, timestamptz),
+                       api_keys._remaining_uses(api_keys.keys, timestamptz),
+                       api_keys._next_refill(timestamptz, text, timestamptz),
+                       api_keys._check_credits(text, bigint, bigint, text),
+                       api_keys._owner_lock(text),
+                       api_keys._keys_owner_limits(),
+                       api_keys._copy_owner_limits(text),
+                       api_keys._owner_limits_copy(),
+                       api_keys._set_owner_limits(text, integer, integer),
+                       api_keys._impl_api_key_set_owner_limits(text, integer, integer),
+                       api_keys.api_key_set_owner_limits(text, integer, integer),
+                       api_keys._issue_template(text, api_keys.key_type, api_keys.environment, text[], text,
+                                                timestamptz, cidr[], text, integer, integer, jsonb,
+                                                bigint, bigint, text),
+                       api_keys._impl_api_key_issue(text, api_keys.key_type, api_keys.environment, text[],
+                                                    text, timestamptz, cidr[], text, integer, integer,
+                                                    jsonb, bigint, bigint, text),
+                       api_keys._impl_api_key_rotate(uuid, interval, bigint),
+                       api_keys._impl_api_key_update(uuid, text, text, text[], cidr[], timestamptz,
+                                                     integer, integer, jsonb, bigint, bigint, text),
+                       api_keys._impl_api_key_set_credits(uuid, bigint, bigint, text)
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api_keys._credit_period(timestamptz, text, timestamptz),
+                          api_keys._remaining_uses(api_keys.keys, timestamptz),
+                          api_keys._next_refill(timestamptz, text, timestamptz) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION api_keys.api_key_set_owner_limits(text, integer, integer) TO api_keys_admin;
+GRANT SELECT ON api_keys.owner_limits, api_keys.credit_use TO api_keys_admin;
+GRANT SELECT (uses_granted, uses_from, refill_amount, refill_interval, uses_period, uses_spent,
+              owner_rate_limit_per_minute, owner_rate_limit_per_hour),
+      UPDATE (uses_granted, refill_amount, refill_interval)
+   ON api_keys.keys TO api_keys_admin;
+SELECT pg_catalog.pg_extension_config_dump('api_keys.owner_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('api_keys.credit_use', '');
 
 -- Issue 17: change events, keys named by prefix, leaked-key reports.
 
@@ -558,13 +1615,13 @@ RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval)
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval, remaining_uses bigint)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace) $$;
+AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace, remaining_uses) $$;
 
-CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
@@ -578,14 +1635,18 @@ CREATE FUNCTION api_keys._impl_api_key_update(
     expires_at timestamptz,
     rate_limit_per_minute integer,
     rate_limit_per_hour integer,
-    metadata jsonb
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
 ) RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
                                          allowed_cidrs, expires_at, rate_limit_per_minute,
-                                         rate_limit_per_hour, metadata)
+                                         rate_limit_per_hour, metadata, remaining_uses,
+                                         refill_amount, refill_interval)
 $$;
 
 CREATE FUNCTION api_keys.api_key_update(
@@ -597,8 +1658,28 @@ CREATE FUNCTION api_keys.api_key_update(
     expires_at timestamptz DEFAULT NULL,
     rate_limit_per_minute integer DEFAULT NULL,
     rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT NULL
+    metadata jsonb DEFAULT NULL,
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
 ) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id text, remaining_uses bigint,
+                                                   refill_amount bigint, refill_interval text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT api_keys._impl_api_key_set_credits(api_keys._key_ref(key_id), remaining_uses,
+                                              refill_amount, refill_interval)
+$$;
+
+CREATE FUNCTION api_keys.api_key_set_credits(key_id text, remaining_uses bigint,
+                                             refill_amount bigint DEFAULT NULL,
+                                             refill_interval text DEFAULT NULL)
+RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
@@ -717,10 +1798,12 @@ REVOKE ALL ON FUNCTION api_keys._prefix_pattern(), api_keys._authentic_key(bytea
                        api_keys.api_key_set_status(text, api_keys.key_status, text),
                        api_keys._impl_api_key_delete(text),
                        api_keys.api_key_delete(text),
-                       api_keys._impl_api_key_rotate(text, interval),
-                       api_keys.api_key_rotate(text, interval),
-                       api_keys._impl_api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
-                       api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb),
+                       api_keys._impl_api_key_rotate(text, interval, bigint),
+                       api_keys.api_key_rotate(text, interval, bigint),
+                       api_keys._impl_api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb, bigint, bigint, text),
+                       api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb, bigint, bigint, text),
+                       api_keys._impl_api_key_set_credits(text, bigint, bigint, text),
+                       api_keys.api_key_set_credits(text, bigint, bigint, text),
                        api_keys._impl_api_key_report_leaked(text[], text),
                        api_keys.api_key_report_leaked(text[], text)
   FROM PUBLIC;
@@ -730,8 +1813,9 @@ GRANT EXECUTE ON FUNCTION
     api_keys.api_key_revoke(text, text),
     api_keys.api_key_set_status(text, api_keys.key_status, text),
     api_keys.api_key_delete(text),
-    api_keys.api_key_rotate(text, interval),
-    api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb)
+    api_keys.api_key_rotate(text, interval, bigint),
+    api_keys.api_key_update(text, text, text, text[], cidr[], timestamptz, integer, integer, jsonb, bigint, bigint, text),
+    api_keys.api_key_set_credits(text, bigint, bigint, text)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION api_keys.api_key_report_leaked(text[], text) TO api_keys_admin;
 -- A database where EXECUTE on a lifecycle function was revoked (or granted) keeps that
@@ -748,7 +1832,7 @@ BEGIN
          WHERE u.pronamespace = 'api_keys'::regnamespace
            AND u.proname IN ('api_key_suspend', 'api_key_reactivate', 'api_key_revoke',
                              'api_key_set_status', 'api_key_delete', 'api_key_rotate',
-                             'api_key_update')
+                             'api_key_update', 'api_key_set_credits')
            AND u.proargtypes[0] = 'uuid'::regtype AND t.proargtypes[0] = 'text'::regtype
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', pair.text_version);

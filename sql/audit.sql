@@ -91,14 +91,16 @@ DECLARE
 BEGIN
     IF TG_OP = 'DELETE' THEN
         DELETE FROM api_keys.usage WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
+        DELETE FROM api_keys.credit_use WHERE key_id OPERATOR(pg_catalog.=) OLD.id;
         PERFORM api_keys._audit('deleted', OLD, api_keys._effective_status(OLD.status, OLD.expires_at),
                                 NULL, NULL, jsonb_build_object('name', api_keys._audit_value(OLD.name),
                                                                'owner', api_keys._audit_value(OLD.owner)));
         RETURN OLD;
     END IF;
     -- The columns an UPDATE may change (the guard keeps the others fixed), each only
-    -- when changed. Status has its own audit columns; last use and the hash are not
-    -- edits and never logged.
+    -- when changed. Status has its own audit columns; last use, the uses spent, the
+    -- copies of the owner's limits and the hash are not edits and never logged. New
+    -- credits show as remaining_uses: the uses left before (as written) and given now.
     changes := api_keys._audit_change('name', OLD.name, NEW.name)
             || api_keys._audit_change('description', OLD.description, NEW.description)
             || api_keys._audit_change('owner', OLD.owner, NEW.owner)
@@ -107,7 +109,13 @@ BEGIN
             || api_keys._audit_change('expires_at', OLD.expires_at, NEW.expires_at)
             || api_keys._audit_change('rate_limit_per_minute', OLD.rate_limit_per_minute, NEW.rate_limit_per_minute)
             || api_keys._audit_change('rate_limit_per_hour', OLD.rate_limit_per_hour, NEW.rate_limit_per_hour)
-            || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata);
+            || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata)
+            || CASE WHEN (NEW.uses_granted, NEW.uses_from) IS DISTINCT FROM (OLD.uses_granted, OLD.uses_from)
+                    THEN api_keys._audit_change('remaining_uses',
+                             api_keys._remaining_uses(OLD, statement_timestamp()), NEW.uses_granted)
+                    ELSE '{}'::jsonb END
+            || api_keys._audit_change('refill_amount', OLD.refill_amount, NEW.refill_amount)
+            || api_keys._audit_change('refill_interval', OLD.refill_interval, NEW.refill_interval);
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         -- The reason of a status change has its own column.
         PERFORM api_keys._audit(

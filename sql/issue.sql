@@ -19,6 +19,10 @@ BEGIN
     t.status := 'active';
     t.created_at := now();
     t.created_by := api_keys._caller();
+    -- Its credits start now, none spent; its owner's limits are copied by a trigger.
+    t.uses_from := CASE WHEN t.uses_granted IS NOT NULL THEN clock_timestamp() END;
+    t.uses_period := NULL;
+    t.uses_spent := 0;
     INSERT INTO api_keys.keys SELECT t.*;
     PERFORM api_keys._audit('issued', t, NULL, 'active', NULL,
         -- (a key rotated from one written before the input bounds may be large)
@@ -26,7 +30,8 @@ BEGIN
             'name', api_keys._audit_value(t.name), 'owner', api_keys._audit_value(t.owner),
             'key_type', t.key_type, 'environment', t.environment,
             'scopes', api_keys._audit_value(t.scopes), 'expires_at', t.expires_at,
-            'rotated_from', t.rotated_from)));
+            'rotated_from', t.rotated_from, 'remaining_uses', t.uses_granted,
+            'refill_amount', t.refill_amount, 'refill_interval', t.refill_interval)));
     RETURN QUERY SELECT t.id, minted.key, t.prefix, t.expires_at;
 END $$;
 
@@ -42,7 +47,10 @@ CREATE FUNCTION api_keys._issue_template(
     owner text,
     rate_limit_per_minute integer,
     rate_limit_per_hour integer,
-    metadata jsonb
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
 ) RETURNS api_keys.keys
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -79,6 +87,11 @@ BEGIN
     t.expires_at := api_keys._check_expiry(_issue_template.expires_at);
     t.rate_limit_per_minute := api_keys._check_limit('rate_limit_per_minute', _issue_template.rate_limit_per_minute);
     t.rate_limit_per_hour := api_keys._check_limit('rate_limit_per_hour', _issue_template.rate_limit_per_hour);
+    PERFORM api_keys._check_credits('remaining_uses', _issue_template.remaining_uses,
+                                    _issue_template.refill_amount, _issue_template.refill_interval);
+    t.uses_granted := _issue_template.remaining_uses;
+    t.refill_amount := _issue_template.refill_amount;
+    t.refill_interval := _issue_template.refill_interval;
     RETURN t;
 END $$;
 
@@ -95,13 +108,16 @@ CREATE FUNCTION api_keys._impl_api_key_issue(
     owner text,
     rate_limit_per_minute integer,
     rate_limit_per_hour integer,
-    metadata jsonb
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM api_keys._create_key(
-        api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11))
+        api_keys._issue_template($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14))
 $$;
 
 CREATE FUNCTION api_keys.api_key_issue(
@@ -115,12 +131,15 @@ CREATE FUNCTION api_keys.api_key_issue(
     owner text DEFAULT NULL,
     rate_limit_per_minute integer DEFAULT NULL,
     rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT '{}'
+    metadata jsonb DEFAULT '{}',
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
 ) RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval)
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id uuid, grace interval, remaining_uses bigint)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -143,6 +162,10 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     t := k;
+    -- The new key's credits: those given, else what the old key has left now (as
+    -- written; NULL: unlimited), with the old key's refill.
+    t.uses_granted := coalesce(remaining_uses, api_keys._remaining_uses(k, statement_timestamp()));
+    PERFORM api_keys._check_credits('remaining_uses', t.uses_granted, t.refill_amount, t.refill_interval);
     t.rotated_from := k.id;
     t.status_reason := NULL;
     t.status_changed_at := NULL;
@@ -163,7 +186,7 @@ BEGIN
     RETURN QUERY SELECT fresh.id, fresh.key, fresh.prefix, fresh.expires_at;
 END $$;
 
-CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys.api_key_rotate(key_id uuid, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
@@ -177,7 +200,10 @@ CREATE FUNCTION api_keys._impl_api_key_update(
     expires_at timestamptz,
     rate_limit_per_minute integer,
     rate_limit_per_hour integer,
-    metadata jsonb
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
 ) RETURNS api_keys.key_list
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -185,9 +211,23 @@ AS $$
 DECLARE
     k api_keys.keys := api_keys._key_for_update(key_id);
     stored api_keys.keys;
+    credits api_keys.keys := k;
 BEGIN
     -- Before any validation: a terminal key says so first.
     PERFORM api_keys._check_editable(k);
+    -- Credits, each NULL unchanged. New remaining_uses, or a new refill, start a new
+    -- period now (the guard resets the uses spent when uses_from moves); a new refill
+    -- alone keeps the uses left (as written).
+    credits.refill_amount := coalesce(_impl_api_key_update.refill_amount, k.refill_amount);
+    credits.refill_interval := coalesce(_impl_api_key_update.refill_interval, k.refill_interval);
+    IF _impl_api_key_update.remaining_uses IS NOT NULL
+       OR (credits.refill_amount, credits.refill_interval) IS DISTINCT FROM (k.refill_amount, k.refill_interval) THEN
+        credits.uses_granted := coalesce(_impl_api_key_update.remaining_uses,
+                                         api_keys._remaining_uses(k, statement_timestamp()));
+        PERFORM api_keys._check_credits('remaining_uses', credits.uses_granted,
+                                        credits.refill_amount, credits.refill_interval);
+        credits.uses_from := CASE WHEN credits.uses_granted IS NOT NULL THEN clock_timestamp() END;
+    END IF;
     -- scopes, allowed_cidrs and expires_at are validated and normalised by the
     -- keys_guard trigger, as on every write.
     UPDATE api_keys.keys SET
@@ -201,7 +241,11 @@ BEGIN
         expires_at = coalesce(_impl_api_key_update.expires_at, keys.expires_at),
         rate_limit_per_minute = coalesce(api_keys._check_limit('rate_limit_per_minute', _impl_api_key_update.rate_limit_per_minute), keys.rate_limit_per_minute),
         rate_limit_per_hour = coalesce(api_keys._check_limit('rate_limit_per_hour', _impl_api_key_update.rate_limit_per_hour), keys.rate_limit_per_hour),
-        metadata = coalesce(api_keys._check_metadata(_impl_api_key_update.metadata), keys.metadata)
+        metadata = coalesce(api_keys._check_metadata(_impl_api_key_update.metadata), keys.metadata),
+        uses_granted = credits.uses_granted,
+        uses_from = credits.uses_from,
+        refill_amount = credits.refill_amount,
+        refill_interval = credits.refill_interval
      WHERE keys.id = k.id
     RETURNING keys.* INTO stored;
     -- Compared as stored: the same networks in another order are no change.
@@ -222,8 +266,40 @@ CREATE FUNCTION api_keys.api_key_update(
     expires_at timestamptz DEFAULT NULL,
     rate_limit_per_minute integer DEFAULT NULL,
     rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT NULL
+    metadata jsonb DEFAULT NULL,
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
 ) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+-- The key's credits, all three given: remaining_uses from now (NULL: unlimited, no
+-- refill), and the refill (NULL, NULL: none). A new period starts now, none spent.
+CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id uuid, remaining_uses bigint,
+                                                   refill_amount bigint, refill_interval text)
+RETURNS api_keys.key_list
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k api_keys.keys := api_keys._key_for_update(key_id);
+BEGIN
+    PERFORM api_keys._check_editable(k);
+    PERFORM api_keys._check_credits('remaining_uses', remaining_uses, refill_amount, refill_interval);
+    UPDATE api_keys.keys SET
+        uses_granted = _impl_api_key_set_credits.remaining_uses,
+        uses_from = CASE WHEN _impl_api_key_set_credits.remaining_uses IS NOT NULL THEN clock_timestamp() END,
+        refill_amount = _impl_api_key_set_credits.refill_amount,
+        refill_interval = _impl_api_key_set_credits.refill_interval
+     WHERE keys.id = k.id;
+    RETURN api_keys._listed(k.id);
+END $$;
+
+CREATE FUNCTION api_keys.api_key_set_credits(key_id uuid, remaining_uses bigint,
+                                             refill_amount bigint DEFAULT NULL,
+                                             refill_interval text DEFAULT NULL)
+RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 

@@ -108,13 +108,13 @@ RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
-CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval)
+CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval, remaining_uses bigint)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace) $$;
+AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace, remaining_uses) $$;
 
-CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0')
+CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
@@ -128,14 +128,18 @@ CREATE FUNCTION api_keys._impl_api_key_update(
     expires_at timestamptz,
     rate_limit_per_minute integer,
     rate_limit_per_hour integer,
-    metadata jsonb
+    metadata jsonb,
+    remaining_uses bigint,
+    refill_amount bigint,
+    refill_interval text
 ) RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
                                          allowed_cidrs, expires_at, rate_limit_per_minute,
-                                         rate_limit_per_hour, metadata)
+                                         rate_limit_per_hour, metadata, remaining_uses,
+                                         refill_amount, refill_interval)
 $$;
 
 CREATE FUNCTION api_keys.api_key_update(
@@ -147,7 +151,27 @@ CREATE FUNCTION api_keys.api_key_update(
     expires_at timestamptz DEFAULT NULL,
     rate_limit_per_minute integer DEFAULT NULL,
     rate_limit_per_hour integer DEFAULT NULL,
-    metadata jsonb DEFAULT NULL
+    metadata jsonb DEFAULT NULL,
+    remaining_uses bigint DEFAULT NULL,
+    refill_amount bigint DEFAULT NULL,
+    refill_interval text DEFAULT NULL
 ) RETURNS api_keys.key_list
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id text, remaining_uses bigint,
+                                                   refill_amount bigint, refill_interval text)
+RETURNS api_keys.key_list
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT api_keys._impl_api_key_set_credits(api_keys._key_ref(key_id), remaining_uses,
+                                              refill_amount, refill_interval)
+$$;
+
+CREATE FUNCTION api_keys.api_key_set_credits(key_id text, remaining_uses bigint,
+                                             refill_amount bigint DEFAULT NULL,
+                                             refill_interval text DEFAULT NULL)
+RETURNS api_keys.key_list
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';

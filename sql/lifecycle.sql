@@ -70,13 +70,29 @@ BEGIN
     -- Terminal keys: nothing but a revocation (of an expired key) may change, and that
     -- only in status and status_reason.
     IF (NEW.name, NEW.description, NEW.owner, NEW.scopes, NEW.allowed_cidrs,
-        NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata)
+        NEW.expires_at, NEW.rate_limit_per_minute, NEW.rate_limit_per_hour, NEW.metadata,
+        NEW.uses_granted, NEW.uses_from, NEW.refill_amount, NEW.refill_interval)
        IS DISTINCT FROM
        (OLD.name, OLD.description, OLD.owner, OLD.scopes, OLD.allowed_cidrs,
-        OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata)
+        OLD.expires_at, OLD.rate_limit_per_minute, OLD.rate_limit_per_hour, OLD.metadata,
+        OLD.uses_granted, OLD.uses_from, OLD.refill_amount, OLD.refill_interval)
        OR (NEW.status IS NOT DISTINCT FROM OLD.status
            AND NEW.status_reason IS DISTINCT FROM OLD.status_reason) THEN
         PERFORM api_keys._check_editable(OLD);
+    END IF;
+    -- The uses spent are the workers' (they write with triggers off), the owner's limits
+    -- the copy triggers' (keys_owner_limits, owner_limits_copy). A change of the credits
+    -- (the functions mark one by a new uses_from) starts a new period, now.
+    NEW.uses_period := OLD.uses_period;
+    NEW.uses_spent := OLD.uses_spent;
+    NEW.owner_rate_limit_per_minute := OLD.owner_rate_limit_per_minute;
+    NEW.owner_rate_limit_per_hour := OLD.owner_rate_limit_per_hour;
+    IF (NEW.uses_granted, NEW.uses_from, NEW.refill_amount, NEW.refill_interval)
+       IS DISTINCT FROM
+       (OLD.uses_granted, OLD.uses_from, OLD.refill_amount, OLD.refill_interval) THEN
+        NEW.uses_from := CASE WHEN NEW.uses_granted IS NOT NULL THEN clock_timestamp() END;
+        NEW.uses_period := NULL;
+        NEW.uses_spent := 0;
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM api_keys._check_transition(OLD, NEW.status);
@@ -108,6 +124,160 @@ $$;
 
 CREATE TRIGGER keys_guard BEFORE UPDATE ON api_keys.keys
     FOR EACH ROW EXECUTE FUNCTION api_keys._keys_guard();
+
+-- Owner-wide limits (api_keys.owner_limits). Each key carries a copy of its owner's, so
+-- that verification reads nothing but the key row: a new key, or one given another
+-- owner, copies them (keys_owner_limits, after keys_guard), and a change of the limits
+-- is copied into every key of the owner (owner_limits_copy).
+--
+-- Concurrency (a key issued while its owner's limits change must end up with the new
+-- ones): a per-owner transaction advisory lock. Copying into a key takes it shared, so
+-- it waits for a change in progress and then (at READ COMMITTED, where each statement
+-- sees what committed before it) reads the changed limits. api_key_set_owner_limits
+-- writes the limits and copies them into the keys it sees, then takes the lock
+-- exclusively, which waits for every transaction that was copying the old limits
+-- meanwhile, and copies again into what they committed. The lock is taken only once
+-- the first copy is done, so that it is never held while waiting for a key's row lock
+-- (a rotation holds its old key's while it issues the new one). At REPEATABLE READ or
+-- SERIALIZABLE a key copies from its transaction's snapshot, under FOR SHARE: limits
+-- changed or removed since raise 40001 (retry); an owner's first limits set since are
+-- missed (README, "Owner limits").
+CREATE FUNCTION api_keys._owner_lock(owner text) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT hashtextextended('api_keys.owner:' || owner, 0)
+$$;
+
+-- BEFORE INSERT, and UPDATE OF owner: the owner's limits into the key.
+CREATE FUNCTION api_keys._keys_owner_limits() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner THEN
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(api_keys._owner_lock(NEW.owner));
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
+    ELSE
+        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner
+           FOR SHARE;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER keys_owner_limits BEFORE INSERT OR UPDATE OF owner ON api_keys.keys
+    FOR EACH ROW EXECUTE FUNCTION api_keys._keys_owner_limits();
+
+-- The owner's current limits into each of its keys that lacks them. A copy is no edit
+-- for keys_guard to judge nor keys_audit to record: triggers are off.
+CREATE FUNCTION api_keys._copy_owner_limits(key_owner text) RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+    UPDATE api_keys.keys k
+       SET owner_rate_limit_per_minute = l.per_minute,
+           owner_rate_limit_per_hour = l.per_hour
+      FROM (SELECT max(o.rate_limit_per_minute) AS per_minute, max(o.rate_limit_per_hour) AS per_hour
+              FROM api_keys.owner_limits o
+             WHERE o.owner = _copy_owner_limits.key_owner) l
+     WHERE k.owner = _copy_owner_limits.key_owner
+       AND (k.owner_rate_limit_per_minute, k.owner_rate_limit_per_hour)
+           IS DISTINCT FROM (l.per_minute, l.per_hour)
+$$;
+
+-- AFTER each change of api_keys.owner_limits (also a restore's, whichever table it
+-- loads first): the limits into the owner's keys.
+CREATE FUNCTION api_keys._owner_limits_copy() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM api_keys._copy_owner_limits(OLD.owner);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner) THEN
+        PERFORM api_keys._copy_owner_limits(NEW.owner);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER owner_limits_copy AFTER INSERT OR UPDATE OR DELETE ON api_keys.owner_limits
+    FOR EACH ROW EXECUTE FUNCTION api_keys._owner_limits_copy();
+
+-- api_key_set_owner_limits (admins): set, change or (both NULL) remove the limits all
+-- keys of `owner` share; returns them with the number of keys that carry them. One
+-- audit entry ('owner_limits_changed', no key); the keys' copies are not audited.
+CREATE FUNCTION api_keys._set_owner_limits(of_owner text, per_minute integer, per_hour integer)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owned integer;
+BEGIN
+    -- Before the owner is trimmed or named in a message.
+    PERFORM api_keys._check_length('owner', of_owner, 200);
+    IF of_owner IS NULL OR btrim(of_owner) = '' THEN
+        RAISE EXCEPTION 'owner must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Name the owner whose keys share the limits, as api_keys.key_list shows it.';
+    ELSIF per_minute <= 0 OR per_hour <= 0 THEN
+        RAISE EXCEPTION '% must be positive (got %)',
+                        CASE WHEN per_minute <= 0 THEN 'rate_limit_per_minute' ELSE 'rate_limit_per_hour' END,
+                        CASE WHEN per_minute <= 0 THEN per_minute ELSE per_hour END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Leave it NULL for no owner limit of that window; both NULL remove the owner''s limits.';
+    END IF;
+    -- The second copy below must see every key committed before the lock.
+    PERFORM api_keys._require_read_committed('api_key_set_owner_limits()');
+    IF per_minute IS NULL AND per_hour IS NULL THEN
+        DELETE FROM api_keys.owner_limits l WHERE l.owner = of_owner;
+    ELSE
+        INSERT INTO api_keys.owner_limits AS l
+               (owner, rate_limit_per_minute, rate_limit_per_hour, updated_at, updated_by)
+        VALUES (of_owner, per_minute, per_hour, now(), api_keys._caller())
+        ON CONFLICT ON CONSTRAINT owner_limits_pkey DO UPDATE
+           SET rate_limit_per_minute = EXCLUDED.rate_limit_per_minute,
+               rate_limit_per_hour = EXCLUDED.rate_limit_per_hour,
+               updated_at = EXCLUDED.updated_at,
+               updated_by = EXCLUDED.updated_by;
+    END IF;
+    -- The trigger owner_limits_copy has copied the limits into the keys this statement
+    -- saw; keys being issued meanwhile copied the old ones: wait for them, copy again.
+    PERFORM pg_advisory_xact_lock(api_keys._owner_lock(of_owner));
+    PERFORM api_keys._copy_owner_limits(of_owner);
+    SELECT count(*) INTO owned FROM api_keys.keys k WHERE k.owner = of_owner;
+    PERFORM api_keys._audit('owner_limits_changed', NULL::api_keys.keys, NULL, NULL, NULL,
+                            jsonb_build_object('owner', of_owner, 'rate_limit_per_minute', per_minute,
+                                               'rate_limit_per_hour', per_hour, 'keys', owned));
+    RETURN owned;
+END $$;
+
+-- SQL, not PL/pgSQL: input and output columns share names, as the contract's do.
+CREATE FUNCTION api_keys._impl_api_key_set_owner_limits(owner text, rate_limit_per_minute integer,
+                                                        rate_limit_per_hour integer)
+RETURNS TABLE (owner text, rate_limit_per_minute integer, rate_limit_per_hour integer, keys integer)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT $1, $2, $3, api_keys._set_owner_limits($1, $2, $3)
+$$;
+
+CREATE FUNCTION api_keys.api_key_set_owner_limits(owner text, rate_limit_per_minute integer DEFAULT NULL,
+                                                  rate_limit_per_hour integer DEFAULT NULL)
+RETURNS TABLE (owner text, rate_limit_per_minute integer, rate_limit_per_hour integer, keys integer)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'api_keys_as_caller';
+
+COMMENT ON FUNCTION api_keys.api_key_set_owner_limits(text, integer, integer) IS
+    'Admins: rate limits shared by all keys of an owner (both NULL: none); returns them and how many keys carry them.';
 
 -- The key row for a lifecycle call, locked; P0002 when it does not exist or the caller
 -- may not see it (the two are indistinguishable on purpose).

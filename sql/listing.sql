@@ -17,7 +17,8 @@ DECLARE
         'id', 'prefix', 'name', 'description', 'key_type', 'environment', 'owner', 'status',
         'status_reason', 'scopes', 'allowed_cidrs', 'expires_at', 'created_at', 'created_by',
         'last_used_at', 'last_used_ip', 'rotated_from', 'rate_limit_per_minute',
-        'rate_limit_per_hour', 'metadata'];
+        'rate_limit_per_hour', 'metadata', 'remaining_uses', 'refill_amount', 'refill_interval',
+        'refill_at', 'owner_rate_limit_per_minute', 'owner_rate_limit_per_hour'];
     words text[];
     pattern text;
 BEGIN

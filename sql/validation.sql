@@ -47,6 +47,43 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'api_keys limits metadata to 16 KiB of JSON; keep bulky data in your own table, keyed by the key id.';
     END IF;
+    IF (k.uses_granted, k.refill_amount, k.refill_interval)
+       IS DISTINCT FROM (old.uses_granted, old.refill_amount, old.refill_interval) THEN
+        PERFORM api_keys._check_credits('uses_granted', k.uses_granted, k.refill_amount, k.refill_interval);
+    END IF;
+END $$;
+
+-- Credits: the uses (named `uses_field`: remaining_uses in the functions, uses_granted
+-- in a direct UPDATE) 0 to 10^12 or NULL for unlimited; a refill is an amount 1 to 10^12
+-- and an interval, both or neither, and only with uses.
+CREATE FUNCTION api_keys._check_credits(uses_field text, uses bigint, refill_amount bigint, refill_interval text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF uses NOT BETWEEN 0 AND 1000000000000 THEN
+        RAISE EXCEPTION '% must be between 0 and 1000000000000 (got %)', uses_field, uses
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('api_keys limits %s to 0 .. 1,000,000,000,000; leave it NULL for unlimited uses.', uses_field);
+    ELSIF refill_amount NOT BETWEEN 1 AND 1000000000000 THEN
+        RAISE EXCEPTION 'refill_amount must be between 1 and 1000000000000 (got %)', refill_amount
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'api_keys limits refill_amount to 1 .. 1,000,000,000,000 uses a refill.';
+    ELSIF refill_interval NOT IN ('daily', 'monthly') THEN
+        -- (not repeated: it may be long)
+        RAISE EXCEPTION 'refill_interval must be daily or monthly'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Refills happen at the start of each UTC day (daily) or month (monthly).';
+    ELSIF (refill_amount IS NULL) <> (refill_interval IS NULL) THEN
+        RAISE EXCEPTION 'refill_amount and refill_interval go together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give both for a refill (e.g. refill_amount => 1000, refill_interval => ''daily''), or neither.';
+    ELSIF refill_amount IS NOT NULL AND uses IS NULL THEN
+        RAISE EXCEPTION 'a refill needs %', uses_field
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('A key without %s has unlimited uses; give it %s (its uses until the first refill).', uses_field, uses_field);
+    END IF;
 END $$;
 
 CREATE FUNCTION api_keys._check_name(name text) RETURNS text

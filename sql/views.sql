@@ -33,12 +33,61 @@ AS $$
            END
 $$;
 
+-- Credits (README, "Credits"); verification (Rust) counts the same way. The credit
+-- period at `at`: uses_from, or with a refill the start of the UTC day or month of
+-- `at` when that is later (each refill starts a period).
+CREATE FUNCTION api_keys._credit_period(uses_from timestamptz, refill_interval text, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN refill_interval IS NULL THEN uses_from
+                ELSE greatest(uses_from,
+                              date_trunc(CASE refill_interval WHEN 'daily' THEN 'day'
+                                                              WHEN 'monthly' THEN 'month' END,
+                                         at, 'UTC'))
+           END
+$$;
+
+-- The uses left at `at`: the uses of the period (refill_amount once a refill started
+-- it, uses_granted before) less those the workers wrote for it; NULL: unlimited.
+CREATE FUNCTION api_keys._remaining_uses(k api_keys.keys, at timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN k.uses_granted IS NULL THEN NULL
+                ELSE greatest(CASE WHEN p.period > k.uses_from THEN k.refill_amount
+                                   ELSE k.uses_granted END
+                              - CASE WHEN k.uses_period = p.period THEN k.uses_spent ELSE 0 END,
+                              0)
+           END
+      FROM (SELECT api_keys._credit_period(k.uses_from, k.refill_interval, at) AS period) p
+$$;
+
+-- The next refill after `at` (the next UTC day or month start; never before uses_from);
+-- NULL without a refill.
+CREATE FUNCTION api_keys._next_refill(uses_from timestamptz, refill_interval text, at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- In UTC throughout: timestamptz + interval would count days in the session's zone.
+    SELECT (CASE refill_interval
+                WHEN 'daily' THEN date_trunc('day', greatest(uses_from, at) AT TIME ZONE 'UTC') + interval '1 day'
+                WHEN 'monthly' THEN date_trunc('month', greatest(uses_from, at) AT TIME ZONE 'UTC') + interval '1 month'
+            END) AT TIME ZONE 'UTC'
+$$;
+
 CREATE VIEW api_keys.key_list WITH (security_barrier) AS
 SELECT k.id, k.prefix, k.name, k.description, k.key_type, k.environment, k.owner,
        api_keys._effective_status(k.status, k.expires_at) AS status,
        k.status_reason, k.scopes, k.allowed_cidrs, k.expires_at, k.created_at, k.created_by,
        k.last_used_at, k.last_used_ip, k.rotated_from, k.rate_limit_per_minute,
-       k.rate_limit_per_hour, k.metadata
+       k.rate_limit_per_hour, k.metadata,
+       api_keys._remaining_uses(k, pg_catalog.statement_timestamp()) AS remaining_uses,
+       k.refill_amount, k.refill_interval,
+       api_keys._next_refill(k.uses_from, k.refill_interval, pg_catalog.statement_timestamp()) AS refill_at,
+       k.owner_rate_limit_per_minute, k.owner_rate_limit_per_hour
   FROM api_keys.keys k
  WHERE k.owner OPERATOR(pg_catalog.=) (SELECT api_keys._caller())
     OR (SELECT api_keys._caller_is_admin());
@@ -63,7 +112,15 @@ COMMENT ON VIEW api_keys.expiring_soon IS
 CREATE VIEW api_keys.usage_by_key WITH (security_barrier) AS
 SELECT u.key_id, l.prefix, l.name, l.owner, u.hour,
        pg_catalog.sum(u.verified)::bigint AS verified,
-       pg_catalog.sum(u.rejected)::bigint AS rejected
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.invalid_secret)::bigint AS invalid_secret,
+       pg_catalog.sum(u.suspended)::bigint AS suspended,
+       pg_catalog.sum(u.revoked)::bigint AS revoked,
+       pg_catalog.sum(u.expired)::bigint AS expired,
+       pg_catalog.sum(u.ip_not_allowed)::bigint AS ip_not_allowed,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope
   FROM api_keys.usage u
   JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
  GROUP BY u.key_id, l.prefix, l.name, l.owner, u.hour;
@@ -75,7 +132,15 @@ CREATE VIEW api_keys.usage_by_owner WITH (security_barrier) AS
 SELECT l.owner, u.hour,
        pg_catalog.count(DISTINCT u.key_id) AS keys,
        pg_catalog.sum(u.verified)::bigint AS verified,
-       pg_catalog.sum(u.rejected)::bigint AS rejected
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.invalid_secret)::bigint AS invalid_secret,
+       pg_catalog.sum(u.suspended)::bigint AS suspended,
+       pg_catalog.sum(u.revoked)::bigint AS revoked,
+       pg_catalog.sum(u.expired)::bigint AS expired,
+       pg_catalog.sum(u.ip_not_allowed)::bigint AS ip_not_allowed,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope
   FROM api_keys.usage u
   JOIN api_keys.key_list l ON l.id OPERATOR(pg_catalog.=) u.key_id
  GROUP BY l.owner, u.hour;

@@ -146,6 +146,31 @@ impl Server {
         self.get_with(agent, path, key.map(|k| ("X-API-Key", k)).as_slice())
     }
 
+    /// Status, the headers named `wanted` (lowercase; absent ones left out) and body of
+    /// `GET path` with `key`.
+    fn get_headers(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        key: &str,
+        wanted: &[&str],
+    ) -> (u16, Vec<(String, String)>, String) {
+        let mut response = agent
+            .get(self.url(path))
+            .header("X-API-Key", key)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\npostrust log:\n{}", self.log()));
+        let headers = wanted
+            .iter()
+            .filter_map(|name| {
+                let value = response.headers().get(*name)?.to_str().ok()?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), headers, body)
+    }
+
     fn get_with(&self, agent: &ureq::Agent, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut request = agent.get(self.url(path));
         for (name, value) in headers {
@@ -200,6 +225,9 @@ fn refusal(status: u16, reason: &str) -> (u16, String) {
         "revoked" => "The key is revoked; use another key.",
         "ip_not_allowed" => "The client address is outside the key's allowed_cidrs.",
         "rate_limited" => "The key is over its rate limit; retry in the next minute or hour.",
+        "usage_exceeded" => {
+            "The key has no uses left; wait for its refill, or ask its owner or an admin for more."
+        }
         other => panic!("no hint known for {other}"),
     };
     let body = format!(
@@ -417,6 +445,75 @@ fn refusals_name_the_reason_and_never_the_key() {
         server.get(&agent, "/runs", Some(&limited)),
         refusal(429, "rate_limited")
     );
+}
+
+/// Every answer carries the key's tightest window as `RateLimit-*` headers; a 429 for
+/// the rate or for want of uses carries `Retry-After` when waiting helps.
+#[test]
+fn limits_reach_the_client_as_headers() {
+    let cluster = shared();
+    let db = example_db(&cluster, "limit_headers");
+    let server = Server::start(&cluster, &db, "authenticator");
+    let mut a = cluster.connect_fast(&db);
+    let agent = agent();
+    let names = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after"];
+    let seconds = |headers: &[(String, String)], name: &str| -> Option<i64> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.parse().unwrap())
+    };
+    let limited = issue(
+        &mut a,
+        "'headers', 'service', 'production', ARRAY['runs:read'], rate_limit_per_minute => 3",
+    );
+    common::wait_for_room_in_window(&mut a, 10.0);
+    for left in ["2", "1", "0"] {
+        let (status, headers, _) = server.get_headers(&agent, "/runs", &limited.key, &names);
+        assert_eq!(status, 200);
+        assert_eq!(&headers[..2], &[
+            ("ratelimit-limit".to_string(), "3".to_string()),
+            ("ratelimit-remaining".to_string(), left.to_string()),
+        ]);
+        let reset = seconds(&headers, "ratelimit-reset").unwrap();
+        assert!((1..=60).contains(&reset), "reset in {reset} s");
+        assert_eq!(seconds(&headers, "retry-after"), None);
+    }
+    let (status, headers, body) = server.get_headers(&agent, "/runs", &limited.key, &names);
+    assert_eq!((status, body), refusal(429, "rate_limited"));
+    let retry = seconds(&headers, "retry-after").expect("Retry-After with a 429");
+    assert!((1..=60).contains(&retry), "retry after {retry} s");
+    assert_eq!(seconds(&headers, "ratelimit-remaining"), Some(0));
+
+    // Out of uses: Retry-After until the refill at midnight UTC, none without one.
+    let refilled = issue(
+        &mut a,
+        "'refilled', 'service', 'production', ARRAY['runs:read'], remaining_uses => 1, \
+         refill_amount => 5, refill_interval => 'daily'",
+    );
+    let spent = issue(
+        &mut a,
+        "'spent', 'service', 'production', ARRAY['runs:read'], remaining_uses => 1",
+    );
+    let to_midnight: i64 = a
+        .query_one(
+            "SELECT ceil(extract(epoch FROM date_trunc('day', now(), 'UTC') + interval '1 day' - now()))::int8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for key in [&refilled, &spent] {
+        assert_eq!(server.get_headers(&agent, "/runs", &key.key, &names).0, 200);
+        let (status, headers, body) = server.get_headers(&agent, "/runs", &key.key, &names);
+        assert_eq!((status, body), refusal(429, "usage_exceeded"));
+        let retry = seconds(&headers, "retry-after");
+        if std::ptr::eq(key, &refilled) {
+            let retry = retry.expect("Retry-After until the refill");
+            assert!((to_midnight - 5..=to_midnight + 1).contains(&retry), "{retry} vs {to_midnight}");
+        } else {
+            assert_eq!(retry, None, "waiting gives no uses back");
+        }
+    }
 }
 
 /// Behind a trusted proxy the client is the right-most hop of X-Forwarded-For that is

@@ -48,7 +48,7 @@ SELECT pg_describe_object(m.classid, m.objid, 0)
                 SELECT string_agg(co.conname || ' ' || pg_get_constraintdef(co.oid), '; ' ORDER BY co.conname)
                   FROM pg_constraint co WHERE co.conrelid = c.oid),
             'indexes: ' || (
-                SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+                SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY pg_get_indexdef(i.indexrelid))
                   FROM pg_index i WHERE i.indrelid = c.oid),
             'triggers: ' || (
                 SELECT string_agg(pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text, '; ' ORDER BY t.tgname)

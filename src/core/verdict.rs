@@ -97,7 +97,7 @@ impl Reason {
             Self::IpNotAllowed => "The client address is outside the key's allowed_cidrs.",
             Self::InsufficientScope => "The key lacks the required scope.",
             Self::RateLimited => {
-                "The key or its owner is over a rate limit; retry once the window resets (Retry-After)."
+                "The key is over its rate limit; retry in the next minute or hour."
             }
             Self::UsageExceeded => {
                 "The key has no uses left; wait for its refill, or ask its owner or an admin for more."

@@ -59,7 +59,8 @@ fmgr::finfo_v1!(pg_finfo_api_key_verify);
 pub unsafe extern "C-unwind" fn api_key_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: at the start of the call, kept on its stack.
     let memory = unsafe { CallMemory::of_this_call() };
-    // SAFETY: the function manager's call info for api_key_verify(text, inet, text).
+    // SAFETY: the function manager's call info for api_key_verify(text, inet, text, integer)
+    // (or 0.4.0's, without the cost: `args::arg` reads only the arguments there are).
     let (key, client, required_scope, cost) = unsafe {
         (
             args::key(&memory, fcinfo, 0),

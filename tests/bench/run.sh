@@ -11,6 +11,7 @@
 # for the scenarios drawing from a pool, lookup_pool.sql drawing its prefix from that
 # pool) and one verification scenario:
 #   warm          valid signed keys already in the shared memo                 (warm.sql)
+#   metered       the same with credits and owner-wide limits on                (metered.sql)
 #   garbage       key-shaped strings with a wrong checksum                       (garbage.sql)
 #   forged        signed-shaped forgeries for real prefixes: random secret, the
 #                 key's real signing key id, random 96-bit MAC, valid checksum;
@@ -89,6 +90,18 @@ SELECT g, i.key, i.prefix
        LATERAL api_keys.api_key_issue('bench ' || g, 'service', 'production',
                                       rate_limit_per_minute => 1000000000,
                                       rate_limit_per_hour => 1000000000) i;
+-- Metered keys: a trillion uses each, and an owner with owner-wide limits, all far
+-- above what the benchmark reaches: every call spends a use and counts for the owner.
+SELECT api_keys.api_key_set_owner_limits('bench metered', 1000000000, 1000000000);
+CREATE TABLE bench.metered (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);
+INSERT INTO bench.metered (n, key, prefix)
+SELECT g, i.key, i.prefix
+  FROM generate_series(1, $NKEYS) g,
+       LATERAL api_keys.api_key_issue('metered ' || g, 'service', 'production',
+                                      owner => 'bench metered',
+                                      rate_limit_per_minute => 1000000000,
+                                      rate_limit_per_hour => 1000000000,
+                                      remaining_uses => 1000000000000) i;
 -- The pools drawn from at random (n = 1 .. nwrong, interleaved over the prefixes); each
 -- row's prefix lets the lookup baseline sample the same pool.
 CREATE TABLE bench.wrong (n int PRIMARY KEY, key text NOT NULL, prefix text NOT NULL);        -- wrong_secret
@@ -205,13 +218,13 @@ q -c "CREATE TEMP TABLE unsigned (n int, key text)" \
 q -c "COPY bench.wrong FROM STDIN" <"$work/wrong.tsv"
 q -c "COPY bench.forged FROM STDIN" <"$work/forged.tsv"
 q -c "COPY bench.legacy_wrong FROM STDIN" <"$work/legacy_wrong.tsv"
-for t in bench.keys bench.legacy bench.wrong bench.forged bench.legacy_wrong api_keys.keys; do
+for t in bench.keys bench.metered bench.legacy bench.wrong bench.forged bench.legacy_wrong api_keys.keys; do
     q -c "VACUUM ANALYZE $t"
 done
 
 echo "==> warming the memo (one argon2 per key, signed and unsigned)"
 stats "$work/warmup_a.tsv"
-for t in keys legacy; do
+for t in keys metered legacy; do
     q -F $'\t' -c "SELECT v.reason, count(*) FROM bench.$t k, LATERAL api_keys.api_key_verify(k.key) v GROUP BY 1" \
         >"$work/warmup_$t.tsv"
     [ "$(cat "$work/warmup_$t.tsv")" = "ok	$NKEYS" ] ||
@@ -260,7 +273,7 @@ round() {
 # Each scenario: lookup, scenario, lookup, scenario, ... so both see the same machine.
 # The scenarios drawing from a pool of 200,000 keys compare with a lookup that draws its
 # prefix from the same pool (lookup_pool.sql), so both pay the same sampling.
-scenarios=(warm:warm.sql::lookup.sql garbage:garbage.sql::lookup.sql
+scenarios=(warm:warm.sql::lookup.sql metered:metered.sql::lookup.sql garbage:garbage.sql::lookup.sql
            forged:forged.sql::lookup_pool.sql wrong_secret:wrong_secret.sql::lookup_pool.sql
            legacy_flood:legacy_flood.sql::lookup_pool.sql new_sessions:warm.sql:-C:lookup.sql)
 for s in "${scenarios[@]}"; do
@@ -339,6 +352,7 @@ def other_reasons(d):
 
 rows = [
     ("warm valid keys (memo hit)", "warm", "lookup", 0.8),
+    ("warm valid keys with credits and owner limits (memo hit)", "metered", "lookup", 1.0),
     ("garbage (checksum fails)", "garbage", "lookup", 1.0),
     ("forged signed secrets, real prefixes (flood)", "forged", "lookup, same pool", 1.1),
     ("unsigned-shaped wrong secrets for signed keys", "wrong_secret", "lookup, same pool", 0.5),

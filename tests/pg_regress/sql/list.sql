@@ -27,7 +27,7 @@ SELECT status FROM api_key_suspend(:'gamma_id', 'paused');
 SELECT status FROM api_key_revoke(:'delta_id', 'gone');
 SELECT status FROM api_key_set_status(:'eps_id', 'expired');
 
--- key_list columns: exactly the contract's, never the hash
+-- key_list columns: the contract's, then credits and owner limits (0.5.0); never the hash
 SELECT attnum, attname FROM pg_attribute
  WHERE attrelid = 'api_keys.key_list'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
 SELECT count(*) AS hash_columns FROM pg_attribute
