@@ -420,7 +420,7 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
 /// (exact µs periods: `extract` is numeric).
 const CREDITS: &str = "\
 SELECT c.key_id,
-       ((pg_catalog.extract(epoch FROM c.period) - 946684800) * 1000000)::pg_catalog.int8,
+       ((EXTRACT(epoch FROM c.period) - 946684800) * 1000000)::pg_catalog.int8,
        c.source, c.since, c.spent
   FROM api_keys.credit_use c
  WHERE (c.key_id, c.period) IN (SELECT y.key_id, y.period FROM api_keys.credit_use y WHERE y.tick > $1)
