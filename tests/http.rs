@@ -456,7 +456,12 @@ fn limits_reach_the_client_as_headers() {
     let server = Server::start(&cluster, &db, "authenticator");
     let mut a = cluster.connect_fast(&db);
     let agent = agent();
-    let names = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after"];
+    let names = [
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "retry-after",
+    ];
     let seconds = |headers: &[(String, String)], name: &str| -> Option<i64> {
         headers
             .iter()
@@ -471,10 +476,13 @@ fn limits_reach_the_client_as_headers() {
     for left in ["2", "1", "0"] {
         let (status, headers, _) = server.get_headers(&agent, "/runs", &limited.key, &names);
         assert_eq!(status, 200);
-        assert_eq!(&headers[..2], &[
-            ("ratelimit-limit".to_string(), "3".to_string()),
-            ("ratelimit-remaining".to_string(), left.to_string()),
-        ]);
+        assert_eq!(
+            &headers[..2],
+            &[
+                ("ratelimit-limit".to_string(), "3".to_string()),
+                ("ratelimit-remaining".to_string(), left.to_string()),
+            ]
+        );
         let reset = seconds(&headers, "ratelimit-reset").unwrap();
         assert!((1..=60).contains(&reset), "reset in {reset} s");
         assert_eq!(seconds(&headers, "retry-after"), None);
@@ -509,7 +517,10 @@ fn limits_reach_the_client_as_headers() {
         let retry = seconds(&headers, "retry-after");
         if std::ptr::eq(key, &refilled) {
             let retry = retry.expect("Retry-After until the refill");
-            assert!((to_midnight - 5..=to_midnight + 1).contains(&retry), "{retry} vs {to_midnight}");
+            assert!(
+                (to_midnight - 5..=to_midnight + 1).contains(&retry),
+                "{retry} vs {to_midnight}"
+            );
         } else {
             assert_eq!(retry, None, "waiting gives no uses back");
         }

@@ -97,7 +97,11 @@ fn credits_run_out_exactly_across_eight_sessions() {
         counts = (row.get(0), row.get(1), row.get(2));
         counts == (500, 24, 24)
     });
-    assert_eq!(counts, (500, 24, 24), "(verified, usage_exceeded, rejected)");
+    assert_eq!(
+        counts,
+        (500, 24, 24),
+        "(verified, usage_exceeded, rejected)"
+    );
 }
 
 #[test]
@@ -111,15 +115,25 @@ fn a_call_spends_its_cost_and_answers_the_limit_state() {
     );
     wait_for_room_in_window(&mut c, 20.0);
     let (why, limit, left, reset, uses) = call(&mut c, &k.key, Some(3));
-    assert_eq!((why.as_str(), limit, left, uses), ("ok", Some(50), Some(49), Some(7)));
+    assert_eq!(
+        (why.as_str(), limit, left, uses),
+        ("ok", Some(50), Some(49), Some(7))
+    );
     let reset = reset.unwrap();
     assert!(reset > 0.0 && reset <= 60.0, "the minute's end: {reset}");
-    assert_eq!(call(&mut c, &k.key, Some(0)).4, Some(7), "a free call spends nothing");
+    assert_eq!(
+        call(&mut c, &k.key, Some(0)).4,
+        Some(7),
+        "a free call spends nothing"
+    );
     assert_eq!(call(&mut c, &k.key, None).4, Some(6), "NULL costs one");
     let refused = call(&mut c, &k.key, Some(8));
     assert_eq!((refused.0.as_str(), refused.4), ("usage_exceeded", Some(6)));
     for cost in [-1, 1_000_001] {
-        assert_eq!(call(&mut c, &k.key, Some(cost)), ("malformed".into(), None, None, None, None));
+        assert_eq!(
+            call(&mut c, &k.key, Some(cost)),
+            ("malformed".into(), None, None, None, None)
+        );
     }
     // A wrong secret learns nothing of the key's limits.
     let wrong = call(&mut c, &forge_secret(&k.key), None);
@@ -150,7 +164,10 @@ fn a_refill_at_the_boundary_gives_the_refill_amount() {
         "'daily', 'service', 'production', remaining_uses => 2, refill_amount => 50, \
          refill_interval => 'daily'",
     );
-    let once = issue(&mut c, "'once', 'service', 'production', remaining_uses => 2");
+    let once = issue(
+        &mut c,
+        "'once', 'service', 'production', remaining_uses => 2",
+    );
     // Both were granted yesterday and spent it all then (as the worker writes it).
     c.batch_execute(&format!(
         "SET session_replication_role = replica;
@@ -163,9 +180,17 @@ fn a_refill_at_the_boundary_gives_the_refill_amount() {
         daily.id, once.id
     ))
     .unwrap();
-    assert_eq!(call(&mut c, &once.key, None).0, "usage_exceeded", "no refill");
+    assert_eq!(
+        call(&mut c, &once.key, None).0,
+        "usage_exceeded",
+        "no refill"
+    );
     let (why, _, _, _, uses) = call(&mut c, &daily.key, None);
-    assert_eq!((why.as_str(), uses), ("ok", Some(49)), "refilled at midnight UTC");
+    assert_eq!(
+        (why.as_str(), uses),
+        ("ok", Some(49)),
+        "refilled at midnight UTC"
+    );
     wait_for_listed(&mut c, &daily, 49);
     let (period, next_is_tomorrow): (bool, bool) = {
         let r = c
@@ -237,12 +262,17 @@ fn credits_hold_across_a_primary_and_its_standby() {
         on_standby += 1;
         assert!(on_standby <= 40);
     }
-    assert_eq!(on_standby, 20, "the standby starts from what the primary wrote");
+    assert_eq!(
+        on_standby, 20,
+        "the standby starts from what the primary wrote"
+    );
     // The standby's spending reaches the primary, whose own count then has none left.
     wait_for_listed(&mut p, &k, 0);
-    wait_for("the primary to read the standby's spending", ARRIVAL, || {
-        reason(&mut p, &k.key, 0) == "usage_exceeded"
-    });
+    wait_for(
+        "the primary to read the standby's spending",
+        ARRIVAL,
+        || reason(&mut p, &k.key, 0) == "usage_exceeded",
+    );
 }
 
 #[test]
@@ -264,9 +294,16 @@ fn owner_limits_are_shared_by_every_key_of_the_owner() {
             &[],
         )
         .unwrap();
-    assert_eq!(r.get::<_, i32>(0), 3, "the limits reach every key of the owner");
+    assert_eq!(
+        r.get::<_, i32>(0),
+        3,
+        "the limits reach every key of the owner"
+    );
     // One issued after the change gets them too.
-    let late = issue(&mut admin, "'late', 'service', 'production', owner => 'alice'");
+    let late = issue(
+        &mut admin,
+        "'late', 'service', 'production', owner => 'alice'",
+    );
     wait_for_room_in_window(&mut admin, 30.0);
     let start = Arc::new(Barrier::new(4));
     let sessions: Vec<_> = (0..4)
@@ -345,7 +382,10 @@ fn owner_hourly_limits_count_the_standby_too() {
         on_standby += 1;
         assert!(on_standby <= 30);
     }
-    assert_eq!(on_standby, 10, "30 an hour for carol, 20 of them on the primary");
+    assert_eq!(
+        on_standby, 10,
+        "30 an hour for carol, 20 of them on the primary"
+    );
 }
 
 #[test]
@@ -368,7 +408,10 @@ fn usage_counts_each_outcome() {
         .unwrap()
         .get(0)
     };
-    assert_eq!(verify(&mut c, "10.1.1.1", Some("runs:write")), "insufficient_scope");
+    assert_eq!(
+        verify(&mut c, "10.1.1.1", Some("runs:write")),
+        "insufficient_scope"
+    );
     assert_eq!(verify(&mut c, "192.168.1.1", None), "ip_not_allowed");
     for _ in 0..3 {
         assert_eq!(verify(&mut c, "10.1.1.1", None), "ok");
