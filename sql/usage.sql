@@ -165,6 +165,14 @@ BEGIN
               JOIN api_keys.keys k2 ON k2.id = coalesce(l.key_id, t.key_id)) x
      WHERE k.id = x.key_id AND (x.newer_use OR x.current);
 
+    -- The spending of periods before a key's current one counts no more: it goes, so
+    -- the table holds the current periods only (however often credits are reset).
+    DELETE FROM api_keys.credit_use c
+     USING api_keys.keys k
+     WHERE c.key_id = k.id AND k.id = ANY (got) AND c.key_id = ANY (spent_ids)
+       AND (k.uses_granted IS NULL
+            OR c.period < api_keys._credit_period(k.uses_from, k.refill_interval, now()));
+
     RETURN QUERY
     WITH wanted AS (
         SELECT unnest(key_ids) AS key_id UNION SELECT unnest(last_ids) UNION SELECT unnest(spent_ids)

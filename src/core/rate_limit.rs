@@ -40,9 +40,9 @@ struct UsageCount {
     rejected: u32,
     written_verified: u32,
     written_rejected: u32,
-    /// Rejections by reason (a count restored from a file of before 0.5.0 has none).
+    /// Rejections by reason: they add up to `rejected`, and are written with it (so
+    /// `written_rejected` also says what of them is written).
     outcomes: [u32; OUTCOMES],
-    written_outcomes: [u32; OUTCOMES],
 }
 
 impl UsageCount {
@@ -54,7 +54,6 @@ impl UsageCount {
             written_verified: self.written_verified,
             written_rejected: self.written_rejected,
             outcomes: self.outcomes,
-            written_outcomes: self.written_outcomes,
         }
     }
 
@@ -96,6 +95,8 @@ struct Credits {
     /// 0: nothing counted.
     since: i64,
     period: i64,
+    /// The uses the period started with.
+    available: u64,
     spent: u64,
     written: u64,
     /// The other writers' spending the key row showed when this count started.
@@ -109,6 +110,7 @@ impl Credits {
         CreditUse {
             period: self.period,
             since: self.since,
+            available: self.available,
             spent: self.spent,
             written: self.written,
             floor: self.floor,
@@ -119,23 +121,22 @@ impl Credits {
         self.since != 0
     }
 
-    /// Uses left of `terms` (the period counted here, else the key row alone: a caller
-    /// with a snapshot older than the period counted here).
-    fn left(&self, terms: &Terms) -> u64 {
-        let spent = if self.counting() && self.period == terms.period {
-            self.floor.max(self.others).saturating_add(self.spent)
-        } else {
-            terms.written_spent
-        };
-        terms.available.saturating_sub(spent)
+    /// Uses left in the period counted here.
+    fn left(&self) -> u64 {
+        let spent = self.floor.max(self.others).saturating_add(self.spent);
+        self.available.saturating_sub(spent)
     }
 
-    /// Count from here in `terms`' period when it is newer than the one counted.
+    /// Count from here in `terms`' period when it is newer than the one counted. A
+    /// caller whose key row names an older period (a snapshot taken before the credits
+    /// changed, or a statement begun before a refill) spends in the newer one: the
+    /// period counted here only ever moves forward.
     fn follow(&mut self, terms: &Terms, now: i64) {
         if !self.counting() || terms.period > self.period {
             *self = Credits {
                 since: now.max(1),
                 period: terms.period,
+                available: terms.available,
                 floor: terms.written_spent,
                 ..Credits::default()
             };
@@ -148,6 +149,7 @@ impl Credits {
 pub(crate) struct CreditUse {
     pub(crate) period: i64,
     pub(crate) since: i64,
+    pub(crate) available: u64,
     pub(crate) spent: u64,
     pub(crate) written: u64,
     pub(crate) floor: u64,
@@ -224,8 +226,8 @@ pub(crate) struct HourUsage {
     pub(crate) rejected: u32,
     pub(crate) written_verified: u32,
     pub(crate) written_rejected: u32,
+    /// Rejections by reason (the usage table's outcome columns).
     pub(crate) outcomes: [u32; OUTCOMES],
-    pub(crate) written_outcomes: [u32; OUTCOMES],
 }
 
 impl HourUsage {
@@ -350,7 +352,7 @@ impl Activity {
     }
 
     /// The key's window that runs out first at `now`.
-    fn window(&self, now: i64, limits: Limits) -> Option<Window> {
+    pub(crate) fn window(&self, now: i64, limits: Limits) -> Option<Window> {
         let minute = (limits.per_minute != 0).then(|| Window {
             limit: limits.per_minute,
             remaining: limits.per_minute.saturating_sub(self.in_minute),
@@ -392,7 +394,7 @@ impl Activity {
         if let Some(s) = &spend {
             self.credits.follow(&s.terms, now);
         }
-        let left = spend.map(|s| self.credits.left(&s.terms));
+        let left = spend.map(|_| self.credits.left());
         let admission = if self.over(now, limits) {
             Admission::RateLimited
         } else if spend
@@ -409,7 +411,7 @@ impl Activity {
                 self.count(now, None);
                 self.last_used_at = now;
                 (self.last_ip_family, self.last_ip) = ip_parts(ip);
-                if let Some(s) = spend.filter(|s| s.terms.period == self.credits.period) {
+                if let Some(s) = spend {
                     self.credits.spent = self.credits.spent.saturating_add(u64::from(s.cost));
                 }
                 spend.zip(left).map(|(s, left)| left - u64::from(s.cost))
@@ -443,7 +445,7 @@ impl Activity {
             u.rejected = u.rejected.saturating_add(1);
             u.outcomes[RATE_LIMITED] = u.outcomes[RATE_LIMITED].saturating_add(1);
         }
-        if let Some(s) = spend.filter(|s| s.terms.period == self.credits.period) {
+        if let Some(s) = spend {
             let c = &mut self.credits;
             c.spent = c.spent.saturating_sub(u64::from(s.cost));
             c.written = c.written.min(c.spent);
@@ -546,7 +548,6 @@ impl Activity {
         for u in &mut self.usage {
             u.written_verified = 0;
             u.written_rejected = 0;
-            u.written_outcomes = [0; OUTCOMES];
         }
         self.credits.written = 0;
     }
@@ -560,10 +561,6 @@ impl Activity {
             u.rejected -= u.written_rejected.min(u.rejected);
             u.written_verified = 0;
             u.written_rejected = 0;
-            for (n, w) in u.outcomes.iter_mut().zip(&mut u.written_outcomes) {
-                *n -= (*w).min(*n);
-                *w = 0;
-            }
         }
     }
 
@@ -577,7 +574,6 @@ impl Activity {
                 self.lost = self.lost.saturating_add(u.unwritten());
                 u.written_verified = u.verified;
                 u.written_rejected = u.rejected;
-                u.written_outcomes = u.outcomes;
             }
         }
     }
@@ -590,14 +586,6 @@ impl Activity {
             if let Some(u) = self.usage.iter_mut().find(|u| u.hour == hour) {
                 u.written_verified = u.written_verified.max(w.verified.min(u.verified));
                 u.written_rejected = u.written_rejected.max(w.rejected.min(u.rejected));
-                for ((written, n), w) in u
-                    .written_outcomes
-                    .iter_mut()
-                    .zip(u.outcomes)
-                    .zip(w.outcomes)
-                {
-                    *written = (*written).max(w.min(n));
-                }
             }
         }
         let c = &mut self.credits;
@@ -630,12 +618,8 @@ impl Activity {
                     u.written_rejected = u.written_rejected.saturating_add(written_rejected);
                     u.written_verified = u.written_verified.min(u.verified);
                     u.written_rejected = u.written_rejected.min(u.rejected);
-                    for i in 0..OUTCOMES {
-                        let written = s.written_outcomes[i].min(s.outcomes[i]);
-                        u.outcomes[i] = u.outcomes[i].saturating_add(s.outcomes[i]);
-                        u.written_outcomes[i] = u.written_outcomes[i]
-                            .saturating_add(written)
-                            .min(u.outcomes[i]);
+                    for (n, saved) in u.outcomes.iter_mut().zip(s.outcomes) {
+                        *n = n.saturating_add(saved);
                     }
                 }
                 None => {
@@ -649,6 +633,7 @@ impl Activity {
                 self.credits = Credits {
                     since: c.since,
                     period: c.period,
+                    available: c.available,
                     spent: c.spent,
                     written: c.written.min(c.spent),
                     floor: c.floor,
@@ -749,6 +734,19 @@ impl OwnerWindows {
         if hour >= self.others_hour {
             self.others_hour = hour;
             self.others = verified;
+        }
+    }
+
+    /// This server's calls of hour `hour_start` as written: a floor for its own count
+    /// of the hour (which a clean restart forgets).
+    pub(crate) fn note_written_here(&mut self, hour_start: i64, verified: u32) {
+        let hour = hour_of(hour_start);
+        if hour > self.hour {
+            self.hour = hour;
+            self.in_hour = 0;
+        }
+        if hour == self.hour {
+            self.in_hour = self.in_hour.max(verified);
         }
     }
 
@@ -1157,18 +1155,17 @@ mod tests {
         assert_eq!((adm, s.remaining_uses), (Admission::Admitted, Some(2)));
         let copy = a.unflushed(t + 1).unwrap().credits.unwrap();
         assert_eq!((copy.period, copy.since, copy.spent), (t, t + 1, 1));
-        // A caller whose snapshot still shows the old period is judged on its row alone.
-        let (adm, s) = a.admit(
-            t + 2,
-            Limits::UNLIMITED,
-            None,
-            spend(terms(t - HOUR, 4, 1), 1),
-        );
-        assert_eq!((adm, s.remaining_uses), (Admission::Admitted, Some(2)));
+        // A caller whose snapshot still shows the old period spends in the new one.
+        let stale = spend(terms(t - HOUR, 4, 1), 1);
+        let (adm, s) = a.admit(t + 2, Limits::UNLIMITED, None, stale);
+        assert_eq!((adm, s.remaining_uses), (Admission::Admitted, Some(1)));
+        assert_eq!(a.unflushed(t + 2).unwrap().credits.unwrap().spent, 2);
+        a.admit(t + 3, Limits::UNLIMITED, None, spend(terms(t, 3, 0), 1));
+        let (adm, _) = a.admit(t + 4, Limits::UNLIMITED, None, stale);
         assert_eq!(
-            a.unflushed(t + 2).unwrap().credits.unwrap().spent,
-            1,
-            "not counted"
+            adm,
+            Admission::UsageExceeded,
+            "the newer period's uses are shared"
         );
     }
 
@@ -1248,6 +1245,14 @@ mod tests {
         assert!(o.admit(t + MIN, l).0, "a new hour and minute");
         o.note_others(601 * HOUR, 2);
         assert!(!o.admit(t + MIN, l).0, "1 here + 2 elsewhere");
+        let mut restarted = OwnerWindows::default();
+        restarted.note_written_here(601 * HOUR, 3);
+        assert!(!restarted.admit(t + MIN, l).0, "its own calls as written");
+        restarted.note_written_here(600 * HOUR, 0);
+        assert!(
+            !restarted.admit(t + MIN, l).0,
+            "an older hour changes nothing"
+        );
         assert!(!o.is_idle(t + 30 * MIN));
         assert!(o.is_idle(t + 2 * HOUR));
     }

@@ -8,11 +8,9 @@
 
 use std::net::IpAddr;
 
-use crate::core::rate_limit::{CreditUse, HourUsage, LastUse, Unflushed, OUTCOMES};
+use crate::core::rate_limit::{CreditUse, HourUsage, LastUse, Unflushed};
 
 const MAGIC: &[u8; 8] = b"akusage3";
-/// The file of 0.4.0's library (no outcomes, no credits), still read after an update.
-const MAGIC_V2: &[u8; 8] = b"akusage2";
 /// More hours than this per key cannot come from `Activity` (it keeps two).
 const MAX_HOURS: u8 = 2;
 
@@ -58,7 +56,7 @@ pub(crate) fn encode(origin: Origin, source: Source, records: &[Saved]) -> Vec<u
             out.extend_from_slice(&h.rejected.to_le_bytes());
             out.extend_from_slice(&h.written_verified.to_le_bytes());
             out.extend_from_slice(&h.written_rejected.to_le_bytes());
-            for n in h.outcomes.iter().chain(&h.written_outcomes) {
+            for n in &h.outcomes {
                 out.extend_from_slice(&n.to_le_bytes());
             }
         }
@@ -86,7 +84,7 @@ pub(crate) fn encode(origin: Origin, source: Source, records: &[Saved]) -> Vec<u
                 for n in [c.period, c.since] {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
-                for n in [c.spent, c.written, c.floor] {
+                for n in [c.available, c.spent, c.written, c.floor] {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
             }
@@ -114,11 +112,9 @@ impl<'a> Reader<'a> {
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Source, Vec<Saved>), String> {
     let mut r = Reader(bytes);
-    let v3 = match r.take(MAGIC.len())? {
-        m if m == MAGIC => true,
-        m if m == MAGIC_V2 => false,
-        _ => return Err("not an api_keys usage file".into()),
-    };
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err("not an api_keys usage file".into());
+    }
     let origin = Origin {
         system_identifier: u64::from_le_bytes(r.array()?),
         timeline: u32::from_le_bytes(r.array()?),
@@ -153,14 +149,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Source, Vec<Saved>), Strin
                 written_rejected: u32::from_le_bytes(r.array()?),
                 ..HourUsage::default()
             };
-            if v3 {
-                for i in 0..2 * OUTCOMES {
-                    let n = u32::from_le_bytes(r.array()?);
-                    match i.checked_sub(OUTCOMES) {
-                        None => h.outcomes[i] = n,
-                        Some(j) => h.written_outcomes[j] = n,
-                    }
-                }
+            for n in &mut h.outcomes {
+                *n = u32::from_le_bytes(r.array()?);
             }
             usage.push(h);
         }
@@ -179,11 +169,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Origin, Source, Vec<Saved>), Strin
             }
             _ => return Err("a record has an unknown address family".into()),
         };
-        let credits = match (v3, v3.then(|| r.array::<1>()).transpose()?.map(|b| b[0])) {
-            (false, _) | (true, Some(0)) => None,
-            (true, Some(1)) => Some(CreditUse {
+        let credits = match r.array::<1>()?[0] {
+            0 => None,
+            1 => Some(CreditUse {
                 period: i64::from_le_bytes(r.array()?),
                 since: i64::from_le_bytes(r.array()?),
+                available: u64::from_le_bytes(r.array()?),
                 spent: u64::from_le_bytes(r.array()?),
                 written: u64::from_le_bytes(r.array()?),
                 floor: u64::from_le_bytes(r.array()?),
@@ -219,27 +210,21 @@ mod tests {
     };
 
     fn record() -> impl Strategy<Value = Saved> {
-        let hour = (
-            any::<i64>(),
-            any::<[u32; 4]>(),
-            any::<[u32; 8]>(),
-            any::<[u32; 8]>(),
-        )
-            .prop_map(
-                |(h, [v, r, wv, wr], outcomes, written_outcomes)| HourUsage {
-                    hour_start: h,
-                    verified: v,
-                    rejected: r,
-                    written_verified: wv,
-                    written_rejected: wr,
-                    outcomes,
-                    written_outcomes,
-                },
-            );
-        let credits = proptest::option::of((any::<[i64; 2]>(), any::<[u64; 3]>()).prop_map(
-            |([period, since], [spent, written, floor])| CreditUse {
+        let hour = (any::<i64>(), any::<[u32; 4]>(), any::<[u32; 8]>()).prop_map(
+            |(h, [v, r, wv, wr], outcomes)| HourUsage {
+                hour_start: h,
+                verified: v,
+                rejected: r,
+                written_verified: wv,
+                written_rejected: wr,
+                outcomes,
+            },
+        );
+        let credits = proptest::option::of((any::<[i64; 2]>(), any::<[u64; 4]>()).prop_map(
+            |([period, since], [available, spent, written, floor])| CreditUse {
                 period,
                 since,
+                available,
                 spent,
                 written,
                 floor,
@@ -305,42 +290,6 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
         }
-    }
-
-    #[test]
-    fn a_file_of_0_4_0_is_read_without_outcomes_or_credits() {
-        // One record as 0.4.0 wrote it: db 5, key 9…, one hour (3 verified, 1 rejected,
-        // nothing written), no last use.
-        let mut bytes = encode(ORIGIN, [1; 16], &[]);
-        bytes[..8].copy_from_slice(MAGIC_V2);
-        bytes[HEADER - 8..].copy_from_slice(&1u64.to_le_bytes());
-        bytes.extend_from_slice(&5u32.to_le_bytes());
-        bytes.extend_from_slice(&[9; 16]);
-        bytes.push(1);
-        bytes.extend_from_slice(&3600i64.to_le_bytes());
-        for n in [3u32, 1, 0, 0] {
-            bytes.extend_from_slice(&n.to_le_bytes());
-        }
-        bytes.push(0);
-        let (_, _, records) = decode(&bytes).expect("a 0.4.0 file");
-        let hour = HourUsage {
-            hour_start: 3600,
-            verified: 3,
-            rejected: 1,
-            ..HourUsage::default()
-        };
-        assert_eq!(
-            records,
-            vec![(
-                5,
-                [9; 16],
-                Unflushed {
-                    usage: vec![hour],
-                    last: None,
-                    credits: None
-                }
-            )]
-        );
     }
 
     #[test]

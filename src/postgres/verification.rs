@@ -10,7 +10,7 @@ use pgrx::pg_sys;
 
 use crate::core::key::{format, hash};
 use crate::core::memo::{self, Fact};
-use crate::core::rate_limit::{Admission, LimitState, Limits, Spend};
+use crate::core::rate_limit::{Admission, LimitState, Limits, Spend, Window};
 use crate::core::verdict::{self, KeyState, KeyStatus, Reason};
 use crate::postgres::gucs;
 use crate::postgres::key_row::{self, KeyRow};
@@ -193,10 +193,21 @@ fn check<'m>(
     let key_id = row.key_id();
     let limits = rate_limits(&row);
     match judge_row(key, &parsed, &row, &key_id, limits, client, required_scope) {
-        Reason::Ok => {
-            // SAFETY: reads the statement's start time.
-            let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+        // Over its limit before the secret was checked: the window, nothing else.
+        (Reason::RateLimited, Some(window)) => Verdict {
+            outcome: Err(Reason::RateLimited),
+            limits: Some(LimitState {
+                window: Some(window),
+                ..LimitState::default()
+            }),
+        },
+        (Reason::Ok, _) => {
+            // SAFETY: reads the clock (the one the key's windows count by).
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
             let spend = row.credits.terms(now).map(|terms| Spend { terms, cost });
+            if spend.is_some() && !shmem::is_shared() {
+                return unshared_credits(&key_id);
+            }
             let owner = owner_limits(&row);
             let (admission, state) = shmem::admit(&key_id, limits, client, spend, owner);
             let outcome = match admission {
@@ -209,7 +220,7 @@ fn check<'m>(
                 limits: Some(state),
             }
         }
-        reason => {
+        (reason, _) => {
             if let Some(column) = reason.usage_column() {
                 shmem::record_rejected(&key_id, column);
             }
@@ -250,6 +261,24 @@ fn rate_limits(row: &KeyRow<'_>) -> Limits {
     limits
 }
 
+/// Without shared memory nothing counts a key's uses across sessions or writes them, so
+/// a key with credits would have them all again in each session: it is refused instead
+/// (`usage_exceeded`), and the server log says why, once per session.
+fn unshared_credits<'m>(key_id: &[u8; 16]) -> Verdict<'m> {
+    thread_local! {
+        static WARNED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !WARNED.replace(true) {
+        pgrx::log!(
+            "api_keys: keys with credits (remaining_uses) are refused as usage_exceeded, because api_keys is not in shared_preload_libraries"
+        );
+    }
+    if let Some(column) = Reason::UsageExceeded.usage_column() {
+        shmem::record_rejected(key_id, column);
+    }
+    refused(Reason::UsageExceeded)
+}
+
 /// Without shared memory a limit holds per session, which is no longer what the key's
 /// owner was promised: say so in the server log, once per session.
 fn warn_unshared_limits() {
@@ -272,16 +301,18 @@ fn judge_row(
     limits: Limits,
     client: Option<IpAddr>,
     required_scope: Option<&[u8]>,
-) -> Reason {
+) -> (Reason, Option<Window>) {
     let fact = memo::fact_id(&row.secret_hash, key);
     let secret_ok = match shmem::memo_lookup(key_id, &fact) {
         Some(known) => known == Fact::Matches,
-        // A key over its limit costs no argon2.
-        None if shmem::rate_limited(key_id, limits) => return Reason::RateLimited,
-        None => secret_matches(key_id, &fact, parsed, &row.secret_hash),
+        None => match shmem::rate_limited(key_id, limits) {
+            // A key over its limit costs no argon2.
+            Some(window) => return (Reason::RateLimited, Some(window)),
+            None => secret_matches(key_id, &fact, parsed, &row.secret_hash),
+        },
     };
     if !secret_ok {
-        return Reason::InvalidSecret;
+        return (Reason::InvalidSecret, None);
     }
     // SAFETY: reads the statement's start time.
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
@@ -296,5 +327,5 @@ fn judge_row(
         cidrs: cidrs.as_deref(),
         scopes: &scopes,
     };
-    verdict::judge(&state, client, required)
+    (verdict::judge(&state, client, required), None)
 }

@@ -372,8 +372,8 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
     let after = if since == 0 { -1 } else { since };
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let hour = TimestampWithTimeZone::try_from(now - now.rem_euclid(3_600_000_000))
-        .expect("an hour start");
+    let hour_us = now - now.rem_euclid(3_600_000_000);
+    let hour = TimestampWithTimeZone::try_from(hour_us).expect("an hour start");
     let clock = Spi::connect(|client| {
         let mut cursor = client.open_cursor(
             OTHERS,
@@ -412,7 +412,7 @@ fn read_others(oid: pg_sys::Oid, source: [u8; 16]) {
         clock
     });
     read_credits(oid, source, after);
-    read_owners(oid, source, hour, after);
+    read_owners(oid, source, (hour, hour_us), after);
     databases::note_others_tick(oid, clock);
 }
 
@@ -430,12 +430,13 @@ SELECT c.key_id,
 fn read_credits(oid: pg_sys::Oid, source: [u8; 16], after: i64) {
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(CREDITS, &[after.into()]);
+        let mut rows: Vec<key_state::CreditRow> = Vec::new();
         loop {
             let chunk = cursor.fetch(BATCH as i64).expect("credit spending");
             if chunk.is_empty() {
+                key_state::note_credit_others(oid, source, &rows);
                 break;
             }
-            let mut rows = Vec::with_capacity(chunk.len());
             for row in chunk {
                 let (Some(key), Some(period), Some(writer), Some(since), Some(spent)) = (
                     row.get::<pgrx::datum::Uuid>(1).expect("a key"),
@@ -454,28 +455,41 @@ fn read_credits(oid: pg_sys::Oid, source: [u8; 16], after: i64) {
                     spent: spent.max(0) as u64,
                 });
             }
+            // Rows come ordered by key and period: the last group may go on in the
+            // next chunk, so it waits for it.
+            let last = rows.last().map(|r| (r.key, r.period));
+            let split = rows.partition_point(|r| Some((r.key, r.period)) != last);
+            let rest = rows.split_off(split);
             key_state::note_credit_others(oid, source, &rows);
+            rows = rest;
             databases::note_progress(oid);
             pg_sys::check_for_interrupts!();
         }
     });
 }
 
-/// Other servers' calls of the hour summed over each owner with an hourly limit whose
-/// keys' counts changed since tick `after`.
+/// The calls of the hour summed over each owner with an hourly limit whose keys' counts
+/// other servers changed since tick `after` (at the first read after a start, this
+/// server's too): the other servers', and this server's as written (what a clean
+/// restart leaves of its own count: owners' windows are not saved).
 const OWNERS: &str = "\
-SELECT pg_catalog.convert_to(k.owner, 'SQL_ASCII'), pg_catalog.sum(u.verified)::pg_catalog.int8
+SELECT pg_catalog.convert_to(k.owner, 'SQL_ASCII'),
+       (pg_catalog.sum(u.verified) FILTER (WHERE u.source <> $3))::pg_catalog.int8,
+       (pg_catalog.sum(u.verified) FILTER (WHERE u.source = $3))::pg_catalog.int8
   FROM api_keys.usage u JOIN api_keys.keys k ON k.id = u.key_id
- WHERE u.hour = $1 AND u.source <> $3 AND k.owner_rate_limit_per_hour IS NOT NULL
+ WHERE u.hour = $1 AND k.owner_rate_limit_per_hour IS NOT NULL
    AND k.owner IN (SELECT k2.owner FROM api_keys.usage y JOIN api_keys.keys k2 ON k2.id = y.key_id
-                    WHERE y.hour = $1 AND y.tick > $2 AND y.source <> $3
+                    WHERE y.hour = $1 AND y.tick > $2 AND (y.source <> $3 OR $2 < 0)
                       AND k2.owner_rate_limit_per_hour IS NOT NULL)
  GROUP BY k.owner";
 
-fn read_owners(oid: pg_sys::Oid, source: [u8; 16], hour: TimestampWithTimeZone, after: i64) {
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let hour_us = now - now.rem_euclid(3_600_000_000);
+/// The owners' counts of `hour` (as a timestamp, and in µs since 2000).
+fn read_owners(
+    oid: pg_sys::Oid,
+    source: [u8; 16],
+    (hour, hour_us): (TimestampWithTimeZone, i64),
+    after: i64,
+) {
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(
             OWNERS,
@@ -491,19 +505,18 @@ fn read_owners(oid: pg_sys::Oid, source: [u8; 16], hour: TimestampWithTimeZone, 
                 break;
             }
             let mut counts = Vec::with_capacity(chunk.len());
+            let count = |n: Option<i64>| u32::try_from(n.unwrap_or(0).max(0)).unwrap_or(u32::MAX);
             for row in chunk {
-                let (Some(owner), Some(verified)) = (
-                    // The name's bytes, as verification reads them from the key row.
-                    row.get::<Vec<u8>>(1).expect("an owner"),
-                    row.get::<i64>(2).expect("a count"),
-                ) else {
+                // The name's bytes, as verification reads them from the key row.
+                let Some(owner) = row.get::<Vec<u8>>(1).expect("an owner") else {
                     continue;
                 };
-                counts.push((
-                    owner_entry_id(&owner),
-                    hour_us,
-                    u32::try_from(verified.max(0)).unwrap_or(u32::MAX),
-                ));
+                counts.push(key_state::OwnerCount {
+                    owner: owner_entry_id(&owner),
+                    hour_start: hour_us,
+                    others: count(row.get::<i64>(2).expect("a count")),
+                    here_written: count(row.get::<i64>(3).expect("a count")),
+                });
             }
             key_state::note_owner_others(oid, &counts);
             databases::note_progress(oid);

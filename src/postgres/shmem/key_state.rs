@@ -158,19 +158,33 @@ pub(crate) fn note_credit_others(oid: pg_sys::Oid, source: [u8; 16], rows: &[Cre
     });
 }
 
-/// Other servers' calls of the current hour for owners' keys, per owner entry: (entry,
-/// hour in µs since 2000, calls). Owners not seen here yet get an entry, so their first
-/// call here already counts them.
-pub(crate) fn note_owner_others(oid: pg_sys::Oid, counts: &[([u8; 16], i64, u32)]) {
+/// An owner's calls of one hour as the usage table shows them.
+pub(crate) struct OwnerCount {
+    /// The owner's entry (`owner_entry_id`).
+    pub(crate) owner: [u8; 16],
+    /// µs since 2000.
+    pub(crate) hour_start: i64,
+    pub(crate) others: u32,
+    /// This server's, as written.
+    pub(crate) here_written: u32,
+}
+
+/// Owners' calls of the current hour: other servers', and this server's as written.
+/// Owners not seen here yet get an entry, so their first call here already counts them.
+pub(crate) fn note_owner_others(oid: pg_sys::Oid, counts: &[OwnerCount]) {
     if counts.is_empty() {
         return;
     }
     databases::with_keys_of(oid, true, |table| {
         let mut inserted = 0;
-        for (owner, hour_start, verified) in counts {
-            let (mut entry, new) = table.find_or_insert(owner);
+        for c in counts {
+            let (mut entry, new) = table.find_or_insert(&c.owner);
             inserted += i64::from(new);
-            entry.state.owner.note_others(*hour_start, *verified);
+            entry.state.owner.note_others(c.hour_start, c.others);
+            entry
+                .state
+                .owner
+                .note_written_here(c.hour_start, c.here_written);
         }
         if let Some(header) = shared() {
             header.tracked_keys.fetch_add(inserted, Relaxed);

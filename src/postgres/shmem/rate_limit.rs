@@ -9,9 +9,16 @@ use super::now;
 use crate::core::key_state::{owner_entry_id, KeyState};
 use crate::core::rate_limit::{Admission, LimitState, Limits, Spend, Window};
 
-/// Is the key at or over one of its limits now?
-pub(crate) fn rate_limited(key_id: &[u8; 16], limits: Limits) -> bool {
-    with_key(key_id, |s| s.activity.is_over(now(), limits))
+/// The key's window that is full now, if one is (its state: no call left, and when
+/// it starts again).
+pub(crate) fn rate_limited(key_id: &[u8; 16], limits: Limits) -> Option<Window> {
+    let now = now();
+    with_key(key_id, |s| {
+        s.activity
+            .is_over(now, limits)
+            .then(|| s.activity.window(now, limits))
+            .flatten()
+    })
 }
 
 /// Run `f` on the key's activity; counts it lost in stats() (`usage_lost`).
