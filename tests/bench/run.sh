@@ -418,6 +418,14 @@ for name, label, base_name, target in rows:
     met = ("yes" if r >= target else "**no**") if target else "—"
     w(f"| {name} | {s:,.0f} | {b:,.0f} ({base_name}) | {r:.2f}× | {tgt} | {met} |")
 
+# What metering itself costs: the metered keys against the plain warm ones, each against
+# its own alternating lookup rounds (the machine's drift cancels out).
+metered_ratio = (med("metered") / med("lookup_for_metered")) / (med("warm") / med("lookup_for_warm"))
+w("")
+w(f"Credits and owner limits on (every call spends a use and counts in the owner's windows as "
+  f"well as the key's) run at {metered_ratio:.2f}× the warm verification without them, "
+  f"each taken against its own lookup rounds.")
+
 def per_round(label, counter):
     return [rdelta(label, n).get(counter, 0) for n, *_ in rounds[label]]
 
