@@ -514,6 +514,19 @@ CREATE TABLE api_keys.owner_limits (
 COMMENT ON TABLE api_keys.owner_limits IS
     'Rate limits shared by all keys of an owner, on top of each key''s own; set by api_key_set_owner_limits (admins).';
 
+-- One row per owner that has had a key or limits: the row a change of the owner's
+-- limits locks (and updates) and a key's copy of them locks shared, so that a key
+-- issued while the limits change ends up with the new ones (sql/lifecycle.sql). A
+-- table nobody but the extension's functions can touch: no role can hold these locks
+-- to stall another owner's keys. Not dumped: rebuilt as keys are issued.
+CREATE TABLE api_keys.owner_registry (
+    owner             text PRIMARY KEY,
+    limits_changed_at timestamptz
+);
+
+COMMENT ON TABLE api_keys.owner_registry IS
+    'Internal: the row locked to order changes of an owner''s limits with the copies into its keys.';
+
 ALTER TABLE api_keys.usage
     ADD COLUMN rate_limited bigint NOT NULL DEFAULT 0 CHECK (rate_limited >= 0),
     ADD COLUMN usage_exceeded bigint NOT NULL DEFAULT 0 CHECK (usage_exceeded >= 0),
@@ -743,9 +756,11 @@ BEGIN
             || api_keys._audit_change('rate_limit_per_minute', OLD.rate_limit_per_minute, NEW.rate_limit_per_minute)
             || api_keys._audit_change('rate_limit_per_hour', OLD.rate_limit_per_hour, NEW.rate_limit_per_hour)
             || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata)
+            -- A new period is always an edit, even to as many uses as were left.
             || CASE WHEN (NEW.uses_granted, NEW.uses_from) IS DISTINCT FROM (OLD.uses_granted, OLD.uses_from)
-                    THEN api_keys._audit_change('remaining_uses',
-                             api_keys._remaining_uses(OLD, statement_timestamp()), NEW.uses_granted)
+                    THEN jsonb_build_object('remaining_uses', jsonb_build_object(
+                             'old', api_keys._audit_value(api_keys._remaining_uses(OLD, statement_timestamp())),
+                             'new', api_keys._audit_value(NEW.uses_granted)))
                     ELSE '{}'::jsonb END
             || api_keys._audit_change('refill_amount', OLD.refill_amount, NEW.refill_amount)
             || api_keys._audit_change('refill_interval', OLD.refill_interval, NEW.refill_interval);
@@ -833,29 +848,27 @@ BEGIN
 END
 $$;
 
--- Owner-wide limits (api_keys.owner_limits). Each key carries a copy of its owner's, so
--- that verification reads nothing but the key row: a new key, or one given another
--- owner, copies them (keys_owner_limits, after keys_guard), and a change of the limits
--- is copied into every key of the owner (owner_limits_copy).
---
--- Concurrency (a key issued while its owner's limits change must end up with the new
--- ones): a per-owner transaction advisory lock. Copying into a key takes it shared, so
--- it waits for a change in progress and then (at READ COMMITTED, where each statement
--- sees what committed before it) reads the changed limits. api_key_set_owner_limits
--- writes the limits and copies them into the keys it sees, then takes the lock
--- exclusively, which waits for every transaction that was copying the old limits
--- meanwhile, and copies again into what they committed. The lock is taken only once
--- the first copy is done, so that it is never held while waiting for a key's row lock
--- (a rotation holds its old key's while it issues the new one). At REPEATABLE READ or
--- SERIALIZABLE a key copies from its transaction's snapshot, under FOR SHARE: limits
--- changed or removed since raise 40001 (retry); an owner's first limits set since are
--- missed (README, "Owner limits").
-CREATE FUNCTION api_keys._owner_lock(owner text) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- Keys and their owner's limits: a change of the limits takes the owner's row of
+-- api_keys.owner_registry (updating it), a copy into a key takes it shared, so each
+-- waits for the other. At READ COMMITTED a key then reads the limits committed before
+-- it; at REPEATABLE READ or SERIALIZABLE a key whose snapshot predates a change of its
+-- owner's limits fails with 40001 (the row was changed, or made, since the snapshot),
+-- instead of copying limits its snapshot no longer shows. Row locks on a private table,
+-- which no role can take on its own.
+CREATE FUNCTION api_keys._lock_owner(of_owner text, for_change boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT hashtextextended('api_keys.owner:' || owner, 0)
-$$;
+BEGIN
+    INSERT INTO api_keys.owner_registry AS r (owner) VALUES (of_owner)
+    ON CONFLICT ON CONSTRAINT owner_registry_pkey DO NOTHING;
+    IF for_change THEN
+        UPDATE api_keys.owner_registry r SET limits_changed_at = clock_timestamp()
+         WHERE r.owner = of_owner;
+    ELSE
+        PERFORM FROM api_keys.owner_registry r WHERE r.owner = of_owner FOR SHARE;
+    END IF;
+END $$;
 
 -- BEFORE INSERT, and UPDATE OF owner: the owner's limits into the key.
 CREATE FUNCTION api_keys._keys_owner_limits() RETURNS trigger
@@ -866,17 +879,10 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner THEN
         RETURN NEW;
     END IF;
-    PERFORM pg_advisory_xact_lock_shared(api_keys._owner_lock(NEW.owner));
-    IF current_setting('transaction_isolation') = 'read committed' THEN
-        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
-          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
-          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
-    ELSE
-        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
-          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
-          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner
-           FOR SHARE;
-    END IF;
+    PERFORM api_keys._lock_owner(NEW.owner, false);
+    SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+      INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+      FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
     RETURN NEW;
 END $$;
 
@@ -908,10 +914,13 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Keys being issued for the owner finish first; later ones wait for this change.
     IF TG_OP <> 'INSERT' THEN
+        PERFORM api_keys._lock_owner(OLD.owner, true);
         PERFORM api_keys._copy_owner_limits(OLD.owner);
     END IF;
     IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner) THEN
+        PERFORM api_keys._lock_owner(NEW.owner, true);
         PERFORM api_keys._copy_owner_limits(NEW.owner);
     END IF;
     RETURN NULL;
@@ -943,7 +952,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Leave it NULL for no owner limit of that window; both NULL remove the owner''s limits.';
     END IF;
-    -- The second copy below must see every key committed before the lock.
+    -- The copy must see every key committed before the owner's row was locked.
     PERFORM api_keys._require_read_committed('api_key_set_owner_limits()');
     IF per_minute IS NULL AND per_hour IS NULL THEN
         DELETE FROM api_keys.owner_limits l WHERE l.owner = of_owner;
@@ -957,10 +966,8 @@ BEGIN
                updated_at = EXCLUDED.updated_at,
                updated_by = EXCLUDED.updated_by;
     END IF;
-    -- The trigger owner_limits_copy has copied the limits into the keys this statement
-    -- saw; keys being issued meanwhile copied the old ones: wait for them, copy again.
-    PERFORM pg_advisory_xact_lock(api_keys._owner_lock(of_owner));
-    PERFORM api_keys._copy_owner_limits(of_owner);
+    -- The trigger owner_limits_copy has locked the owner's row and copied the limits
+    -- into its keys.
     SELECT count(*) INTO owned FROM api_keys.keys k WHERE k.owner = of_owner;
     PERFORM api_keys._audit('owner_limits_changed', NULL::api_keys.keys, NULL, NULL, NULL,
                             jsonb_build_object('owner', of_owner, 'rate_limit_per_minute', per_minute,
@@ -1419,12 +1426,12 @@ BEGIN
 END $$;
 
 -- Privileges, as sql/grants.sql gives them.
-REVOKE ALL ON api_keys.owner_limits, api_keys.credit_use FROM PUBLIC;
+REVOKE ALL ON api_keys.owner_limits, api_keys.credit_use, api_keys.owner_registry FROM PUBLIC;
 REVOKE ALL ON FUNCTION api_keys._credit_period(timestamptz, text, timestamptz),
                        api_keys._remaining_uses(api_keys.keys, timestamptz),
                        api_keys._next_refill(timestamptz, text, timestamptz),
                        api_keys._check_credits(text, bigint, bigint, text),
-                       api_keys._owner_lock(text),
+                       api_keys._lock_owner(text, boolean),
                        api_keys._keys_owner_limits(),
                        api_keys._copy_owner_limits(text),
                        api_keys._owner_limits_copy(),

@@ -110,9 +110,11 @@ BEGIN
             || api_keys._audit_change('rate_limit_per_minute', OLD.rate_limit_per_minute, NEW.rate_limit_per_minute)
             || api_keys._audit_change('rate_limit_per_hour', OLD.rate_limit_per_hour, NEW.rate_limit_per_hour)
             || api_keys._audit_change('metadata', OLD.metadata, NEW.metadata)
+            -- A new period is always an edit, even to as many uses as were left.
             || CASE WHEN (NEW.uses_granted, NEW.uses_from) IS DISTINCT FROM (OLD.uses_granted, OLD.uses_from)
-                    THEN api_keys._audit_change('remaining_uses',
-                             api_keys._remaining_uses(OLD, statement_timestamp()), NEW.uses_granted)
+                    THEN jsonb_build_object('remaining_uses', jsonb_build_object(
+                             'old', api_keys._audit_value(api_keys._remaining_uses(OLD, statement_timestamp())),
+                             'new', api_keys._audit_value(NEW.uses_granted)))
                     ELSE '{}'::jsonb END
             || api_keys._audit_change('refill_amount', OLD.refill_amount, NEW.refill_amount)
             || api_keys._audit_change('refill_interval', OLD.refill_interval, NEW.refill_interval);

@@ -125,29 +125,27 @@ $$;
 CREATE TRIGGER keys_guard BEFORE UPDATE ON api_keys.keys
     FOR EACH ROW EXECUTE FUNCTION api_keys._keys_guard();
 
--- Owner-wide limits (api_keys.owner_limits). Each key carries a copy of its owner's, so
--- that verification reads nothing but the key row: a new key, or one given another
--- owner, copies them (keys_owner_limits, after keys_guard), and a change of the limits
--- is copied into every key of the owner (owner_limits_copy).
---
--- Concurrency (a key issued while its owner's limits change must end up with the new
--- ones): a per-owner transaction advisory lock. Copying into a key takes it shared, so
--- it waits for a change in progress and then (at READ COMMITTED, where each statement
--- sees what committed before it) reads the changed limits. api_key_set_owner_limits
--- writes the limits and copies them into the keys it sees, then takes the lock
--- exclusively, which waits for every transaction that was copying the old limits
--- meanwhile, and copies again into what they committed. The lock is taken only once
--- the first copy is done, so that it is never held while waiting for a key's row lock
--- (a rotation holds its old key's while it issues the new one). At REPEATABLE READ or
--- SERIALIZABLE a key copies from its transaction's snapshot, under FOR SHARE: limits
--- changed or removed since raise 40001 (retry); an owner's first limits set since are
--- missed (README, "Owner limits").
-CREATE FUNCTION api_keys._owner_lock(owner text) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- Keys and their owner's limits: a change of the limits takes the owner's row of
+-- api_keys.owner_registry (updating it), a copy into a key takes it shared, so each
+-- waits for the other. At READ COMMITTED a key then reads the limits committed before
+-- it; at REPEATABLE READ or SERIALIZABLE a key whose snapshot predates a change of its
+-- owner's limits fails with 40001 (the row was changed, or made, since the snapshot),
+-- instead of copying limits its snapshot no longer shows. Row locks on a private table,
+-- which no role can take on its own.
+CREATE FUNCTION api_keys._lock_owner(of_owner text, for_change boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT hashtextextended('api_keys.owner:' || owner, 0)
-$$;
+BEGIN
+    INSERT INTO api_keys.owner_registry AS r (owner) VALUES (of_owner)
+    ON CONFLICT ON CONSTRAINT owner_registry_pkey DO NOTHING;
+    IF for_change THEN
+        UPDATE api_keys.owner_registry r SET limits_changed_at = clock_timestamp()
+         WHERE r.owner = of_owner;
+    ELSE
+        PERFORM FROM api_keys.owner_registry r WHERE r.owner = of_owner FOR SHARE;
+    END IF;
+END $$;
 
 -- BEFORE INSERT, and UPDATE OF owner: the owner's limits into the key.
 CREATE FUNCTION api_keys._keys_owner_limits() RETURNS trigger
@@ -158,17 +156,10 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner THEN
         RETURN NEW;
     END IF;
-    PERFORM pg_advisory_xact_lock_shared(api_keys._owner_lock(NEW.owner));
-    IF current_setting('transaction_isolation') = 'read committed' THEN
-        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
-          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
-          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
-    ELSE
-        SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
-          INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
-          FROM api_keys.owner_limits l WHERE l.owner = NEW.owner
-           FOR SHARE;
-    END IF;
+    PERFORM api_keys._lock_owner(NEW.owner, false);
+    SELECT l.rate_limit_per_minute, l.rate_limit_per_hour
+      INTO NEW.owner_rate_limit_per_minute, NEW.owner_rate_limit_per_hour
+      FROM api_keys.owner_limits l WHERE l.owner = NEW.owner;
     RETURN NEW;
 END $$;
 
@@ -200,10 +191,13 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Keys being issued for the owner finish first; later ones wait for this change.
     IF TG_OP <> 'INSERT' THEN
+        PERFORM api_keys._lock_owner(OLD.owner, true);
         PERFORM api_keys._copy_owner_limits(OLD.owner);
     END IF;
     IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.owner <> OLD.owner) THEN
+        PERFORM api_keys._lock_owner(NEW.owner, true);
         PERFORM api_keys._copy_owner_limits(NEW.owner);
     END IF;
     RETURN NULL;
@@ -235,7 +229,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Leave it NULL for no owner limit of that window; both NULL remove the owner''s limits.';
     END IF;
-    -- The second copy below must see every key committed before the lock.
+    -- The copy must see every key committed before the owner's row was locked.
     PERFORM api_keys._require_read_committed('api_key_set_owner_limits()');
     IF per_minute IS NULL AND per_hour IS NULL THEN
         DELETE FROM api_keys.owner_limits l WHERE l.owner = of_owner;
@@ -249,10 +243,8 @@ BEGIN
                updated_at = EXCLUDED.updated_at,
                updated_by = EXCLUDED.updated_by;
     END IF;
-    -- The trigger owner_limits_copy has copied the limits into the keys this statement
-    -- saw; keys being issued meanwhile copied the old ones: wait for them, copy again.
-    PERFORM pg_advisory_xact_lock(api_keys._owner_lock(of_owner));
-    PERFORM api_keys._copy_owner_limits(of_owner);
+    -- The trigger owner_limits_copy has locked the owner's row and copied the limits
+    -- into its keys.
     SELECT count(*) INTO owned FROM api_keys.keys k WHERE k.owner = of_owner;
     PERFORM api_keys._audit('owner_limits_changed', NULL::api_keys.keys, NULL, NULL, NULL,
                             jsonb_build_object('owner', of_owner, 'rate_limit_per_minute', per_minute,

@@ -105,6 +105,19 @@ CREATE TABLE api_keys.owner_limits (
 COMMENT ON TABLE api_keys.owner_limits IS
     'Rate limits shared by all keys of an owner, on top of each key''s own; set by api_key_set_owner_limits (admins).';
 
+-- One row per owner that has had a key or limits: the row a change of the owner's
+-- limits locks (and updates) and a key's copy of them locks shared, so that a key
+-- issued while the limits change ends up with the new ones (sql/lifecycle.sql). A
+-- table nobody but the extension's functions can touch: no role can hold these locks
+-- to stall another owner's keys. Not dumped: rebuilt as keys are issued.
+CREATE TABLE api_keys.owner_registry (
+    owner             text PRIMARY KEY,
+    limits_changed_at timestamptz
+);
+
+COMMENT ON TABLE api_keys.owner_registry IS
+    'Internal: the row locked to order changes of an owner''s limits with the copies into its keys.';
+
 CREATE TABLE api_keys.scope_catalog (
     resource    text NOT NULL,
     action      text NOT NULL,
