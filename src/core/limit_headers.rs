@@ -7,6 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::core::rate_limit::LimitState;
+use crate::core::verdict::Reason;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 
@@ -49,28 +50,17 @@ pub(crate) fn retry_after(state: &LimitState, now: i64, usage_exceeded: bool) ->
     at.map(|at| seconds_until(at, now))
 }
 
-/// A `PGRST` error for a 429: MESSAGE (the body PostgREST answers) and DETAIL (its
-/// status and headers).
-pub(crate) struct TooMany<'a> {
-    pub(crate) code: &'a str,
-    pub(crate) message: &'a str,
-    pub(crate) hint: &'a str,
-    pub(crate) usage_exceeded: bool,
-}
-
-pub(crate) fn too_many_requests(
-    refusal: &TooMany<'_>,
-    state: &LimitState,
-    now: i64,
-) -> (String, String) {
+/// A 429 as a `PGRST` error: MESSAGE (the body PostgREST answers, the same as for the
+/// `PT429` SQLSTATE) and DETAIL (its status and headers).
+pub(crate) fn too_many_requests(reason: Reason, state: &LimitState, now: i64) -> (String, String) {
     let body = json!({
-        "code": refusal.code,
-        "message": refusal.message,
+        "code": "PT429",
+        "message": reason.refusal_message(),
         "details": null,
-        "hint": refusal.hint,
+        "hint": reason.hint(),
     });
     let mut headers = Map::new();
-    if let Some(seconds) = retry_after(state, now, refusal.usage_exceeded) {
+    if let Some(seconds) = retry_after(state, now, reason == Reason::UsageExceeded) {
         headers.insert("Retry-After".into(), seconds.to_string().into());
     }
     for (name, value) in rate_limit_headers(state, now) {
@@ -140,17 +130,13 @@ mod tests {
 
     #[test]
     fn a_429_carries_its_headers_in_the_detail() {
-        let refusal = TooMany {
-            code: "PT429",
-            message: "API key rejected: rate_limited",
-            hint: "wait",
-            usage_exceeded: false,
-        };
-        let (body, detail) = too_many_requests(&refusal, &state(0, 90 * S, None, None), 30 * S);
+        let (body, detail) =
+            too_many_requests(Reason::RateLimited, &state(0, 90 * S, None, None), 30 * S);
         let body: Value = serde_json::from_str(&body).unwrap();
         let detail: Value = serde_json::from_str(&detail).unwrap();
         assert_eq!(body["code"], "PT429");
-        assert_eq!(body["hint"], "wait");
+        assert_eq!(body["message"], "API key rejected: rate_limited");
+        assert_eq!(body["hint"], Reason::RateLimited.hint());
         assert_eq!(detail["status"], 429);
         assert_eq!(detail["headers"]["Retry-After"], "60");
         assert_eq!(detail["headers"]["RateLimit-Remaining"], "0");

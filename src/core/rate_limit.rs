@@ -172,6 +172,22 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// The clock minute and hour windows at `now` given the calls counted in each (0 in
+    /// a limit: that window does not apply), the one that runs out first.
+    fn clock(now: i64, limits: Limits, in_minute: u32, in_hour: u32) -> Option<Window> {
+        let window = |limit: u32, used: u32, unit: i64| {
+            (limit != 0).then(|| Window {
+                limit,
+                remaining: limit.saturating_sub(used),
+                reset: (now.max(0) / unit + 1) * unit,
+            })
+        };
+        Window::tighter(
+            window(limits.per_minute, in_minute, MICROS_PER_MINUTE),
+            window(limits.per_hour, in_hour, MICROS_PER_HOUR),
+        )
+    }
+
     /// The window that runs out first: fewer calls left, then the later reset.
     pub(crate) fn tighter(a: Option<Window>, b: Option<Window>) -> Option<Window> {
         match (a, b) {
@@ -310,9 +326,9 @@ impl Activity {
         here.saturating_add(others)
     }
 
+    /// A window with no call left (the tightest is then full).
     fn over(&self, now: i64, limits: Limits) -> bool {
-        (limits.per_minute != 0 && self.in_minute >= limits.per_minute)
-            || (limits.per_hour != 0 && self.admitted_in(hour_of(now)) >= limits.per_hour)
+        self.window(now, limits).is_some_and(|w| w.remaining == 0)
     }
 
     /// The count of `hour`: its slot, taken over from an older hour (whose unwritten
@@ -351,21 +367,9 @@ impl Activity {
         }
     }
 
-    /// The key's window that runs out first at `now`.
+    /// The key's window that runs out first at `now` (after `roll`).
     pub(crate) fn window(&self, now: i64, limits: Limits) -> Option<Window> {
-        let minute = (limits.per_minute != 0).then(|| Window {
-            limit: limits.per_minute,
-            remaining: limits.per_minute.saturating_sub(self.in_minute),
-            reset: (i64::from(minute_of(now)) + 1) * MICROS_PER_MINUTE,
-        });
-        let hour = (limits.per_hour != 0).then(|| Window {
-            limit: limits.per_hour,
-            remaining: limits
-                .per_hour
-                .saturating_sub(self.admitted_in(hour_of(now))),
-            reset: (i64::from(hour_of(now)) + 1) * MICROS_PER_HOUR,
-        });
-        Window::tighter(minute, hour)
+        Window::clock(now, limits, self.in_minute, self.admitted_in(hour_of(now)))
     }
 
     /// Calls counted and lost since the last call (see `lost`).
@@ -695,26 +699,19 @@ impl OwnerWindows {
         self.last_seen_minute = minute;
     }
 
+    /// The owner's window that runs out first at `now` (after `roll`).
     fn window(&self, now: i64, limits: Limits) -> Option<Window> {
-        let hour = hour_of(now);
-        let others = if self.others_hour == hour {
+        let others = if self.others_hour == hour_of(now) {
             self.others
         } else {
             0
         };
-        let minute = (limits.per_minute != 0).then(|| Window {
-            limit: limits.per_minute,
-            remaining: limits.per_minute.saturating_sub(self.in_minute),
-            reset: (i64::from(self.minute) + 1) * MICROS_PER_MINUTE,
-        });
-        let hour = (limits.per_hour != 0).then(|| Window {
-            limit: limits.per_hour,
-            remaining: limits
-                .per_hour
-                .saturating_sub(self.in_hour.saturating_add(others)),
-            reset: (i64::from(hour) + 1) * MICROS_PER_HOUR,
-        });
-        Window::tighter(minute, hour)
+        Window::clock(
+            now,
+            limits,
+            self.in_minute,
+            self.in_hour.saturating_add(others),
+        )
     }
 
     /// Count a call in both windows when both have room; the windows' state after it.
@@ -1123,8 +1120,8 @@ mod tests {
             a.admit(t, Limits::UNLIMITED, None, spend(terms(p, 10, 6), 1));
         }
         let since = a.unflushed(t).unwrap().credits.unwrap().since;
-        // The table: our own total (2) and another server's (5): 6 + 2 <= 5 + 2? The floor
-        // (6) stays the larger reading of the others.
+        // The table: our own total (2), never counted as another's, and another server's
+        // (5): the row's 6 stays the larger reading of the others, so 6 + 2 are spent.
         let me = [7; 16];
         a.note_credit_others(p, me, [(me, since, 2), ([8; 16], 1, 5)].into_iter());
         let (adm, s) = a.admit(t, Limits::UNLIMITED, None, spend(terms(p, 10, 6), 1));
@@ -1144,7 +1141,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_period_starts_a_new_count_and_an_older_one_spends_nothing() {
+    fn a_new_period_starts_a_new_count_and_an_older_one_spends_in_it() {
         let mut a = Activity::default();
         let t = 300 * HOUR;
         a.admit(t, Limits::UNLIMITED, None, spend(terms(t - HOUR, 1, 0), 1));

@@ -69,6 +69,11 @@ impl Reason {
         }
     }
 
+    /// What `authenticate`/`login` say of a refusal: the reason, never the key.
+    pub(crate) fn refusal_message(self) -> String {
+        format!("API key rejected: {}", self.as_str())
+    }
+
     /// The HTTP status `authenticate`/`login` refuse with (as SQLSTATE `PT<status>`,
     /// which PostgREST answers with that status); None for `ok`.
     pub(crate) fn refusal_status(self) -> Option<u16> {

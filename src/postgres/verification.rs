@@ -161,9 +161,6 @@ fn presented_row(key: &[u8]) -> Result<(format::ParsedKey<'_>, KeyRow<'_>), Unre
     Ok((parsed, row))
 }
 
-/// The key row of a valid key, or why it is not valid. Every call that finds a key
-/// row counts in that key's usage, except forgeries; only calls that pass every other
-/// check consume rate-limit quota.
 /// A call refused before its key is read (a cost out of bounds), counted as malformed.
 pub(crate) fn malformed_call<'m>() -> Verdict<'m> {
     shmem::count(Reason::Malformed);
@@ -178,6 +175,9 @@ fn refused<'m>(reason: Reason) -> Verdict<'m> {
     }
 }
 
+/// The key row of a valid key, or why it is not valid. Every call that finds a key
+/// row counts in that key's usage, except forgeries; only calls that pass every other
+/// check consume rate-limit quota and spend uses.
 fn check<'m>(
     key: &'m [u8],
     client: Option<IpAddr>,
@@ -202,14 +202,14 @@ fn check<'m>(
             }),
         },
         (Reason::Ok, _) => {
-            // SAFETY: reads the clock (the one the key's windows count by).
+            // SAFETY: reads the clock, which the credits and the windows then share.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             let spend = row.credits.terms(now).map(|terms| Spend { terms, cost });
             if spend.is_some() && !shmem::is_shared() {
                 return unshared_credits(&key_id);
             }
             let owner = owner_limits(&row);
-            let (admission, state) = shmem::admit(&key_id, limits, client, spend, owner);
+            let (admission, state) = shmem::admit(now, &key_id, limits, client, spend, owner);
             let outcome = match admission {
                 Admission::Admitted => Ok(row),
                 Admission::RateLimited => Err(Reason::RateLimited),
@@ -231,10 +231,9 @@ fn check<'m>(
 
 /// The owner's limits the key row carries (a copy of `api_keys.owner_limits`), if any.
 fn owner_limits<'r>(row: &'r KeyRow<'_>) -> Option<shmem::OwnerLimits<'r>> {
-    let limit = |l: Option<i32>| l.map_or(0, |l| l.max(0) as u32);
     let limits = Limits {
-        per_minute: limit(row.owner_rate_limit_per_minute),
-        per_hour: limit(row.owner_rate_limit_per_hour),
+        per_minute: limit(row.owner_rate_limit_per_minute, 0),
+        per_hour: limit(row.owner_rate_limit_per_hour, 0),
     };
     (limits != Limits::UNLIMITED).then(|| shmem::OwnerLimits {
         owner: row.owner_bytes(),
@@ -242,9 +241,13 @@ fn owner_limits<'r>(row: &'r KeyRow<'_>) -> Option<shmem::OwnerLimits<'r>> {
     })
 }
 
+/// A stored limit, else `default` (0 = unlimited).
+fn limit(stored: Option<i32>, default: i32) -> u32 {
+    stored.unwrap_or(default).max(0) as u32
+}
+
 /// The key's limits: its own, else the settings' defaults (0 = unlimited).
 fn rate_limits(row: &KeyRow<'_>) -> Limits {
-    let limit = |own: Option<i32>, default: i32| own.unwrap_or(default).max(0) as u32;
     let limits = Limits {
         per_minute: limit(
             row.rate_limit_per_minute,

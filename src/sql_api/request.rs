@@ -226,14 +226,7 @@ fn accept(key: &[u8], client: Option<IpAddr>, caller: Caller) -> Result<KeyRow<'
         }
         Err(reason) => Err(match http_limits {
             Some(limits) if reason.refusal_status() == Some(429) => {
-                let message = refusal_message(reason);
-                let too_many = limit_headers::TooMany {
-                    code: "PT429",
-                    message: &message,
-                    hint: reason.hint(),
-                    usage_exceeded: reason == Reason::UsageExceeded,
-                };
-                let (body, detail) = limit_headers::too_many_requests(&too_many, &limits, now);
+                let (body, detail) = limit_headers::too_many_requests(reason, &limits, now);
                 Refusal::new("PGRST", &body, reason.hint()).with_detail(&detail)
             }
             _ => refusal(reason),
@@ -241,15 +234,11 @@ fn accept(key: &[u8], client: Option<IpAddr>, caller: Caller) -> Result<KeyRow<'
     }
 }
 
-fn refusal_message(reason: Reason) -> String {
-    format!("API key rejected: {}", reason.as_str())
-}
-
 fn refusal(reason: Reason) -> Refusal {
     let status = reason.refusal_status().unwrap_or(401);
     Refusal::new(
         &format!("PT{status}"),
-        &refusal_message(reason),
+        &reason.refusal_message(),
         reason.hint(),
     )
 }

@@ -42,20 +42,21 @@ pub(crate) struct OwnerLimits<'a> {
 /// Count an otherwise valid call against the key's limits and credits, then its
 /// owner's: admitted only when all have room. The key is counted first (its entry's
 /// lock is never held with another); when the owner's windows then refuse, the key's
-/// count is taken back, so a refusal spends nothing.
+/// count is taken back, so a refusal spends nothing. `now` is the clock the caller read
+/// the key's credits by.
 pub(crate) fn admit(
+    now: i64,
     key_id: &[u8; 16],
     limits: Limits,
     ip: Option<IpAddr>,
     spend: Option<Spend>,
     owner: Option<OwnerLimits<'_>>,
 ) -> (Admission, LimitState) {
-    let now = now();
     let (admission, mut state) = counting(key_id, |s| s.activity.admit(now, limits, ip, spend));
     let Some(owner) = owner.filter(|_| admission == Admission::Admitted) else {
         return (admission, state);
     };
-    let (room, window) = with_key(&owner_entry_id(owner.owner), |s| {
+    let (room, window) = with_key(&owner_entry(owner.owner), |s| {
         s.owner.admit(now, owner.limits)
     });
     state.window = Window::tighter(state.window, window);
@@ -68,6 +69,22 @@ pub(crate) fn admit(
         .zip(spend)
         .map(|(left, s)| left + u64::from(s.cost));
     (Admission::RateLimited, state)
+}
+
+/// The owner's entry id (a SHA-256 of its name), remembered for the last owner this
+/// backend saw: a pooled connection serves one tenant's keys call after call.
+fn owner_entry(owner: &[u8]) -> [u8; 16] {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Vec<u8>, [u8; 16])> = Default::default();
+    }
+    LAST.with_borrow_mut(|(name, id)| {
+        if name.as_slice() != owner || *id == [0; 16] {
+            *id = owner_entry_id(owner);
+            name.clear();
+            name.extend_from_slice(owner);
+        }
+        *id
+    })
 }
 
 /// Count a rejected call of a known key in its usage, under the reason's column.
