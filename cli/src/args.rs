@@ -363,8 +363,8 @@ pub struct AuditArgs {
 /// A search text, owner or sort order: at most 200 characters, as the server bounds an
 /// owner, and as `--filter` bounds each of its values.
 fn bounded_text(text: &str) -> std::result::Result<String, String> {
-    if text.chars().count() > 200 {
-        return Err("at most 200 characters".into());
+    if text.chars().count() > crate::filter::MAX_VALUE {
+        return Err(format!("at most {} characters", crate::filter::MAX_VALUE));
     }
     Ok(text.to_owned())
 }

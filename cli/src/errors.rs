@@ -30,6 +30,8 @@ pub struct Error {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The server's SQLSTATE, for a caller that retries 40001 or tells errors apart.
+    pub sqlstate: Option<String>,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -41,6 +43,7 @@ impl Error {
             message: message.to_string(),
             detail: None,
             hint: None,
+            sqlstate: None,
         }
     }
 
@@ -62,7 +65,9 @@ impl Error {
             format!("could not connect to {target}: {}", describe(e)),
         );
         if let Some(db) = e.as_db_error() {
+            err.detail = db.detail().map(str::to_owned);
             err.hint = db.hint().map(str::to_owned);
+            err.sqlstate = Some(db.code().code().to_owned());
         }
         err
     }
@@ -75,6 +80,9 @@ impl Error {
         }
         if let Some(hint) = &self.hint {
             eprintln!("hint: {}", redact(hint));
+        }
+        if let Some(code) = &self.sqlstate {
+            eprintln!("sqlstate: {code}");
         }
         ExitCode::from(self.class as u8)
     }
@@ -135,6 +143,7 @@ impl From<postgres::Error> for Error {
             message: db.message().to_owned(),
             detail: db.detail().map(str::to_owned),
             hint,
+            sqlstate: Some(code.to_owned()),
         }
     }
 }

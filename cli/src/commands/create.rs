@@ -10,7 +10,7 @@ use crate::errors::Result;
 
 pub fn run(client: &mut Client, args: CreateArgs) -> Result<()> {
     let mut call = Call::default();
-    call.arg("name", "{}::text", args.name.clone());
+    call.arg("name", "{}::text", args.name);
     call.arg(
         "key_type",
         "{}::text::api_keys.key_type",

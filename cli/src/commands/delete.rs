@@ -29,17 +29,25 @@ fn confirmed(prefix: &str) -> Result<bool> {
 }
 
 pub fn run(client: &mut Client, args: DeleteArgs) -> Result<()> {
-    let key = find_key(client, &KeyRef::parse(&args.key)?)?;
-    let prefix = key.text("prefix");
-    if !args.yes && !confirmed(&prefix)? {
-        eprintln!("Not deleted.");
-        return Ok(());
-    }
+    let key_ref = KeyRef::parse(&args.key)?;
+    // Asking shows the key's prefix first; with --yes the server names the key itself
+    // (an id or a prefix; P0002 when there is none the caller may see).
+    let target = if args.yes {
+        key_ref.as_str().to_owned()
+    } else {
+        let key = find_key(client, &key_ref)?;
+        if !confirmed(&key.text("prefix"))? {
+            eprintln!("Not deleted.");
+            return Ok(());
+        }
+        key.text("id")
+    };
     let row = client.query_one(
         &format!("SELECT {KEY_COLUMNS} FROM api_keys.api_key_delete($1::text) l"),
-        &[&key.text("id")],
+        &[&target],
     )?;
     let deleted = KeyRow::from_row(&row);
+    let prefix = deleted.text("prefix");
     match args.output.output {
         Format::Table => crate::output::out(&format!(
             "Deleted key {prefix} ({}); its audit history stays.\n",

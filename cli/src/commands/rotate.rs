@@ -12,11 +12,13 @@ use crate::output::timestamp;
 
 pub fn run(client: &mut Client, args: RotateArgs) -> Result<()> {
     let grace = args.grace.unwrap_or_else(|| "0 seconds".into());
+    // A bad key argument is refused before anything is sent.
+    let key = KeyRef::parse(&args.key)?;
     let mut tx = client.transaction()?;
     let row = tx.query_one(
         "SELECT id::text, key, prefix, to_json(expires_at) \
            FROM api_keys.api_key_rotate($1::text, $2::text::interval)",
-        &[&KeyRef::parse(&args.key)?.as_str(), &grace],
+        &[&key.as_str(), &grace],
     )?;
     let (id, key, prefix): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     // to_json(NULL) is NULL: no expiry.
