@@ -365,6 +365,7 @@ BEGIN
              WHERE k.id IN (SELECT unnest(key_ids) UNION SELECT unnest(last_ids)
                             UNION SELECT unnest(spent_ids))
                FOR NO KEY UPDATE OF k SKIP LOCKED) l;
+    -- A set, not an array to search: each membership test below is hashed.
     got := coalesce(got, '{}');
 
     WITH batch AS (
@@ -379,7 +380,7 @@ BEGIN
                outcomes[b.o + 1], outcomes[b.o + 2], outcomes[b.o + 3], outcomes[b.o + 4],
                outcomes[b.o + 5], outcomes[b.o + 6], outcomes[b.o + 7], outcomes[b.o + 8]
           FROM batch b
-         WHERE b.key_id = ANY (got)
+         WHERE b.key_id IN (SELECT unnest(got))
         ON CONFLICT ON CONSTRAINT usage_pkey DO UPDATE
            SET verified = greatest(u.verified, EXCLUDED.verified),
                rejected = greatest(u.rejected, EXCLUDED.rejected),
@@ -403,7 +404,7 @@ BEGIN
     INSERT INTO api_keys.credit_use AS c (key_id, period, source, since, spent, tick)
     SELECT s.k, s.p, _merge_usage.source, s.w, s.n, now_tick
       FROM unnest(spent_ids, spent_periods, spent_since, spent) AS s(k, p, w, n)
-     WHERE s.k = ANY (got)
+     WHERE s.k IN (SELECT unnest(got))
     ON CONFLICT ON CONSTRAINT credit_use_pkey DO UPDATE
        SET spent = greatest(c.spent, EXCLUDED.spent), tick = EXCLUDED.tick
      WHERE c.spent < EXCLUDED.spent;
@@ -413,13 +414,13 @@ BEGIN
         -- The latest use of each key; none later than now (a clock ahead of this one).
         SELECT DISTINCT ON (u.k) u.k AS key_id, least(u.a, now()) AS at, u.ip
           FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
-         WHERE u.k = ANY (got)
+         WHERE u.k IN (SELECT unnest(got))
          ORDER BY u.k, u.a DESC
     ), totals AS (
         SELECT c.key_id, c.period, sum(c.spent)::bigint AS spent
           FROM api_keys.credit_use c
          WHERE (c.key_id, c.period) IN (SELECT s.k, s.p FROM unnest(spent_ids, spent_periods) AS s(k, p)
-                                         WHERE s.k = ANY (got))
+                                         WHERE s.k IN (SELECT unnest(got)))
          GROUP BY c.key_id, c.period
     ), latest AS (
         SELECT DISTINCT ON (t.key_id) t.key_id, t.period, t.spent
@@ -442,7 +443,8 @@ BEGIN
     -- the table holds the current periods only (however often credits are reset).
     DELETE FROM api_keys.credit_use c
      USING api_keys.keys k
-     WHERE c.key_id = k.id AND k.id = ANY (got) AND c.key_id = ANY (spent_ids)
+     WHERE c.key_id = k.id AND k.id IN (SELECT unnest(got))
+       AND c.key_id IN (SELECT unnest(spent_ids))
        AND (k.uses_granted IS NULL
             OR c.period < api_keys._credit_period(k.uses_from, k.refill_interval, now()));
 
@@ -452,7 +454,7 @@ BEGIN
     )
     SELECT w.key_id, k.id IS NULL
       FROM wanted w LEFT JOIN api_keys.keys k ON k.id = w.key_id
-     WHERE NOT (w.key_id = ANY (got));
+     WHERE w.key_id NOT IN (SELECT unnest(got));
 END
 $$;
 
@@ -1525,6 +1527,9 @@ AS 'MODULE_PATHNAME', '_authentic_key_wrapper';
 -- quoted literal, id or prefix, resolves to it (PostgreSQL prefers text for an untyped
 -- literal) and a uuid value to the uuid version; each is an entry point like the uuid
 -- one, and its implementation names the key with _key_ref and calls the uuid one.
+-- `key_id` may hold a secret (a whole key pasted where its prefix belongs):
+-- PostgreSQL logs the text of a statement that fails, but not during these calls
+-- (log_min_error_statement = panic, set for the call only, whatever fails in it).
 
 -- The id of the key `key_id` names: a uuid as text, or a prefix (of a whole key too,
 -- with a WARNING). A prefix no key the caller may manage has raises P0002, as an
@@ -1550,10 +1555,8 @@ BEGIN
             RETURN key_id::uuid;
         EXCEPTION WHEN invalid_text_representation THEN
             -- Neither an id nor a prefix: it may hold a secret (a whole key, pasted
-            -- with a space, say). PostgreSQL logs the text of a statement that fails;
-            -- not this one, whatever fails later in this call (the setting ends with
-            -- the call, or with the transaction an error aborts).
-            PERFORM set_config('log_min_error_statement', 'panic', true);
+            -- with a space, say). The callers keep it out of the log (below).
+            NULL;
         END;
         IF octet_length(key_id) > 128 OR key_id !~ (prefix_at_start || '_') THEN
             RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
@@ -1579,6 +1582,7 @@ CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_suspend(api_keys._key_ref(key_id), reason) $$;
 
 CREATE FUNCTION api_keys.api_key_suspend(key_id text, reason text DEFAULT NULL)
@@ -1590,6 +1594,7 @@ CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_reactivate(api_keys._key_ref(key_id)) $$;
 
 CREATE FUNCTION api_keys.api_key_reactivate(key_id text)
@@ -1601,6 +1606,7 @@ CREATE FUNCTION api_keys._impl_api_key_revoke(key_id text, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_revoke(api_keys._key_ref(key_id), reason) $$;
 
 CREATE FUNCTION api_keys.api_key_revoke(key_id text, reason text)
@@ -1612,6 +1618,7 @@ CREATE FUNCTION api_keys._impl_api_key_set_status(key_id text, status api_keys.k
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_set_status(api_keys._key_ref(key_id), status, reason) $$;
 
 CREATE FUNCTION api_keys.api_key_set_status(key_id text, status api_keys.key_status, reason text DEFAULT NULL)
@@ -1623,6 +1630,7 @@ CREATE FUNCTION api_keys._impl_api_key_delete(key_id text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_delete(api_keys._key_ref(key_id)) $$;
 
 CREATE FUNCTION api_keys.api_key_delete(key_id text)
@@ -1634,6 +1642,7 @@ CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval, remai
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace, remaining_uses) $$;
 
 CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
@@ -1657,6 +1666,7 @@ CREATE FUNCTION api_keys._impl_api_key_update(
 ) RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$
     SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
                                          allowed_cidrs, expires_at, rate_limit_per_minute,
@@ -1686,6 +1696,7 @@ CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id text, remaining_uses b
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$
     SELECT api_keys._impl_api_key_set_credits(api_keys._key_ref(key_id), remaining_uses,
                                               refill_amount, refill_interval)
@@ -1710,6 +1721,10 @@ CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- The arguments are keys: PostgreSQL logs the text of a statement that fails, but not
+-- during this call. Held keys get a short wait (below). Both settings end with the call.
+SET log_min_error_statement = panic
+SET lock_timeout = '2s'
 AS $$
 DECLARE
     presented text[];
@@ -1719,10 +1734,6 @@ DECLARE
     held uuid[];
     k api_keys.keys;
 BEGIN
-    -- The arguments are keys: PostgreSQL logs the text of a statement that fails, but
-    -- not this one (the setting ends with the call, or with the transaction an error
-    -- aborts).
-    PERFORM set_config('log_min_error_statement', 'panic', true);
     IF keys IS NULL THEN
         RAISE EXCEPTION 'keys must not be NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass the strings a secret scanner found, as a text array.';
@@ -1768,7 +1779,6 @@ BEGIN
     held := ARRAY(SELECT id FROM api_keys.keys WHERE id = ANY (found) AND status <> 'revoked');
     IF held <> '{}' THEN
         BEGIN
-            PERFORM set_config('lock_timeout', '2s', true);
             FOR k IN SELECT * FROM api_keys.keys
                       WHERE id = ANY (held) AND status <> 'revoked'
                       ORDER BY prefix
@@ -1799,7 +1809,7 @@ LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 COMMENT ON FUNCTION api_keys.api_key_report_leaked(text[], text) IS
-    'Revokes each presented string that is a key issued here (reason ''leaked: <source>''); returns their prefixes.';
+    'Revokes each key issued here found in the presented strings (reason ''leaked: <source>''); returns their prefixes.';
 
 REVOKE ALL ON FUNCTION api_keys._prefix_pattern(), api_keys._authentic_key(bytea),
                        api_keys._key_ref(text),

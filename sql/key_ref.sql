@@ -3,6 +3,9 @@
 -- quoted literal, id or prefix, resolves to it (PostgreSQL prefers text for an untyped
 -- literal) and a uuid value to the uuid version; each is an entry point like the uuid
 -- one, and its implementation names the key with _key_ref and calls the uuid one.
+-- `key_id` may hold a secret (a whole key pasted where its prefix belongs):
+-- PostgreSQL logs the text of a statement that fails, but not during these calls
+-- (log_min_error_statement = panic, set for the call only, whatever fails in it).
 
 -- The id of the key `key_id` names: a uuid as text, or a prefix (of a whole key too,
 -- with a WARNING). A prefix no key the caller may manage has raises P0002, as an
@@ -28,10 +31,8 @@ BEGIN
             RETURN key_id::uuid;
         EXCEPTION WHEN invalid_text_representation THEN
             -- Neither an id nor a prefix: it may hold a secret (a whole key, pasted
-            -- with a space, say). PostgreSQL logs the text of a statement that fails;
-            -- not this one, whatever fails later in this call (the setting ends with
-            -- the call, or with the transaction an error aborts).
-            PERFORM set_config('log_min_error_statement', 'panic', true);
+            -- with a space, say). The callers keep it out of the log (below).
+            NULL;
         END;
         IF octet_length(key_id) > 128 OR key_id !~ (prefix_at_start || '_') THEN
             RAISE EXCEPTION 'key_id must be a key''s id (a uuid) or its prefix'
@@ -57,6 +58,7 @@ CREATE FUNCTION api_keys._impl_api_key_suspend(key_id text, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_suspend(api_keys._key_ref(key_id), reason) $$;
 
 CREATE FUNCTION api_keys.api_key_suspend(key_id text, reason text DEFAULT NULL)
@@ -68,6 +70,7 @@ CREATE FUNCTION api_keys._impl_api_key_reactivate(key_id text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_reactivate(api_keys._key_ref(key_id)) $$;
 
 CREATE FUNCTION api_keys.api_key_reactivate(key_id text)
@@ -79,6 +82,7 @@ CREATE FUNCTION api_keys._impl_api_key_revoke(key_id text, reason text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_revoke(api_keys._key_ref(key_id), reason) $$;
 
 CREATE FUNCTION api_keys.api_key_revoke(key_id text, reason text)
@@ -90,6 +94,7 @@ CREATE FUNCTION api_keys._impl_api_key_set_status(key_id text, status api_keys.k
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_set_status(api_keys._key_ref(key_id), status, reason) $$;
 
 CREATE FUNCTION api_keys.api_key_set_status(key_id text, status api_keys.key_status, reason text DEFAULT NULL)
@@ -101,6 +106,7 @@ CREATE FUNCTION api_keys._impl_api_key_delete(key_id text)
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT api_keys._impl_api_key_delete(api_keys._key_ref(key_id)) $$;
 
 CREATE FUNCTION api_keys.api_key_delete(key_id text)
@@ -112,6 +118,7 @@ CREATE FUNCTION api_keys._impl_api_key_rotate(key_id text, grace interval, remai
 RETURNS TABLE (id uuid, key text, prefix text, expires_at timestamptz)
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$ SELECT * FROM api_keys._impl_api_key_rotate(api_keys._key_ref(key_id), grace, remaining_uses) $$;
 
 CREATE FUNCTION api_keys.api_key_rotate(key_id text, grace interval DEFAULT '0', remaining_uses bigint DEFAULT NULL)
@@ -135,6 +142,7 @@ CREATE FUNCTION api_keys._impl_api_key_update(
 ) RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$
     SELECT api_keys._impl_api_key_update(api_keys._key_ref(key_id), name, description, scopes,
                                          allowed_cidrs, expires_at, rate_limit_per_minute,
@@ -164,6 +172,7 @@ CREATE FUNCTION api_keys._impl_api_key_set_credits(key_id text, remaining_uses b
 RETURNS api_keys.key_list
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET log_min_error_statement = panic
 AS $$
     SELECT api_keys._impl_api_key_set_credits(api_keys._key_ref(key_id), remaining_uses,
                                               refill_amount, refill_interval)

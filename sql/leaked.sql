@@ -10,6 +10,10 @@ CREATE FUNCTION api_keys._impl_api_key_report_leaked(keys text[], source text)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- The arguments are keys: PostgreSQL logs the text of a statement that fails, but not
+-- during this call. Held keys get a short wait (below). Both settings end with the call.
+SET log_min_error_statement = panic
+SET lock_timeout = '2s'
 AS $$
 DECLARE
     presented text[];
@@ -19,10 +23,6 @@ DECLARE
     held uuid[];
     k api_keys.keys;
 BEGIN
-    -- The arguments are keys: PostgreSQL logs the text of a statement that fails, but
-    -- not this one (the setting ends with the call, or with the transaction an error
-    -- aborts).
-    PERFORM set_config('log_min_error_statement', 'panic', true);
     IF keys IS NULL THEN
         RAISE EXCEPTION 'keys must not be NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass the strings a secret scanner found, as a text array.';
@@ -68,7 +68,6 @@ BEGIN
     held := ARRAY(SELECT id FROM api_keys.keys WHERE id = ANY (found) AND status <> 'revoked');
     IF held <> '{}' THEN
         BEGIN
-            PERFORM set_config('lock_timeout', '2s', true);
             FOR k IN SELECT * FROM api_keys.keys
                       WHERE id = ANY (held) AND status <> 'revoked'
                       ORDER BY prefix
@@ -99,4 +98,4 @@ LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'api_keys_as_caller';
 
 COMMENT ON FUNCTION api_keys.api_key_report_leaked(text[], text) IS
-    'Revokes each presented string that is a key issued here (reason ''leaked: <source>''); returns their prefixes.';
+    'Revokes each key issued here found in the presented strings (reason ''leaked: <source>''); returns their prefixes.';

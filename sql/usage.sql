@@ -92,6 +92,7 @@ BEGIN
              WHERE k.id IN (SELECT unnest(key_ids) UNION SELECT unnest(last_ids)
                             UNION SELECT unnest(spent_ids))
                FOR NO KEY UPDATE OF k SKIP LOCKED) l;
+    -- A set, not an array to search: each membership test below is hashed.
     got := coalesce(got, '{}');
 
     WITH batch AS (
@@ -106,7 +107,7 @@ BEGIN
                outcomes[b.o + 1], outcomes[b.o + 2], outcomes[b.o + 3], outcomes[b.o + 4],
                outcomes[b.o + 5], outcomes[b.o + 6], outcomes[b.o + 7], outcomes[b.o + 8]
           FROM batch b
-         WHERE b.key_id = ANY (got)
+         WHERE b.key_id IN (SELECT unnest(got))
         ON CONFLICT ON CONSTRAINT usage_pkey DO UPDATE
            SET verified = greatest(u.verified, EXCLUDED.verified),
                rejected = greatest(u.rejected, EXCLUDED.rejected),
@@ -130,7 +131,7 @@ BEGIN
     INSERT INTO api_keys.credit_use AS c (key_id, period, source, since, spent, tick)
     SELECT s.k, s.p, _merge_usage.source, s.w, s.n, now_tick
       FROM unnest(spent_ids, spent_periods, spent_since, spent) AS s(k, p, w, n)
-     WHERE s.k = ANY (got)
+     WHERE s.k IN (SELECT unnest(got))
     ON CONFLICT ON CONSTRAINT credit_use_pkey DO UPDATE
        SET spent = greatest(c.spent, EXCLUDED.spent), tick = EXCLUDED.tick
      WHERE c.spent < EXCLUDED.spent;
@@ -140,13 +141,13 @@ BEGIN
         -- The latest use of each key; none later than now (a clock ahead of this one).
         SELECT DISTINCT ON (u.k) u.k AS key_id, least(u.a, now()) AS at, u.ip
           FROM unnest(last_ids, last_at, last_ip) AS u(k, a, ip)
-         WHERE u.k = ANY (got)
+         WHERE u.k IN (SELECT unnest(got))
          ORDER BY u.k, u.a DESC
     ), totals AS (
         SELECT c.key_id, c.period, sum(c.spent)::bigint AS spent
           FROM api_keys.credit_use c
          WHERE (c.key_id, c.period) IN (SELECT s.k, s.p FROM unnest(spent_ids, spent_periods) AS s(k, p)
-                                         WHERE s.k = ANY (got))
+                                         WHERE s.k IN (SELECT unnest(got)))
          GROUP BY c.key_id, c.period
     ), latest AS (
         SELECT DISTINCT ON (t.key_id) t.key_id, t.period, t.spent
@@ -169,7 +170,8 @@ BEGIN
     -- the table holds the current periods only (however often credits are reset).
     DELETE FROM api_keys.credit_use c
      USING api_keys.keys k
-     WHERE c.key_id = k.id AND k.id = ANY (got) AND c.key_id = ANY (spent_ids)
+     WHERE c.key_id = k.id AND k.id IN (SELECT unnest(got))
+       AND c.key_id IN (SELECT unnest(spent_ids))
        AND (k.uses_granted IS NULL
             OR c.period < api_keys._credit_period(k.uses_from, k.refill_interval, now()));
 
@@ -179,7 +181,7 @@ BEGIN
     )
     SELECT w.key_id, k.id IS NULL
       FROM wanted w LEFT JOIN api_keys.keys k ON k.id = w.key_id
-     WHERE NOT (w.key_id = ANY (got));
+     WHERE w.key_id NOT IN (SELECT unnest(got));
 END
 $$;
 

@@ -180,11 +180,22 @@ fn failing_statements_with_a_whole_key_literal_are_not_logged() {
     }
     // An error outside our functions is logged with its statement, as PostgreSQL does.
     assert!(c.batch_execute("SELECT 1/0 AS logged_statement").is_err());
+    // Also later in a transaction where a whole key was named: the quiet log ends with
+    // the call (a role cannot keep its own failing statements out of the log that way).
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute(&format!("SELECT api_keys.api_key_suspend('{key}')"))
+        .unwrap();
+    assert!(c.batch_execute("SELECT 1/0 AS after_a_whole_key").is_err());
+    c.batch_execute("ROLLBACK").unwrap();
     drop(c);
     let log = cluster.server_log();
     assert!(
         log.contains("logged_statement"),
         "statements are not logged at all"
+    );
+    assert!(
+        log.contains("after_a_whole_key"),
+        "a whole key kept the rest of its transaction out of the log"
     );
     let secret = &key[key.len() - 6 - 21 - 43..key.len() - 6 - 21];
     assert!(
